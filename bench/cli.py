@@ -1,0 +1,233 @@
+"""The `bench` command.
+
+    bench submit GRID.toml [--dry-run] [--force] [--db PATH] [--address HOST:PORT]
+    bench ls [--status S] [--run RUN_ID]         jobs in the store
+    bench show JOB                               one job (key or unique key prefix): provenance, metrics, error
+    bench leaderboard [--format table|csv|json]  the ranked table
+    bench export --format parquet|csv DIR        every table and the leaderboard, one file each
+    bench methods                                registered pruning methods
+    bench zoo build NAME --out DIR               make a small model of the project's own zoo
+
+Exit codes: 0 success; 1 a job failed; 2 bad input (one line on stderr, nothing written); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from bench.errors import BenchError
+from bench.store import DEFAULT_DB, Store
+
+LEADERBOARD_COLUMNS = ["model", "method", "pattern", "hardware", "kernel", "seed", "measured_sparsity", "perplexity",
+                       "perplexity_change_vs_dense", "decode_tok_s_b1", "decode_speedup_b1", "prefill_ms",
+                       "prefill_speedup", "kernel_status", "job_key"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bench", description="SparseBench: accuracy and measured speed of pruned LLMs.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def db(sp):
+        sp.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"results store (default: {DEFAULT_DB})")
+
+    s = sub.add_parser("submit", help="run a grid file")
+    s.add_argument("grid", type=Path)
+    db(s)
+    s.add_argument("--dry-run", action="store_true", help="print the jobs and what would run; run nothing")
+    s.add_argument("--force", action="store_true", help="re-run jobs that are already done")
+    s.add_argument("--address", help="join an existing Ray cluster (host:port, auto, ray://...) instead of a local one")
+    s.add_argument("--max-in-flight", type=int, default=None, help="tasks outstanding at once (default: 2 x cluster CPUs)")
+    s.add_argument("--no-progress", action="store_true", help="no progress output")
+
+    s = sub.add_parser("ls", help="list jobs in the store")
+    db(s)
+    s.add_argument("--status", help="only jobs with this status (queued, done, failed, cancelled)")
+    s.add_argument("--run", help="only jobs last run by this run id")
+
+    s = sub.add_parser("show", help="one job in full")
+    s.add_argument("job", help="job key or a unique prefix of it")
+    db(s)
+
+    s = sub.add_parser("leaderboard", help="print the leaderboard")
+    db(s)
+    s.add_argument("--format", choices=("table", "csv", "json"), default="table")
+
+    s = sub.add_parser("export", help="export the store to Parquet or CSV files")
+    db(s)
+    s.add_argument("--format", choices=("parquet", "csv"), required=True)
+    s.add_argument("path", type=Path, help="a folder; one file per table is written into it")
+
+    sub.add_parser("methods", help="list registered pruning methods")
+
+    s = sub.add_parser("zoo", help="the project's small models")
+    zs = s.add_subparsers(dest="zoo_command", required=True, metavar="ZOO_COMMAND")
+    b = zs.add_parser("build", help="build (and optionally train) a small model into a folder")
+    b.add_argument("name")
+    b.add_argument("--out", type=Path, required=True)
+    b.add_argument("--steps", type=int, default=None, help="training steps (default: the model's recipe)")
+    b.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except BenchError as err:
+        print(f"bench: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nbench: interrupted; finished jobs are stored, submit again to resume", file=sys.stderr)
+        return 130
+
+
+def cmd_submit(args) -> int:
+    from bench.grid import expand, incompatible, load_grid
+    from bench.runner import run_grid
+
+    spec = load_grid(args.grid)
+    jobs = expand(spec)
+    store = Store(args.db)
+    skipped_pairs = incompatible(spec)
+    if args.dry_run:
+        statuses = {} if args.force else store.statuses([j.key for j in jobs])
+        for j in jobs:
+            state = "done, skip" if statuses.get(j.key) == "done" else "run"
+            print(f"{j.key}  {j.describe()}  [{state}]")
+        todo = sum(statuses.get(j.key) != "done" for j in jobs)
+        print(f"{len(jobs)} jobs, {todo} to run, {len(jobs) - todo} already done")
+        for pair in skipped_pairs:
+            print(f"not run: {pair} (the method does not support that pattern)")
+        return 0
+    for pair in skipped_pairs:
+        print(f"bench: not run: {pair} (the method does not support that pattern)", file=sys.stderr)
+    command = "bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    summary = run_grid(spec, jobs, store, address=args.address, force=args.force,
+                       max_in_flight=args.max_in_flight, progress=not args.no_progress, command=command)
+    done = summary.counts.get("done", 0)
+    print(f"run {summary.run_id}: {summary.total} jobs · {summary.skipped} already done · {done} done · "
+          f"{len(summary.failed)} failed · {summary.elapsed_s:.1f} s · store {args.db}")
+    for job, error in summary.failed:
+        print(f"  failed: {job.describe()} [{job.key}]: {error}")
+    return 0 if summary.ok else 1
+
+
+def cmd_ls(args) -> int:
+    store = Store(args.db)
+    where, params = [], []
+    if args.status:
+        where.append("status = ?")
+        params.append(args.status)
+    if args.run:
+        where.append("run_id = ?")
+        params.append(args.run)
+    sql = ("SELECT job_key, status, model, method, pattern, hardware, kernel, seed, round(duration_s, 2) AS seconds, "
+           "run_id, error FROM jobs" + (" WHERE " + " AND ".join(where) if where else "") +
+           " ORDER BY model, method, target_sparsity, pattern, hardware, kernel, seed")
+    df = store.query(sql, params)
+    if df.empty:
+        print("no jobs")
+        return 0
+    df["error"] = df["error"].fillna("").str.slice(0, 80)
+    print(df.to_string(index=False))
+    return 0
+
+
+def cmd_show(args) -> int:
+    store = Store(args.db)
+    jobs = store.query("SELECT * FROM jobs WHERE job_key LIKE ? || '%'", [args.job])
+    if len(jobs) != 1:
+        raise BenchError(f"job '{args.job}': {'no job has that key' if jobs.empty else f'{len(jobs)} jobs share that prefix; give more characters'}")
+    job = jobs.iloc[0]
+    run = store.query("SELECT * FROM runs WHERE run_id = ?", [job["run_id"]])
+    metrics = store.query("SELECT name, value, unit, stderr, stage FROM metrics WHERE job_key = ? ORDER BY stage, name", [job["job_key"]])
+    layers = store.query("SELECT layer, out_features, in_features, measured_sparsity FROM layers WHERE job_key = ? ORDER BY block, layer", [job["job_key"]])
+    for col in ("job_key", "status", "model", "model_location", "model_fingerprint", "method", "method_version",
+                "method_params", "pattern", "hardware", "kernel", "kernel_version", "seed", "run_id", "started_at",
+                "finished_at", "duration_s", "kernel_status", "error"):
+        if job[col] is not None and str(job[col]) not in ("nan", "NaT", "None"):
+            print(f"{col:>18}: {job[col]}")
+    if not run.empty:
+        r = run.iloc[0]
+        print(f"{'git_commit':>18}: {r['git_commit']}{' (dirty)' if r['git_dirty'] else ''}")
+        print(f"{'packages':>18}: {r['packages']}")
+        print(f"{'driver hardware':>18}: {r['hardware']}")
+    if job["worker"]:
+        print(f"{'worker hardware':>18}: {job['worker']}")
+    if job["kernel_provenance"]:
+        print(f"{'kernel':>18}: {job['kernel_provenance']}")
+    if not metrics.empty:
+        print("\nmetrics:")
+        print(metrics.to_string(index=False))
+    if not layers.empty:
+        print(f"\nlayers ({len(layers)}):")
+        print(layers.to_string(index=False))
+    if job["traceback"]:
+        print("\ntraceback:\n" + job["traceback"])
+    return 0
+
+
+def cmd_leaderboard(args) -> int:
+    df = Store(args.db).leaderboard()
+    cols = [c for c in LEADERBOARD_COLUMNS if c in df.columns]
+    df = df[cols]
+    if args.format == "csv":
+        df.to_csv(sys.stdout, index=False)
+    elif args.format == "json":
+        for row in df.to_dict(orient="records"):
+            print(json.dumps(row, default=str))
+    elif df.empty:
+        print("the leaderboard is empty: no job has finished yet")
+    else:
+        # Display only: the store and the csv/json formats keep every digit.
+        print(df.drop(columns=["job_key"]).to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    return 0
+
+
+def cmd_export(args) -> int:
+    store = Store(args.db)
+    args.path.mkdir(parents=True, exist_ok=True)
+    ext = args.format
+    opts = "(FORMAT parquet)" if ext == "parquet" else "(FORMAT csv, HEADER true)"
+    with store.read() as con:
+        for table in ("runs", "jobs", "metrics", "layers", "leaderboard"):
+            target = args.path / f"{table}.{ext}"
+            con.execute(f"COPY (SELECT * FROM {table}) TO '{target.as_posix()}' {opts}")
+            print(target)
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from bench.registry import method_registry
+
+    reg = method_registry()
+    for name in reg.names():
+        dist, version = reg.distribution(name)
+        try:
+            cls = reg.get(name)
+        except BenchError as err:
+            print(f"{name}  [{dist} {version}]  BROKEN: {err}")
+            continue
+        params = {k: p.describe() for k, p in cls.params.items()}
+        print(f"{name}  [{dist} {version}]  version {cls.version}  patterns: {', '.join(cls.patterns)}  "
+              f"calibration: {'yes' if cls.needs_calibration else 'no'}  params: {json.dumps(params) if params else 'none'}")
+    return 0
+
+
+def cmd_zoo(args) -> int:
+    from bench import zoo
+
+    card = zoo.build(args.name, args.out, steps=args.steps, seed=args.seed)
+    print(json.dumps(card, indent=2))
+    return 0
+
+
+COMMANDS = {"submit": cmd_submit, "ls": cmd_ls, "show": cmd_show, "leaderboard": cmd_leaderboard,
+            "export": cmd_export, "methods": cmd_methods, "zoo": cmd_zoo}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""One job, start to finish, inside a worker: load, prune, verify, evaluate, measure.
+
+    result = run_job(job.to_dict())      # never raises: a failure comes back as {"status": "failed", ...}
+
+Workers hold no state from the driver and never touch the store; they return a plain dict that the
+driver writes. A deterministic error (bad weights, a pattern a layer cannot take) is returned as a failed
+result, so Ray does not retry it; only a lost worker is retried.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+import traceback
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+
+
+def _metric(name, value, unit, higher_is_better, stage, details=None, stderr=None):
+    return {"name": name, "value": float(value), "unit": unit, "higher_is_better": higher_is_better,
+            "stderr": stderr, "stage": stage, "details": details}
+
+
+def run_job(job_dict: dict[str, Any]) -> dict[str, Any]:
+    from bench.provenance import hardware_fingerprint
+
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    result: dict[str, Any] = {"key": job_dict.get("key"), "started_at": started.isoformat()}
+    try:
+        result.update(_run(job_dict, timings))
+        result["status"] = "done"
+    except Exception as err:
+        message = " ".join(str(err).split()) or type(err).__name__
+        result.update(status="failed", error=f"{type(err).__name__}: {message}", traceback=traceback.format_exc())
+    result["timings"] = timings
+    result["duration_s"] = time.perf_counter() - t0
+    result["finished_at"] = datetime.now(timezone.utc).isoformat()
+    result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    try:
+        result["worker"] = hardware_fingerprint()
+    except Exception as err:  # provenance must never hide the job's own outcome
+        result["worker"] = {"error": repr(err)}
+    return result
+
+
+def _run(job_dict: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
+    from bench.evaluate import PerplexitySpec, perplexity
+    from bench.jobs import Job
+    from bench.latency import LatencySpec, measure
+    from bench.models import device_for, load_model, threads_for
+    from bench.patterns import pattern_from_dict
+    from bench.prune import prune_model, target_layers
+    from bench.registry import kernel_registry, method_registry
+
+    job = Job.from_dict(job_dict)
+    torch.set_num_threads(threads_for(job.hardware))
+    torch.manual_seed(job.seed)
+    device = device_for(job.hardware)
+    pattern = pattern_from_dict(job.pattern)
+    metrics = []
+
+    t = time.perf_counter()
+    model, tokenizer = load_model(job.model, device)
+    timings["load_s"] = time.perf_counter() - t
+
+    method = method_registry().get(job.method)(seed=job.seed, **job.method_params)
+    report = prune_model(model, method, pattern)
+    timings["prune_s"] = report.seconds
+    metrics.append(_metric("measured_sparsity", report.measured_sparsity, "fraction", None, "prune",
+                           {"target": pattern.sparsity, "layers": len(report.layers)}))
+    metrics.append(_metric("prune_s", report.seconds, "s", False, "prune"))
+
+    t = time.perf_counter()
+    ppl = perplexity(model, tokenizer, PerplexitySpec(**job.perplexity))
+    timings["perplexity_s"] = time.perf_counter() - t
+    metrics.append(_metric("perplexity", ppl["perplexity"], "ppl", False, "perplexity", ppl["protocol"]))
+
+    kernel = None
+    if job.latency is not None:
+        t = time.perf_counter()
+        backend = kernel_registry().get(job.kernel)()
+        layers = {name: module for name, _, module in target_layers(model)}
+        kernel = backend.prepare(model, layers, pattern)
+        reference, _ = load_model(job.model, device)
+        rows = measure(model, reference, LatencySpec.from_dict(job.latency), model.config.vocab_size, seed=job.seed)
+        for row in rows:
+            row["details"] = {**row["details"], "threads": torch.get_num_threads(), "kernel": kernel["backend"]}
+        metrics += rows
+        del reference
+        timings["latency_s"] = time.perf_counter() - t
+    return {"metrics": metrics, "layers": report.layers, "kernel": kernel}

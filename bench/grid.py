@@ -1,0 +1,376 @@
+"""Grid files: parse and validate a TOML grid completely, then expand it into jobs.
+
+    spec = load_grid("examples/quickstart.toml")     # raises GridError on the first problem
+    jobs = expand(spec)                               # one Job per model x method x pattern x hardware x kernel x seed
+
+Every error names the file, the field path and what was expected, e.g.
+`grid.toml: patterns[1]: 1.3 is not in [0, 1)`. Nothing here runs a model or touches the store, so a
+bad grid costs nothing. The grid format is described in docs/grid-format.md.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.errors import GridError, did_you_mean
+from bench.evaluate import PerplexitySpec
+from bench.jobs import Job, ModelSpec
+from bench.latency import LatencySpec
+from bench.patterns import Dense, Pattern, parse_pattern
+from bench.registry import kernel_registry, method_registry
+
+HARDWARE_RE = re.compile(r"^(cpu(:[1-9][0-9]*)?|cuda(:[A-Za-z0-9_.-]+)?)$")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    dataset: str = "builtin:synthetic"
+    split: str = "train"
+    samples: int = 32
+    seq_len: int = 128
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    source: str  # the file name used in messages
+    text: str  # the grid file's exact contents, stored with the run
+    name: str
+    models: list[ModelSpec]
+    methods: list[MethodSpec]
+    patterns: list[Pattern]
+    hardware: list[str]
+    kernels: list[str]
+    seeds: list[int]
+    calibration: CalibrationSpec
+    perplexity: PerplexitySpec
+    latency: LatencySpec | None
+    excludes: list[dict[str, str]] = field(default_factory=list)
+    dense_baseline: bool = True
+
+
+class _Table:
+    """A TOML table being read: `take` each known key, then `finish` rejects the unknown ones."""
+
+    def __init__(self, source: str, path: str, data: Any):
+        self.source, self.path = source, path
+        if not isinstance(data, dict):
+            self.fail("", f"expected a table, got {_kind(data)}")
+        self.data, self.seen = data, set()
+
+    def where(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path and key else (self.path or key)
+
+    def fail(self, key: str, message: str):
+        raise GridError(self.source, self.where(key), message)
+
+    def take(self, key: str, types, default=..., check=None):
+        self.seen.add(key)
+        if key not in self.data:
+            if default is ...:
+                self.fail(key, "missing")
+            return default
+        value = self.data[key]
+        if isinstance(value, bool) and bool not in _tuple(types):
+            self.fail(key, f"expected {_names(types)}, got a boolean")
+        if not isinstance(value, types):
+            self.fail(key, f"expected {_names(types)}, got {_kind(value)} {value!r}")
+        if check is not None:
+            problem = check(value)
+            if problem:
+                self.fail(key, problem)
+        return value
+
+    def finish(self):
+        for key in self.data:
+            if key not in self.seen:
+                self.fail(key, f"unknown field{did_you_mean(key, self.seen)}; allowed: {', '.join(sorted(self.seen))}")
+
+
+def _tuple(types):
+    return types if isinstance(types, tuple) else (types,)
+
+
+def _names(types) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list", dict: "a table"}
+    return " or ".join(names.get(t, t.__name__) for t in _tuple(types))
+
+
+def _kind(value) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a table"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _positive(v):
+    return None if v > 0 else f"{v} must be > 0"
+
+
+def _nonnegative(v):
+    return None if v >= 0 else f"{v} must be >= 0"
+
+
+def load_grid(path: str | Path) -> GridSpec:
+    path = Path(path)
+    source = path.name
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise GridError(str(path), "", "no such grid file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise GridError(str(path), "", f"cannot read it: {err}") from None
+    return parse_grid(text, source=source, base_dir=path.parent)
+
+
+def parse_grid(text: str, source: str = "grid.toml", base_dir: Path | None = None) -> GridSpec:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise GridError(source, "", f"not valid TOML: {err}") from None
+    top = _Table(source, "", data)
+    name = top.take("name", str, Path(source).stem)
+    seeds = top.take("seeds", list, [0], check=lambda v: None if v else "must not be empty")
+    for i, s in enumerate(seeds):
+        if not isinstance(s, int) or isinstance(s, bool) or s < 0:
+            raise GridError(source, f"seeds[{i}]", f"expected a non-negative integer, got {s!r}")
+    dense_baseline = top.take("dense_baseline", bool, True)
+
+    models = _models(source, top.take("models", list, check=lambda v: None if v else "must list at least one model"))
+    methods = _methods(source, top.take("methods", list, check=lambda v: None if v else "must list at least one method"))
+    patterns = _patterns(source, top.take("patterns", list, ["dense"]))
+    hardware = _hardware(source, top.take("hardware", list, ["cpu"]))
+    kernels = _kernels(source, top.take("kernels", list, ["torch-dense"]), hardware)
+
+    cal = _Table(source, "calibration", top.take("calibration", dict, {}))
+    calibration = CalibrationSpec(
+        dataset=cal.take("dataset", str, CalibrationSpec.dataset),
+        split=cal.take("split", str, CalibrationSpec.split),
+        samples=cal.take("samples", int, CalibrationSpec.samples, check=_positive),
+        seq_len=cal.take("seq_len", int, CalibrationSpec.seq_len, check=_positive),
+        seed=cal.take("seed", int, CalibrationSpec.seed, check=_nonnegative),
+    )
+    cal.finish()
+
+    ev = _Table(source, "evaluation", top.take("evaluation", dict, {}))
+    ppl = _Table(source, "evaluation.perplexity", ev.take("perplexity", dict, {}))
+    ev.finish()
+    d = PerplexitySpec()
+    perplexity = PerplexitySpec(
+        dataset=ppl.take("dataset", str, d.dataset),
+        split=ppl.take("split", str, d.split),
+        context_length=ppl.take("context_length", int, d.context_length, check=_positive),
+        stride=ppl.take("stride", int, d.stride, check=_positive),
+        bos=ppl.take("bos", bool, d.bos),
+        max_tokens=ppl.take("max_tokens", int, d.max_tokens, check=_positive),
+    )
+    if perplexity.stride > perplexity.context_length:
+        ppl.fail("stride", f"{perplexity.stride} is larger than context_length {perplexity.context_length}")
+    ppl.finish()
+    _check_dataset(source, "evaluation.perplexity.dataset", perplexity.dataset, base_dir)
+    if any(method_registry().get(m.name).needs_calibration for m in methods):
+        _check_dataset(source, "calibration.dataset", calibration.dataset, base_dir)
+
+    lat = _Table(source, "latency", top.take("latency", dict, {}))
+    d = LatencySpec()
+    enabled = lat.take("enabled", bool, True)
+    batches = lat.take("decode_batch", list, list(d.decode_batch), check=lambda v: None if v else "must not be empty")
+    for i, b in enumerate(batches):
+        if not isinstance(b, int) or isinstance(b, bool) or b < 1:
+            lat.fail(f"decode_batch[{i}]", f"expected a positive integer, got {b!r}")
+    latency = LatencySpec(
+        prefill_length=lat.take("prefill_length", int, d.prefill_length, check=_positive),
+        prompt_length=lat.take("prompt_length", int, d.prompt_length, check=_positive),
+        decode_tokens=lat.take("decode_tokens", int, d.decode_tokens, check=_positive),
+        decode_batch=tuple(batches),
+        warmup=lat.take("warmup", int, d.warmup, check=_nonnegative),
+        repeats=lat.take("repeats", int, d.repeats, check=_positive),
+    )
+    lat.finish()
+
+    excludes = []
+    for i, rule in enumerate(top.take("exclude", list, [])):
+        t = _Table(source, f"exclude[{i}]", rule)
+        r = {k: t.take(k, str, None) for k in ("model", "method", "pattern", "hardware", "kernel")}
+        t.finish()
+        r = {k: v for k, v in r.items() if v is not None}
+        if not r:
+            t.fail("", "an exclude rule needs at least one of model, method, pattern, hardware, kernel")
+        if "pattern" in r:
+            try:
+                r["pattern"] = parse_pattern(r["pattern"]).label
+            except ValueError as err:
+                t.fail("pattern", err.args[1])
+        excludes.append(r)
+    top.finish()
+
+    return GridSpec(
+        source=source, text=text, name=name, models=models, methods=methods, patterns=patterns,
+        hardware=hardware, kernels=kernels, seeds=list(seeds), calibration=calibration,
+        perplexity=perplexity, latency=latency if enabled else None, excludes=excludes,
+        dense_baseline=dense_baseline,
+    )
+
+
+def _models(source: str, items: list) -> list[ModelSpec]:
+    out, names = [], set()
+    for i, item in enumerate(items):
+        t = _Table(source, f"models[{i}]", item)
+        path = t.take("path", str, None)
+        hub = t.take("hub", str, None)
+        if (path is None) == (hub is None):
+            t.fail("", "give exactly one of `path` (a local folder) or `hub` (a model id such as 'org/name')")
+        revision = t.take("revision", str, None)
+        if revision is not None and path is not None:
+            t.fail("revision", "only a `hub` model has a revision; a local `path` is used as it is")
+        dtype = t.take("dtype", str, "float32", check=lambda v: None if v in DTYPES else f"'{v}' is not one of {', '.join(DTYPES)}")
+        if path is not None:
+            folder = Path(path).expanduser()
+            if not folder.is_dir():
+                t.fail("path", f"'{path}' is not a folder; give the directory that holds config.json (relative to where bench runs)")
+            if not (folder / "config.json").is_file():
+                t.fail("path", f"'{path}' has no config.json; point it at a folder saved with save_pretrained")
+            location, kind = str(folder.resolve()), "path"
+        else:
+            if not re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", hub):
+                t.fail("hub", f"'{hub}' is not a model id; write it as 'org/name'")
+            location, kind = hub, "hub"
+        default_name = Path(location).name if kind == "path" else hub.split("/")[-1]
+        name = t.take("name", str, default_name)
+        t.finish()
+        if name in names:
+            t.fail("name", f"'{name}' names two models; give each a distinct `name`")
+        names.add(name)
+        out.append(ModelSpec(name=name, source=kind, location=location, revision=revision or ("main" if kind == "hub" else None), dtype=dtype))
+    return out
+
+
+def _methods(source: str, items: list) -> list[MethodSpec]:
+    registry = method_registry()
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            item = {"name": item}
+        t = _Table(source, f"methods[{i}]", item)
+        name = t.take("name", str)
+        if name not in registry:
+            t.fail("name", f"unknown method '{name}'{did_you_mean(name, registry.names())}; known: {', '.join(registry.names())}")
+        cls = registry.get(name)
+        raw = t.take("params", dict, {})
+        try:
+            params = cls.validate_params(raw)
+        except ValueError as err:
+            key, message = err.args
+            raise GridError(source, f"methods[{i}].params.{key}" if key else f"methods[{i}].params", message) from None
+        t.finish()
+        out.append(MethodSpec(name=name, params=params))
+    return out
+
+
+def _patterns(source: str, items: list) -> list[Pattern]:
+    out = []
+    for i, item in enumerate(items):
+        try:
+            p = parse_pattern(item)
+        except ValueError as err:
+            key, message = err.args
+            raise GridError(source, f"patterns[{i}]" + (f".{key}" if key and isinstance(item, dict) else ""), message) from None
+        if p in out:
+            raise GridError(source, f"patterns[{i}]", f"'{p.label}' is listed twice")
+        out.append(p)
+    return out
+
+
+def _hardware(source: str, items: list) -> list[str]:
+    for i, h in enumerate(items):
+        if not isinstance(h, str) or not HARDWARE_RE.match(h):
+            raise GridError(source, f"hardware[{i}]", f"{h!r} is not a hardware target; write 'cpu', 'cpu:N' (N threads), 'cuda' or 'cuda:<accelerator type>'")
+    if len(set(items)) != len(items) or not items:
+        raise GridError(source, "hardware", "must list each target once, and at least one")
+    return list(items)
+
+
+def _kernels(source: str, items: list, hardware: list[str]) -> list[str]:
+    registry = kernel_registry()
+    for i, k in enumerate(items):
+        if not isinstance(k, str) or k not in registry:
+            raise GridError(source, f"kernels[{i}]", f"unknown kernel backend {k!r}{did_you_mean(k, registry.names())}; known: {', '.join(registry.names())}")
+    if len(set(items)) != len(items) or not items:
+        raise GridError(source, "kernels", "must list each backend once, and at least one")
+    return list(items)
+
+
+def _check_dataset(source: str, field_path: str, dataset: str, base_dir: Path | None) -> None:
+    from bench.data import check_dataset
+
+    problem = check_dataset(dataset)
+    if problem:
+        raise GridError(source, field_path, problem)
+
+
+def _excluded(rules: list[dict[str, str]], values: dict[str, str]) -> bool:
+    return any(all(values[k] == v for k, v in rule.items()) for rule in rules)
+
+
+def expand(spec: GridSpec) -> list[Job]:
+    """All jobs of the grid, in a stable order, without duplicates.
+
+    The `dense` method runs once per model (its pattern is always `dense`); when `dense_baseline` is on,
+    every model gets that dense job even if the grid does not list the method, because relative figures
+    (change vs dense, speedup vs dense) come from it. A method paired with a pattern it does not support
+    is skipped, and the pairing is reported by `incompatible`.
+    """
+    methods = list(spec.methods)
+    if spec.dense_baseline and not any(m.name == "dense" for m in methods):
+        methods.insert(0, MethodSpec(name="dense", params={}))
+    registry, kernels = method_registry(), kernel_registry()
+    jobs, seen = [], set()
+    for model in spec.models:
+        for m in methods:
+            cls = registry.get(m.name)
+            patterns = [Dense()] if cls.patterns == ("dense",) else [p for p in spec.patterns if p.kind in cls.patterns]
+            for pattern in patterns:
+                for hw in spec.hardware:
+                    for kernel in spec.kernels:
+                        if not kernels.get(kernel).supports_device(hw):
+                            continue
+                        for seed in spec.seeds:
+                            values = {"model": model.name, "method": m.name, "pattern": pattern.label, "hardware": hw, "kernel": kernel}
+                            if _excluded(spec.excludes, values):
+                                continue
+                            job = Job(
+                                model=model, method=m.name, method_version=cls.version, method_params=m.params,
+                                pattern=pattern.to_dict(), hardware=hw, kernel=kernel, kernel_version=kernels.get(kernel).version,
+                                seed=seed, calibration=spec.calibration.to_dict() if cls.needs_calibration else None,
+                                perplexity=spec.perplexity.to_dict(),
+                                latency=spec.latency.to_dict() if spec.latency else None,
+                            )
+                            if job.key not in seen:
+                                seen.add(job.key)
+                                jobs.append(job)
+    return jobs
+
+
+def incompatible(spec: GridSpec) -> list[str]:
+    """Method x pattern pairs of the grid that the method does not support (reported, not run)."""
+    registry = method_registry()
+    out = []
+    for m in spec.methods:
+        cls = registry.get(m.name)
+        if cls.patterns == ("dense",):
+            continue
+        out += [f"{m.name} x {p.label}" for p in spec.patterns if p.kind not in cls.patterns and p.kind != "dense"]
+    return out

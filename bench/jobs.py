@@ -1,0 +1,119 @@
+"""Jobs and their content keys.
+
+A job is one (model, method, pattern, hardware, kernel, seed) cell of a grid with everything needed to
+run it. Its key is a hash of everything that determines its results: the model's content fingerprint,
+the method's name, version and parameters, the pattern, the calibration, perplexity and latency specs,
+the hardware, the kernel backend and its version, the seed, and the version of each stage's code. A
+resubmitted grid skips jobs whose key is already done in the store; changing any of these makes a new key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Bump a stage's version when a change to its code changes the numbers it produces: every stored result
+# of that stage then gets a new key and is recomputed instead of being reused.
+STAGE_VERSIONS = {"prune": 1, "perplexity": 1, "latency": 1}
+
+
+def content_key(obj: Any, length: int = 16) -> str:
+    """A short, stable hash of a JSON-able object (dict keys sorted, no whitespace)."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def folder_fingerprint(folder: str | Path) -> str:
+    """Hash of every file's relative path and bytes in a model folder (weights included).
+
+    Reading the weights costs about a second per GB; it makes the key follow the model's contents, so a
+    retrained model in the same folder is never mistaken for the old one.
+    """
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(folder)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str  # the label shown on the leaderboard
+    source: str  # "path" or "hub"
+    location: str  # absolute folder, or hub id
+    revision: str | None = None
+    dtype: str = "float32"
+    fingerprint: str = field(default="", compare=False)
+
+    def __post_init__(self):
+        if not self.fingerprint:
+            fp = folder_fingerprint(self.location) if self.source == "path" else f"{self.location}@{self.revision}"
+            object.__setattr__(self, "fingerprint", fp)
+
+    def identity(self) -> dict[str, Any]:
+        """What determines the model's weights: contents, not the label or where it lies."""
+        return {"fingerprint": self.fingerprint, "dtype": self.dtype}
+
+
+@dataclass(frozen=True)
+class Job:
+    model: ModelSpec
+    method: str
+    method_version: str
+    method_params: dict[str, Any]
+    pattern: dict[str, Any]
+    hardware: str
+    kernel: str
+    kernel_version: str
+    seed: int
+    calibration: dict[str, Any] | None
+    perplexity: dict[str, Any]
+    latency: dict[str, Any] | None
+
+    def prune_identity(self) -> dict[str, Any]:
+        return {
+            "model": self.model.identity(), "method": self.method, "method_version": self.method_version,
+            "params": self.method_params, "pattern": self.pattern, "calibration": self.calibration,
+            "seed": self.seed, "code": STAGE_VERSIONS["prune"],
+        }
+
+    @property
+    def key(self) -> str:
+        return content_key({
+            "prune": self.prune_identity(),
+            "perplexity": [self.perplexity, STAGE_VERSIONS["perplexity"]],
+            "latency": [self.latency, STAGE_VERSIONS["latency"]],
+            "hardware": self.hardware, "kernel": [self.kernel, self.kernel_version],
+        })
+
+    @property
+    def pattern_label(self) -> str:
+        from bench.patterns import pattern_from_dict
+
+        return pattern_from_dict(self.pattern).label
+
+    @property
+    def sparsity(self) -> float:
+        from bench.patterns import pattern_from_dict
+
+        return pattern_from_dict(self.pattern).sparsity
+
+    def describe(self) -> str:
+        return f"{self.model.name} · {self.method} · {self.pattern_label} · {self.hardware} · {self.kernel} · seed {self.seed}"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["key"] = self.key
+        return d
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "Job":
+        d = {k: v for k, v in d.items() if k != "key"}
+        d["model"] = ModelSpec(**d["model"])
+        return Job(**d)

@@ -1,0 +1,121 @@
+"""Latency stage: end-to-end prefill and decode, candidate and dense reference in one process.
+
+    metrics = measure(candidate, reference, LatencySpec(), vocab_size=..., seed=0)
+
+Both regimes are measured: prefill (one forward over `prefill_length` tokens, batch 1: compute-bound
+matrix-matrix) and decode (`decode_tokens` greedy steps with a KV cache after a `prompt_length` prompt,
+at each batch of `decode_batch`: memory-bound matrix-vector). The candidate (pruned model on its kernel
+backend) and the reference (the dense model on PyTorch's dense kernels) alternate in ABBA order through
+`warmup` unrecorded rounds and `repeats` recorded ones, so machine drift cancels in their ratio. The
+figures are medians with p10/p90 and the count; speedup = reference median / candidate median.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import torch
+
+from bench.stats import Summary
+
+
+@dataclass(frozen=True)
+class LatencySpec:
+    prefill_length: int = 128
+    prompt_length: int = 16
+    decode_tokens: int = 32
+    decode_batch: tuple[int, ...] = (1,)
+    warmup: int = 2
+    repeats: int = 7
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["decode_batch"] = list(self.decode_batch)
+        return d
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "LatencySpec":
+        return LatencySpec(**{**d, "decode_batch": tuple(d["decode_batch"])})
+
+
+def _timer(device: torch.device) -> Callable[[Callable[[], None]], float]:
+    """Seconds taken by fn; on CUDA measured with events after a synchronisation."""
+    if device.type == "cuda":
+        def run(fn):
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(device)
+            start.record()
+            fn()
+            stop.record()
+            torch.cuda.synchronize(device)
+            return start.elapsed_time(stop) / 1e3
+        return run
+
+    def run(fn):
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+    return run
+
+
+@torch.inference_mode()
+def _decode(model, prompt: torch.Tensor, steps: int) -> Callable[[], None]:
+    """Prefill the prompt (untimed) and return a closure that decodes `steps` greedy tokens."""
+    out = model(prompt, use_cache=True)
+    cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+
+    def run():
+        nonlocal cache, nxt
+        with torch.inference_mode():
+            for _ in range(steps):
+                out = model(nxt, past_key_values=cache, use_cache=True)
+                cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    return run
+
+
+def measure(candidate, reference, spec: LatencySpec, vocab_size: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Interleaved measurement; returns metric rows (name, value, unit, higher_is_better, details)."""
+    device = next(candidate.parameters()).device
+    timer = _timer(device)
+    gen = torch.Generator().manual_seed(seed)
+    prefill_ids = torch.randint(0, vocab_size, (1, spec.prefill_length), generator=gen).to(device)
+    prompts = {b: torch.randint(0, vocab_size, (b, spec.prompt_length), generator=gen).to(device) for b in spec.decode_batch}
+    models = {"candidate": candidate, "reference": reference}
+    times: dict[tuple[str, str], list[float]] = {}
+
+    def prefill(model):
+        with torch.inference_mode():
+            model(prefill_ids, use_cache=False)
+
+    for r in range(spec.warmup + spec.repeats):
+        order = ("candidate", "reference") if r % 2 == 0 else ("reference", "candidate")
+        for who in order:
+            model = models[who]
+            t = timer(lambda: prefill(model))
+            if r >= spec.warmup:
+                times.setdefault((who, "prefill"), []).append(t)
+            for b, prompt in prompts.items():
+                t = timer(_decode(model, prompt, spec.decode_tokens))
+                if r >= spec.warmup:
+                    times.setdefault((who, f"decode_b{b}"), []).append(t)
+
+    rows = []
+    cand, ref = Summary.from_values(times[("candidate", "prefill")]), Summary.from_values(times[("reference", "prefill")])
+    details = {"candidate_s": cand.to_dict(), "reference_s": ref.to_dict(), "tokens": spec.prefill_length, "batch": 1}
+    rows.append(_row("prefill_ms", cand.median * 1e3, "ms", False, details))
+    rows.append(_row("prefill_speedup", ref.median / cand.median, "x", True, details))
+    for b in spec.decode_batch:
+        cand = Summary.from_values(times[("candidate", f"decode_b{b}")])
+        ref = Summary.from_values(times[("reference", f"decode_b{b}")])
+        details = {"candidate_s": cand.to_dict(), "reference_s": ref.to_dict(), "tokens": spec.decode_tokens,
+                   "batch": b, "prompt_length": spec.prompt_length}
+        rows.append(_row(f"decode_tok_s_b{b}", b * spec.decode_tokens / cand.median, "tokens/s", True, details))
+        rows.append(_row(f"decode_speedup_b{b}", ref.median / cand.median, "x", True, details))
+    return rows
+
+
+def _row(name, value, unit, higher_is_better, details):
+    return {"name": name, "value": float(value), "unit": unit, "higher_is_better": higher_is_better,
+            "stderr": None, "stage": "latency", "details": details}

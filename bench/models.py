@@ -1,0 +1,39 @@
+"""Loading models and tokenizers through transformers' own `from_pretrained`, from a folder or a hub id."""
+
+from __future__ import annotations
+
+import torch
+
+from bench.errors import BenchError
+from bench.jobs import ModelSpec
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_model(spec: ModelSpec, device: str | torch.device = "cpu"):
+    """(model in eval mode on `device`, tokenizer)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"revision": spec.revision} if spec.source == "hub" else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(spec.location, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(spec.location, dtype=DTYPES[spec.dtype], **kwargs)
+    except OSError as err:
+        hint = " (is the hub reachable? set HF_HUB_OFFLINE=1 to use only the local cache)" if spec.source == "hub" else ""
+        raise BenchError(f"cannot load model '{spec.name}' from {spec.location}: {err}{hint}") from err
+    return model.to(device).eval(), tokenizer
+
+
+def device_for(hardware: str) -> torch.device:
+    kind = hardware.split(":")[0]
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise BenchError(f"hardware '{hardware}' asks for CUDA but torch sees no CUDA device on this worker")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def threads_for(hardware: str) -> int:
+    """Intra-op threads: N for `cpu:N`, 1 for `cpu`, and 1 host thread for CUDA targets."""
+    kind, _, arg = hardware.partition(":")
+    return int(arg) if kind == "cpu" and arg else 1

@@ -1,0 +1,248 @@
+"""Sparsity patterns: where zeros may go.
+
+    p = parse_pattern("2:4")                 # or "unstructured:0.7", "dense", {kind = "nm", n = 2, m = 4}
+    mask = p.mask(scores)                    # scores (out, in), higher = keep; mask True = kept
+    report = p.verify(weight)                # raises PatternViolation if the weight breaks the pattern
+
+Every method turns its importance scores into a mask through `Pattern.mask`, so no method writes its own
+top-k loop, and every pruned layer is checked by `Pattern.verify`, which measures the sparsity it found.
+Weights are (out_features, in_features); N:M groups run along the input dimension, the axis a sparse
+matrix-vector kernel reduces over.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+import torch
+
+
+class PatternViolation(ValueError):
+    """A pruned weight does not obey the pattern it was pruned for."""
+
+
+@dataclass(frozen=True)
+class Pattern:
+    kind: ClassVar[str] = ""
+
+    @property
+    def sparsity(self) -> float:
+        """The fraction of weights the pattern removes (a target; `verify` measures the real one)."""
+        raise NotImplementedError
+
+    @property
+    def label(self) -> str:
+        raise NotImplementedError
+
+    def mask(self, scores: torch.Tensor) -> torch.Tensor:
+        """Boolean keep-mask of the shape of `scores`; the highest scores are kept."""
+        raise NotImplementedError
+
+    def check(self, weight: torch.Tensor) -> None:
+        """Raise PatternViolation if `weight` has fewer zeros, or zeros in other places, than allowed."""
+        raise NotImplementedError
+
+    def verify(self, weight: torch.Tensor) -> dict[str, Any]:
+        """Check `weight` against the pattern and return what was measured."""
+        if weight.dim() != 2:
+            raise PatternViolation(f"expected a 2-D weight, got shape {tuple(weight.shape)}")
+        self.check(weight)
+        zeros = int((weight == 0).sum())
+        return {"numel": weight.numel(), "zeros": zeros, "sparsity": zeros / weight.numel()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class Dense(Pattern):
+    kind: ClassVar[str] = "dense"
+
+    @property
+    def sparsity(self) -> float:
+        return 0.0
+
+    @property
+    def label(self) -> str:
+        return "dense"
+
+    def mask(self, scores: torch.Tensor) -> torch.Tensor:
+        return torch.ones_like(scores, dtype=torch.bool)
+
+    def check(self, weight: torch.Tensor) -> None:
+        return None
+
+
+def _keep_top(scores: torch.Tensor, n_keep: int) -> torch.Tensor:
+    """Keep-mask of the `n_keep` highest entries along the last dim; ties go to the lower index."""
+    order = torch.argsort(scores, dim=-1, descending=True, stable=True)
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    mask.scatter_(-1, order[..., :n_keep], True)
+    return mask
+
+
+@dataclass(frozen=True)
+class Unstructured(Pattern):
+    """A fraction of the weights, anywhere in the layer (`scope="layer"`) or in each output row."""
+
+    kind: ClassVar[str] = "unstructured"
+    target: float = 0.5
+    scope: str = "layer"
+
+    SCOPES: ClassVar[tuple[str, ...]] = ("layer", "row")
+
+    @property
+    def sparsity(self) -> float:
+        return self.target
+
+    @property
+    def label(self) -> str:
+        pct = f"{self.target * 100:g}%"
+        return pct if self.scope == "layer" else f"{pct}/{self.scope}"
+
+    def pruned_count(self, numel: int) -> int:
+        return int(round(self.target * numel))
+
+    def mask(self, scores: torch.Tensor) -> torch.Tensor:
+        if self.scope == "row":
+            return _keep_top(scores, scores.shape[-1] - self.pruned_count(scores.shape[-1]))
+        flat = scores.reshape(1, -1)
+        return _keep_top(flat, flat.shape[-1] - self.pruned_count(flat.shape[-1])).reshape(scores.shape)
+
+    def check(self, weight: torch.Tensor) -> None:
+        if self.scope == "row":
+            need = self.pruned_count(weight.shape[1])
+            zeros = (weight == 0).sum(dim=1)
+            bad = torch.nonzero(zeros < need).flatten()
+            if len(bad):
+                r = int(bad[0])
+                raise PatternViolation(f"row {r} has {int(zeros[r])} zeros, the pattern needs at least {need}")
+        else:
+            need = self.pruned_count(weight.numel())
+            zeros = int((weight == 0).sum())
+            if zeros < need:
+                raise PatternViolation(f"{zeros} zeros of {weight.numel()}, the pattern needs at least {need}")
+
+
+@dataclass(frozen=True)
+class NM(Pattern):
+    """At most N nonzeros in every group of M consecutive inputs (2:4 keeps 2 of every 4).
+
+    When in_features is not a multiple of M, the last group of each row is shorter and keeps at most N.
+    """
+
+    kind: ClassVar[str] = "nm"
+    n: int = 2
+    m: int = 4
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.n / self.m
+
+    @property
+    def label(self) -> str:
+        return f"{self.n}:{self.m}"
+
+    def _groups(self, t: torch.Tensor, fill) -> torch.Tensor:
+        out, k = t.shape
+        pad = (-k) % self.m
+        if pad:
+            t = torch.cat([t, t.new_full((out, pad), fill)], dim=1)
+        return t.reshape(out, -1, self.m)  # (out, groups, m)
+
+    def mask(self, scores: torch.Tensor) -> torch.Tensor:
+        k = scores.shape[1]
+        groups = self._groups(scores.float(), -math.inf)
+        keep = _keep_top(groups, self.n).reshape(scores.shape[0], -1)
+        return keep[:, :k]
+
+    def check(self, weight: torch.Tensor) -> None:
+        nonzero = self._groups((weight != 0).to(torch.int32), 0).sum(dim=-1)  # (out, groups)
+        bad = torch.nonzero(nonzero > self.n)
+        if len(bad):
+            r, g = (int(x) for x in bad[0])
+            raise PatternViolation(
+                f"row {r}, group {g} (inputs {g * self.m}..{g * self.m + self.m - 1}) has "
+                f"{int(nonzero[r, g])} nonzeros, {self.label} allows {self.n}"
+            )
+
+
+PATTERN_KINDS: dict[str, type[Pattern]] = {p.kind: p for p in (Dense, Unstructured, NM)}
+
+
+def parse_pattern(value: Any) -> Pattern:
+    """Build a pattern from a grid value; raise ValueError(field, message) on bad input.
+
+    Accepted: "dense"; "unstructured:0.7" or "70%"; "2:4"; or a table with `kind` and the fields
+    of that kind. The ValueError's args are (field path relative to the value, message).
+    """
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == "dense":
+            return Dense()
+        if text.endswith("%"):
+            return _unstructured(_number(text[:-1], "") / 100.0, "layer")
+        if text.startswith("unstructured:"):
+            return _unstructured(_number(text.split(":", 1)[1], ""), "layer")
+        if text.count(":") == 1:
+            n, m = text.split(":")
+            if n.strip().isdigit() and m.strip().isdigit():
+                return _nm(int(n), int(m))
+        raise ValueError(
+            "", f"'{value}' is not a pattern; write 'dense', 'unstructured:0.5', '50%', '2:4' or a table"
+        )
+    if isinstance(value, dict):
+        kind = value.get("kind")
+        if kind not in PATTERN_KINDS:
+            from bench.errors import did_you_mean
+
+            raise ValueError(
+                "kind", f"'{kind}' is not a pattern kind{did_you_mean(kind, PATTERN_KINDS)}; "
+                f"known: {', '.join(PATTERN_KINDS)}"
+            )
+        allowed = {"kind"} | {f for f in PATTERN_KINDS[kind].__dataclass_fields__}
+        for key in value:
+            if key not in allowed:
+                raise ValueError(key, f"unknown field for a {kind} pattern; allowed: {', '.join(sorted(allowed))}")
+        if kind == "dense":
+            return Dense()
+        if kind == "unstructured":
+            if "target" not in value:
+                raise ValueError("target", "missing; give the fraction of weights to remove, e.g. target = 0.5")
+            scope = value.get("scope", "layer")
+            if scope not in Unstructured.SCOPES:
+                raise ValueError("scope", f"'{scope}' is not one of {', '.join(Unstructured.SCOPES)}")
+            return _unstructured(_number(value["target"], "target"), scope)
+        for key in ("n", "m"):
+            if not isinstance(value.get(key), int) or isinstance(value.get(key), bool):
+                raise ValueError(key, f"{value.get(key)!r} is not an integer")
+        return _nm(value["n"], value["m"])
+    raise ValueError("", f"{value!r} is not a pattern; write a string like '2:4' or a table with `kind`")
+
+
+def _number(x: Any, field: str) -> float:
+    if isinstance(x, bool):
+        raise ValueError(field, f"{x!r} is not a number")
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        raise ValueError(field, f"{x!r} is not a number") from None
+
+
+def _unstructured(target: float, scope: str) -> Unstructured:
+    if not 0.0 <= target < 1.0:
+        raise ValueError("target", f"{target:g} is not in [0, 1)")
+    return Unstructured(target=target, scope=scope)
+
+
+def _nm(n: int, m: int) -> NM:
+    if not (1 <= n < m):
+        raise ValueError("n", f"{n}:{m} is impossible; N:M needs 1 <= N < M")
+    return NM(n=n, m=m)
+
+
+def pattern_from_dict(d: dict[str, Any]) -> Pattern:
+    """Inverse of `Pattern.to_dict` (used when a job crosses a process boundary)."""
+    return parse_pattern(dict(d))

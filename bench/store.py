@@ -1,0 +1,245 @@
+"""The results store: one DuckDB file, written by the driver alone, read by everyone else.
+
+    store = Store("results/bench.duckdb")
+    with store.write() as con: ...           # short transaction; the file is closed right after
+    with store.read() as con: ...            # read-only; retries while a writer holds the lock
+    store.leaderboard()                       # the view the CLI and the dashboard share, as a DataFrame
+
+DuckDB lets one process hold a file for writing and then no other process may open it, not even
+read-only. So the writer opens, writes and closes in short transactions, and readers (and the writer)
+retry briefly on a lock conflict: the dashboard can be browsed while a grid runs.
+
+Tables: schema_version, runs (grid text and provenance), jobs (one row per job key, its status, error and
+kernel provenance), metrics (long form: name, value, unit, higher_is_better, stderr), layers (the
+per-layer sparsity profile). Views: leaderboard.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import duckdb
+import pandas as pd
+
+from bench.errors import BenchError
+
+SCHEMA_VERSION = 1
+DEFAULT_DB = Path("results") / "bench.duckdb"
+
+LEADERBOARD_SQL = """
+CREATE OR REPLACE VIEW leaderboard AS
+WITH wide AS (
+    SELECT j.job_key, j.run_id, j.model, j.method, j.pattern, j.target_sparsity, j.hardware, j.kernel,
+           j.seed, j.kernel_status,
+           max(m.value) FILTER (WHERE m.name = 'perplexity') AS perplexity,
+           max(m.value) FILTER (WHERE m.name = 'measured_sparsity') AS measured_sparsity,
+           max(m.value) FILTER (WHERE m.name = 'decode_tok_s_b1') AS decode_tok_s_b1,
+           max(m.value) FILTER (WHERE m.name = 'decode_speedup_b1') AS decode_speedup_b1,
+           max(m.value) FILTER (WHERE m.name = 'prefill_ms') AS prefill_ms,
+           max(m.value) FILTER (WHERE m.name = 'prefill_speedup') AS prefill_speedup,
+           j.finished_at
+    FROM jobs j LEFT JOIN metrics m USING (job_key)
+    WHERE j.status = 'done'
+    GROUP BY ALL
+)
+SELECT w.*, w.perplexity / d.perplexity - 1 AS perplexity_change_vs_dense
+FROM wide w
+LEFT JOIN wide d
+  ON d.method = 'dense' AND d.model = w.model AND d.hardware = w.hardware AND d.kernel = w.kernel AND d.seed = w.seed
+"""
+
+MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        """CREATE TABLE runs (
+            run_id VARCHAR PRIMARY KEY, grid_name VARCHAR, grid_file VARCHAR, grid_text VARCHAR, command VARCHAR,
+            git_commit VARCHAR, git_dirty BOOLEAN, packages VARCHAR, hardware VARCHAR, ray_address VARCHAR,
+            started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ, status VARCHAR,
+            jobs_total INTEGER, jobs_skipped INTEGER, jobs_done INTEGER, jobs_failed INTEGER, jobs_cancelled INTEGER)""",
+        """CREATE TABLE jobs (
+            job_key VARCHAR PRIMARY KEY, run_id VARCHAR, model VARCHAR, model_source VARCHAR, model_location VARCHAR,
+            model_fingerprint VARCHAR, method VARCHAR, method_version VARCHAR, method_params VARCHAR,
+            pattern VARCHAR, pattern_spec VARCHAR, target_sparsity DOUBLE, hardware VARCHAR, kernel VARCHAR,
+            kernel_version VARCHAR, seed INTEGER, spec VARCHAR,
+            status VARCHAR, error VARCHAR, traceback VARCHAR, attempts INTEGER,
+            queued_at TIMESTAMPTZ, started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ, duration_s DOUBLE,
+            peak_rss_bytes BIGINT, timings VARCHAR, worker VARCHAR, kernel_status VARCHAR, kernel_provenance VARCHAR)""",
+        """CREATE TABLE metrics (
+            job_key VARCHAR, name VARCHAR, value DOUBLE, unit VARCHAR, higher_is_better BOOLEAN, stderr DOUBLE,
+            stage VARCHAR, details VARCHAR, PRIMARY KEY (job_key, name))""",
+        """CREATE TABLE layers (
+            job_key VARCHAR, layer VARCHAR, block INTEGER, out_features INTEGER, in_features INTEGER,
+            numel BIGINT, zeros BIGINT, target_sparsity DOUBLE, measured_sparsity DOUBLE,
+            PRIMARY KEY (job_key, layer))""",
+        LEADERBOARD_SQL,
+    ],
+}
+
+
+def _j(obj: Any) -> str | None:
+    return None if obj is None else json.dumps(obj, sort_keys=True, default=str)
+
+
+def _is_lock_error(err: Exception) -> bool:
+    text = str(err)
+    return "lock" in text.lower() or "Conflicting lock" in text
+
+
+class Store:
+    def __init__(self, path: str | Path = DEFAULT_DB, lock_timeout_s: float = 30.0):
+        self.path = Path(path)
+        self.lock_timeout_s = lock_timeout_s
+
+    def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        deadline = time.monotonic() + self.lock_timeout_s
+        delay = 0.05
+        while True:
+            try:
+                return duckdb.connect(str(self.path), read_only=read_only)
+            except (duckdb.IOException, duckdb.Error) as err:
+                if not _is_lock_error(err) or time.monotonic() > deadline:
+                    raise BenchError(f"cannot open {self.path}: {' '.join(str(err).split())}") from err
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    @contextmanager
+    def write(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One short transaction on a freshly opened file, migrated to the current schema."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        con = self._connect(read_only=False)
+        try:
+            self._migrate(con)
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        finally:
+            con.close()
+
+    @contextmanager
+    def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        if not self.path.exists():
+            raise BenchError(f"no results store at {self.path}; run `bench submit GRID` first, or pass --db PATH")
+        con = self._connect(read_only=True)
+        try:
+            version = self._version(con)
+            if version > SCHEMA_VERSION:
+                raise BenchError(f"{self.path} has schema version {version}, newer than this sparsebench "
+                                 f"({SCHEMA_VERSION}); upgrade sparsebench to read it")
+            yield con
+        finally:
+            con.close()
+
+    @staticmethod
+    def _version(con) -> int:
+        exists = con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'").fetchone()[0]
+        if not exists:
+            return 0
+        row = con.execute("SELECT max(version) FROM schema_version").fetchone()
+        return row[0] or 0
+
+    def _migrate(self, con) -> None:
+        version = self._version(con)
+        if version > SCHEMA_VERSION:
+            raise BenchError(f"{self.path} has schema version {version}, newer than this sparsebench ({SCHEMA_VERSION})")
+        if version == SCHEMA_VERSION:
+            return
+        con.execute("BEGIN TRANSACTION")
+        con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER, applied_at TIMESTAMPTZ)")
+        for v in range(version + 1, SCHEMA_VERSION + 1):
+            for stmt in MIGRATIONS[v]:
+                con.execute(stmt)
+            con.execute("INSERT INTO schema_version VALUES (?, now())", [v])
+        con.execute("COMMIT")
+
+    # ---- writes (driver only) -------------------------------------------------------------------
+
+    def begin_run(self, run: dict[str, Any], jobs: list, skipped: int) -> None:
+        """Record the run and queue its jobs (re-queued rows keep their key, lose their old results)."""
+        with self.write() as con:
+            con.execute(
+                "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now(), NULL, 'running', ?, ?, 0, 0, 0)",
+                [run["run_id"], run["grid_name"], run["grid_file"], run["grid_text"], run["command"],
+                 run["git"]["commit"], run["git"]["dirty"], _j(run["packages"]), _j(run["hardware"]),
+                 run["ray_address"], len(jobs) + skipped, skipped],
+            )
+            keys = [j.key for j in jobs]
+            if keys:
+                con.execute("DELETE FROM metrics WHERE job_key IN (SELECT unnest(?))", [keys])
+                con.execute("DELETE FROM layers WHERE job_key IN (SELECT unnest(?))", [keys])
+                con.execute("DELETE FROM jobs WHERE job_key IN (SELECT unnest(?))", [keys])
+            con.executemany(
+                "INSERT INTO jobs (job_key, run_id, model, model_source, model_location, model_fingerprint, method, "
+                "method_version, method_params, pattern, pattern_spec, target_sparsity, hardware, kernel, "
+                "kernel_version, seed, spec, status, attempts, queued_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, now())",
+                [[j.key, run["run_id"], j.model.name, j.model.source, j.model.location, j.model.fingerprint,
+                  j.method, j.method_version, _j(j.method_params), j.pattern_label, _j(j.pattern), j.sparsity,
+                  j.hardware, j.kernel, j.kernel_version, j.seed, _j(j.to_dict())] for j in jobs],
+            )
+
+    def record_result(self, key: str, result: dict[str, Any]) -> None:
+        kernel = result.get("kernel") or {}
+        with self.write() as con:
+            con.execute(
+                "UPDATE jobs SET status = ?, error = ?, traceback = ?, attempts = attempts + 1, started_at = ?, "
+                "finished_at = ?, duration_s = ?, peak_rss_bytes = ?, timings = ?, worker = ?, kernel_status = ?, "
+                "kernel_provenance = ? WHERE job_key = ?",
+                [result["status"], result.get("error"), result.get("traceback"), result.get("started_at"),
+                 result.get("finished_at"), result.get("duration_s"), result.get("peak_rss_bytes"),
+                 _j(result.get("timings")), _j(result.get("worker")), kernel.get("status"), _j(kernel or None), key],
+            )
+            if result["status"] == "done":
+                con.executemany(
+                    "INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [[key, m["name"], m["value"], m["unit"], m["higher_is_better"], m.get("stderr"), m["stage"],
+                      _j(m.get("details"))] for m in result.get("metrics", [])],
+                )
+                layers = result.get("layers", [])
+                if layers:
+                    con.executemany(
+                        "INSERT OR REPLACE INTO layers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [[key, x["layer"], x["block"], x["out_features"], x["in_features"], x["numel"], x["zeros"],
+                          x["target_sparsity"], x["measured_sparsity"]] for x in layers],
+                    )
+
+    def mark(self, keys: list[str], status: str, error: str | None = None) -> None:
+        if not keys:
+            return
+        with self.write() as con:
+            con.execute("UPDATE jobs SET status = ?, error = coalesce(?, error), finished_at = now() "
+                        "WHERE job_key IN (SELECT unnest(?))", [status, error, keys])
+
+    def finish_run(self, run_id: str, status: str, counts: dict[str, int]) -> None:
+        with self.write() as con:
+            con.execute(
+                "UPDATE runs SET status = ?, finished_at = now(), jobs_done = ?, jobs_failed = ?, jobs_cancelled = ? "
+                "WHERE run_id = ?",
+                [status, counts.get("done", 0), counts.get("failed", 0), counts.get("cancelled", 0), run_id],
+            )
+
+    # ---- reads ------------------------------------------------------------------------------------
+
+    def statuses(self, keys: list[str]) -> dict[str, str]:
+        if not self.path.exists():
+            return {}
+        with self.read() as con:
+            if not self._version(con):
+                return {}
+            rows = con.execute("SELECT job_key, status FROM jobs WHERE job_key IN (SELECT unnest(?))", [keys]).fetchall()
+        return dict(rows)
+
+    def query(self, sql: str, params: list | None = None) -> pd.DataFrame:
+        with self.read() as con:
+            return con.execute(sql, params or []).df()
+
+    def leaderboard(self) -> pd.DataFrame:
+        return self.query("SELECT * FROM leaderboard ORDER BY model, hardware, kernel, method = 'dense' DESC, "
+                          "target_sparsity, pattern, perplexity")
