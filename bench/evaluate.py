@@ -5,7 +5,7 @@
 
 Protocol. The split's text is tokenized once without special tokens and cut to `max_tokens`. Windows of
 `context_length` tokens start every `stride` tokens (with `bos`, each window is a BOS token plus
-`context_length - 1` text tokens). Each text token is scored exactly once, in the first window where it has
+`context_length - 1` text tokens, and windows advance by at most that many). Each text token is scored exactly once, in the first window where it has
 at least one token before it, so with stride == context_length (the GPTQ protocol) the first token of each
 window is not scored, and with a smaller stride later tokens see at least context_length - stride tokens
 of context. Perplexity is exp of the mean token-level negative log-likelihood over scored tokens. Every
@@ -77,7 +77,7 @@ def perplexity(model, tokenizer, spec: PerplexitySpec, text: str | None = None) 
         scored_until = end
         if end >= n:
             break
-        begin += spec.stride
+        begin += min(spec.stride, width)  # with BOS a window holds one text token fewer; never skip one
     mean_nll = nll_sum / scored
     return {
         "perplexity": math.exp(mean_nll),

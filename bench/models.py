@@ -18,9 +18,10 @@ def load_model(spec: ModelSpec, device: str | torch.device = "cpu"):
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec.location, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(spec.location, dtype=DTYPES[spec.dtype], **kwargs)
-    except OSError as err:
+    except Exception as err:  # missing files, corrupt weights, unknown architecture: all name the model
         hint = " (is the hub reachable? set HF_HUB_OFFLINE=1 to use only the local cache)" if spec.source == "hub" else ""
-        raise BenchError(f"cannot load model '{spec.name}' from {spec.location}: {err}{hint}") from err
+        raise BenchError(f"cannot load model '{spec.name}' from {spec.location}: "
+                         f"{type(err).__name__}: {' '.join(str(err).split())}{hint}") from err
     return model.to(device).eval(), tokenizer
 
 

@@ -1,0 +1,73 @@
+"""The perplexity protocol scores every token once and records what it did."""
+
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from bench.errors import BenchError
+from bench.evaluate import PerplexitySpec, perplexity
+
+
+@pytest.fixture(scope="module")
+def model_and_tok(tiny_model):
+    return AutoModelForCausalLM.from_pretrained(tiny_model).eval(), AutoTokenizer.from_pretrained(tiny_model)
+
+
+def reference_nll(model, ids, width):
+    """Plain, independent computation for non-overlapping windows without BOS."""
+    total, count = 0.0, 0
+    for start in range(0, len(ids), width):
+        window = torch.tensor(ids[start:start + width]).unsqueeze(0)
+        if window.shape[1] < 2:
+            continue
+        with torch.no_grad():
+            logits = model(window).logits[0, :-1]
+        total += torch.nn.functional.cross_entropy(logits, window[0, 1:], reduction="sum").item()
+        count += window.shape[1] - 1
+    return total, count
+
+
+def test_non_overlapping_matches_independent_computation(model_and_tok):
+    model, tok = model_and_tok
+    spec = PerplexitySpec(context_length=64, stride=64, max_tokens=1000)
+    out = perplexity(model, tok, spec)
+    ids = tok(__import__("bench.world", fromlist=["x"]).split_text("test"), add_special_tokens=False)["input_ids"][:1000]
+    total, count = reference_nll(model, ids, 64)
+    assert out["protocol"]["tokens_scored"] == count
+    assert out["protocol"]["tokens_total"] == 1000
+    assert out["protocol"]["windows"] == math.ceil(1000 / 64)
+    assert out["perplexity"] == pytest.approx(math.exp(total / count), rel=1e-5)
+    for field in ("dataset", "split", "context_length", "stride", "bos", "max_tokens"):
+        assert field in out["protocol"]
+
+
+def test_sliding_window_scores_each_token_once(model_and_tok):
+    model, tok = model_and_tok
+    out = perplexity(model, tok, PerplexitySpec(context_length=64, stride=16, max_tokens=500))
+    assert out["protocol"]["tokens_scored"] == 499  # every token but the very first
+    # more context per scored token cannot be much worse than non-overlapping windows
+    flat = perplexity(model, tok, PerplexitySpec(context_length=64, stride=64, max_tokens=500))
+    assert out["perplexity"] < flat["perplexity"] * 1.05
+
+
+def test_bos_scores_the_first_token_too(model_and_tok):
+    model, tok = model_and_tok
+    out = perplexity(model, tok, PerplexitySpec(context_length=64, stride=64, max_tokens=300, bos=True))
+    assert out["protocol"]["tokens_scored"] == 300
+
+
+def test_local_text_folder(model_and_tok, tmp_path):
+    model, tok = model_and_tok
+    (tmp_path / "test.txt").write_text("add 1 plus 2 is 3 .\n" * 50)
+    out = perplexity(model, tok, PerplexitySpec(dataset=str(tmp_path), split="test", context_length=32, stride=32))
+    assert out["perplexity"] > 1.0
+    with pytest.raises(BenchError, match="no validation.txt"):
+        perplexity(model, tok, PerplexitySpec(dataset=str(tmp_path), split="validation"))
+
+
+def test_trained_model_beats_uniform(model_and_tok):
+    model, tok = model_and_tok
+    out = perplexity(model, tok, PerplexitySpec(max_tokens=2000))
+    assert out["perplexity"] < len(tok) / 2  # uniform guessing gives len(tok)

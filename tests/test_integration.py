@@ -1,0 +1,134 @@
+"""`bench submit` end to end: a real local Ray instance, a real DuckDB file, a real (tiny) model.
+
+One grid holds a healthy model and one whose weights file is corrupt: the corrupt model's jobs are stored
+as failed with their error, the others finish, the exit code is 1 and the summary names the failures.
+Resubmitting runs only what is not done; --force runs everything again.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from bench.store import Store
+from conftest import FAST_LATENCY, FAST_PPL, write_grid
+
+pytestmark = pytest.mark.slow
+
+
+def bench(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "bench.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+def grid_text(models: dict) -> str:
+    body = 'name = "integration"\npatterns = ["50%", "2:4"]\nmethods = ["magnitude"]\n'
+    body += "".join(f'[[models]]\nname = "{name}"\npath = "{path}"\n' for name, path in models.items())
+    return body + FAST_PPL + FAST_LATENCY
+
+
+@pytest.fixture(scope="module")
+def grid_and_db(tiny_model, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("integration")
+    broken = folder / "broken-model"
+    shutil.copytree(tiny_model, broken)
+    (broken / "model.safetensors").write_bytes(b"this is not a safetensors file")
+    grid = write_grid(folder, grid_text({"tiny": tiny_model, "broken": broken}))
+    return grid, folder / "bench.duckdb"
+
+
+def test_dry_run_lists_jobs_and_writes_nothing(grid_and_db):
+    grid, db = grid_and_db
+    proc = bench("submit", grid, "--dry-run", "--db", db)
+    assert proc.returncode == 0, proc.stderr
+    assert "6 jobs, 6 to run, 0 already done" in proc.stdout
+    assert "tiny · magnitude · 2:4 · cpu · torch-dense · seed 0" in proc.stdout
+    assert not db.exists()
+
+
+def test_submit_resume_and_force(grid_and_db, tiny_model):
+    grid, db = grid_and_db
+
+    first = bench("submit", grid, "--db", db)
+    assert first.returncode == 1, first.stdout + first.stderr
+    assert "6 jobs · 0 already done · 3 done · 3 failed" in first.stdout
+    assert first.stdout.count("failed: broken ·") == 3
+
+    store = Store(db)
+    jobs = store.query("SELECT model, method, pattern, status, error, traceback FROM jobs ORDER BY model, pattern")
+    assert (jobs[jobs.model == "tiny"].status == "done").all()
+    broken = jobs[jobs.model == "broken"]
+    assert (broken.status == "failed").all()
+    assert broken.error.str.contains("cannot load model 'broken'").all()
+    assert broken.traceback.str.contains("Traceback").all()
+
+    board = store.leaderboard()
+    assert sorted(board.method) == ["dense", "magnitude", "magnitude"]
+    assert board.perplexity.notna().all() and board.decode_tok_s_b1.notna().all() and board.prefill_ms.notna().all()
+    rows = {r.pattern: r for r in board.itertuples()}
+    assert rows["dense"].measured_sparsity < 0.01 and rows["dense"].kernel_status == "dense"
+    assert rows["50%"].measured_sparsity == pytest.approx(0.5, abs=1e-3)
+    assert rows["2:4"].measured_sparsity == pytest.approx(0.5, abs=1e-3)
+    assert rows["2:4"].kernel_status == "mask only"
+    assert rows["50%"].perplexity > rows["dense"].perplexity * 0.9
+    assert rows["dense"].perplexity_change_vs_dense == 0
+
+    # provenance of the run and of each job
+    run = store.query("SELECT * FROM runs").iloc[0]
+    assert run.grid_text == grid.read_text() and json.loads(run.packages)["torch"]
+    assert run.jobs_done == 3 and run.jobs_failed == 3 and run.status == "failed"
+    metrics = store.query("SELECT name, details FROM metrics WHERE name = 'perplexity'")
+    protocol = json.loads(metrics.details[0])
+    assert protocol["context_length"] == 64 and protocol["tokens_scored"] > 0
+    layers = store.query("SELECT count(*) AS n FROM layers")["n"][0]
+    assert layers == 3 * 28  # 4 blocks x 7 linear layers, for each done job
+
+    # resubmit: only the failed jobs run again
+    again = bench("submit", grid, "--db", db, "--no-progress")
+    assert again.returncode == 1
+    assert "6 jobs · 3 already done · 0 done · 3 failed" in again.stdout
+
+    # --force: everything runs again, and the rows are replaced, not duplicated
+    fixed = write_grid(grid.parent, grid_text({"tiny": tiny_model}), name="fixed.toml")
+    forced = bench("submit", fixed, "--db", db, "--force", "--no-progress")
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert "3 jobs · 0 already done · 3 done · 0 failed" in forced.stdout
+    assert len(store.leaderboard()) == 3
+    assert store.query("SELECT count(*) AS n FROM runs")["n"][0] == 3
+
+
+def test_read_commands(grid_and_db, tmp_path):
+    grid, db = grid_and_db
+    table = bench("leaderboard", "--db", db)
+    assert table.returncode == 0 and "magnitude" in table.stdout and "mask only" in table.stdout
+    csv = bench("leaderboard", "--db", db, "--format", "csv")
+    df = pd.read_csv(__import__("io").StringIO(csv.stdout))
+    assert {"perplexity", "decode_tok_s_b1", "prefill_ms", "measured_sparsity"} <= set(df.columns)
+    js = bench("leaderboard", "--db", db, "--format", "json")
+    assert all("job_key" in json.loads(line) for line in js.stdout.splitlines())
+
+    listing = bench("ls", "--db", db, "--status", "failed")
+    assert listing.returncode == 0 and "broken" in listing.stdout
+    key = df.job_key[0]
+    shown = bench("show", key[:8], "--db", db)
+    assert shown.returncode == 0 and "git_commit" in shown.stdout and "perplexity" in shown.stdout
+    assert bench("show", "zzzz", "--db", db).returncode == 2
+
+    out = tmp_path / "export"
+    assert bench("export", "--format", "parquet", out, "--db", db).returncode == 0
+    assert len(pd.read_parquet(out / "leaderboard.parquet")) == len(df)
+    assert bench("export", "--format", "csv", out, "--db", db).returncode == 0
+    assert (out / "metrics.csv").stat().st_size > 0
+
+
+def test_unreachable_cluster_is_one_line_and_writes_nothing(grid_and_db, tmp_path):
+    grid, _ = grid_and_db
+    db = tmp_path / "fresh.duckdb"
+    proc = bench("submit", grid, "--db", db, "--address", "127.0.0.1:9")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "--address: no Ray cluster answers at 127.0.0.1:9" in proc.stderr
+    assert not db.exists()

@@ -1,0 +1,127 @@
+"""The DuckDB store: schema versioning, round trip, the shared leaderboard view, locking."""
+
+import subprocess
+import sys
+import textwrap
+import time
+
+import duckdb
+import pytest
+
+from bench.errors import BenchError
+from bench.grid import expand, parse_grid
+from bench.store import SCHEMA_VERSION, Store
+
+
+@pytest.fixture()
+def jobs(untrained_model):
+    body = f'models = [{{ path = "{untrained_model}" }}]\nmethods = ["magnitude"]\npatterns = ["50%", "2:4"]\n'
+    return parse_grid(body), expand(parse_grid(body))
+
+
+def run_row(spec, run_id="r1"):
+    return {"run_id": run_id, "grid_name": spec.name, "grid_file": spec.source, "grid_text": spec.text,
+            "command": "bench submit grid.toml", "git": {"commit": "abc", "dirty": False},
+            "packages": {"torch": "2.13.0"}, "hardware": {"cpu_model": "test"}, "ray_address": "local"}
+
+
+def done(ppl, sparsity, tps):
+    metric = lambda name, value, unit, hib, stage: {"name": name, "value": value, "unit": unit, "higher_is_better": hib,
+                                                    "stderr": None, "stage": stage, "details": {"x": 1}}
+    return {"status": "done", "started_at": "2026-01-01T00:00:00+00:00", "finished_at": "2026-01-01T00:00:05+00:00",
+            "duration_s": 5.0, "timings": {"prune_s": 1.0}, "worker": {"host": "w"},
+            "kernel": {"backend": "torch-dense", "status": "mask only" if sparsity else "dense"},
+            "metrics": [metric("perplexity", ppl, "ppl", False, "perplexity"),
+                        metric("measured_sparsity", sparsity, "fraction", None, "prune"),
+                        metric("decode_tok_s_b1", tps, "tokens/s", True, "latency")],
+            "layers": [{"layer": "model.layers.0.mlp.up_proj", "block": 0, "out_features": 4, "in_features": 8,
+                        "numel": 32, "zeros": int(32 * sparsity), "target_sparsity": sparsity, "measured_sparsity": sparsity}]}
+
+
+def test_round_trip_and_leaderboard(tmp_path, jobs):
+    spec, js = jobs
+    store = Store(tmp_path / "b.duckdb")
+    store.begin_run(run_row(spec), js, skipped=0)
+    assert set(store.statuses([j.key for j in js]).values()) == {"queued"}
+    dense, mag50, mag24 = js
+    store.record_result(dense.key, done(4.0, 0.0, 100.0))
+    store.record_result(mag50.key, done(5.0, 0.5, 101.0))
+    store.record_result(mag24.key, {"status": "failed", "error": "RuntimeError: boom", "traceback": "Traceback ..."})
+    store.finish_run("r1", "failed", {"done": 2, "failed": 1})
+
+    board = store.leaderboard()
+    assert list(board["method"]) == ["dense", "magnitude"]
+    row = board[board.method == "magnitude"].iloc[0]
+    assert row["perplexity"] == 5.0 and row["measured_sparsity"] == 0.5 and row["kernel_status"] == "mask only"
+    assert row["perplexity_change_vs_dense"] == pytest.approx(0.25)
+    failed = store.query("SELECT status, error, traceback FROM jobs WHERE job_key = ?", [mag24.key]).iloc[0]
+    assert (failed["status"], failed["error"]) == ("failed", "RuntimeError: boom")
+    run = store.query("SELECT * FROM runs").iloc[0]
+    assert run["grid_text"] == spec.text and run["jobs_done"] == 2 and run["jobs_failed"] == 1
+    assert store.query("SELECT count(*) AS n FROM layers")["n"][0] == 2
+
+
+def test_requeue_replaces_old_results(tmp_path, jobs):
+    spec, js = jobs
+    store = Store(tmp_path / "b.duckdb")
+    store.begin_run(run_row(spec), js[:1], skipped=0)
+    store.record_result(js[0].key, done(4.0, 0.0, 100.0))
+    store.begin_run(run_row(spec, "r2"), js[:1], skipped=0)  # --force
+    assert store.statuses([js[0].key]) == {js[0].key: "queued"}
+    assert store.query("SELECT count(*) AS n FROM metrics")["n"][0] == 0
+    store.record_result(js[0].key, done(4.5, 0.0, 90.0))
+    assert store.leaderboard()["perplexity"].tolist() == [4.5]
+
+
+def test_schema_version_is_recorded_once(tmp_path, jobs):
+    spec, js = jobs
+    store = Store(tmp_path / "b.duckdb")
+    store.begin_run(run_row(spec), js, 0)
+    store.begin_run(run_row(spec, "r2"), js, 0)
+    rows = store.query("SELECT version FROM schema_version")
+    assert rows["version"].tolist() == [SCHEMA_VERSION]
+
+
+def test_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "b.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE schema_version (version INTEGER, applied_at TIMESTAMPTZ)")
+    con.execute("INSERT INTO schema_version VALUES (?, now())", [SCHEMA_VERSION + 1])
+    con.close()
+    with pytest.raises(BenchError, match="newer than this sparsebench"):
+        Store(path).leaderboard()
+
+
+def test_missing_store_says_what_to_do(tmp_path):
+    with pytest.raises(BenchError, match="run `bench submit GRID` first"):
+        Store(tmp_path / "none.duckdb").leaderboard()
+    assert Store(tmp_path / "none.duckdb").statuses(["x"]) == {}
+
+
+def test_reader_waits_for_a_writer_in_another_process(tmp_path, jobs):
+    spec, js = jobs
+    path = tmp_path / "b.duckdb"
+    store = Store(path)
+    store.begin_run(run_row(spec), js, 0)
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import duckdb, time, sys
+        con = duckdb.connect({str(path)!r})
+        print("locked", flush=True)
+        time.sleep(1.5)
+        con.close()
+    """)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    t0 = time.monotonic()
+    statuses = store.statuses([j.key for j in js])  # retries until the writer lets go
+    assert time.monotonic() - t0 > 0.5
+    assert len(statuses) == 3
+    holder.wait()
+    with pytest.raises(BenchError, match="cannot open"):
+        holder = subprocess.Popen([sys.executable, "-c", f"import duckdb, time; c = duckdb.connect({str(path)!r}); print('locked', flush=True); time.sleep(5)"],
+                                  stdout=subprocess.PIPE, text=True)
+        holder.stdout.readline()
+        try:
+            Store(path, lock_timeout_s=0.3).leaderboard()
+        finally:
+            holder.kill()
+            holder.wait()
