@@ -89,6 +89,8 @@ def cmd_submit(args) -> int:
     from bench.grid import expand, incompatible, load_grid
     from bench.runner import run_grid
 
+    if args.max_in_flight is not None and args.max_in_flight < 1:
+        raise BenchError(f"--max-in-flight: {args.max_in_flight} must be at least 1")
     spec = load_grid(args.grid)
     jobs = expand(spec)
     store = Store(args.db)
@@ -196,7 +198,8 @@ def cmd_export(args) -> int:
     with store.read() as con:
         for table in ("runs", "jobs", "metrics", "layers", "leaderboard"):
             target = args.path / f"{table}.{ext}"
-            con.execute(f"COPY (SELECT * FROM {table}) TO '{target.as_posix()}' {opts}")
+            quoted = target.as_posix().replace("'", "''")
+            con.execute(f"COPY (SELECT * FROM {table}) TO '{quoted}' {opts}")
             print(target)
     return 0
 

@@ -7,7 +7,9 @@ matrix-matrix) and decode (`decode_tokens` greedy steps with a KV cache after a 
 at each batch of `decode_batch`: memory-bound matrix-vector). The candidate (pruned model on its kernel
 backend) and the reference (the dense model on PyTorch's dense kernels) alternate in ABBA order through
 `warmup` unrecorded rounds and `repeats` recorded ones, so machine drift cancels in their ratio. The
-figures are medians with p10/p90 and the count; speedup = reference median / candidate median.
+figures are medians with p10/p90 and the count. Speedup is the median over rounds of the paired ratio
+reference time / candidate time (the two timings of a round share the machine's state), stored with the
+p10/p90 of those ratios: a dense model timed against itself shows the noise floor of the measurement.
 """
 
 from __future__ import annotations
@@ -101,18 +103,22 @@ def measure(candidate, reference, spec: LatencySpec, vocab_size: int, seed: int 
                 if r >= spec.warmup:
                     times.setdefault((who, f"decode_b{b}"), []).append(t)
 
+    def summarise(regime: str, extra: dict[str, Any]) -> tuple[Summary, dict[str, Any]]:
+        cand_t, ref_t = times[("candidate", regime)], times[("reference", regime)]
+        ratios = Summary.from_values([r / c for r, c in zip(ref_t, cand_t)])
+        cand = Summary.from_values(cand_t)
+        details = {"candidate_s": cand.to_dict(), "reference_s": Summary.from_values(ref_t).to_dict(),
+                   "speedup_paired": ratios.to_dict(), **extra}
+        return cand, details
+
     rows = []
-    cand, ref = Summary.from_values(times[("candidate", "prefill")]), Summary.from_values(times[("reference", "prefill")])
-    details = {"candidate_s": cand.to_dict(), "reference_s": ref.to_dict(), "tokens": spec.prefill_length, "batch": 1}
+    cand, details = summarise("prefill", {"tokens": spec.prefill_length, "batch": 1})
     rows.append(_row("prefill_ms", cand.median * 1e3, "ms", False, details))
-    rows.append(_row("prefill_speedup", ref.median / cand.median, "x", True, details))
+    rows.append(_row("prefill_speedup", details["speedup_paired"]["median"], "x", True, details))
     for b in spec.decode_batch:
-        cand = Summary.from_values(times[("candidate", f"decode_b{b}")])
-        ref = Summary.from_values(times[("reference", f"decode_b{b}")])
-        details = {"candidate_s": cand.to_dict(), "reference_s": ref.to_dict(), "tokens": spec.decode_tokens,
-                   "batch": b, "prompt_length": spec.prompt_length}
+        cand, details = summarise(f"decode_b{b}", {"tokens": spec.decode_tokens, "batch": b, "prompt_length": spec.prompt_length})
         rows.append(_row(f"decode_tok_s_b{b}", b * spec.decode_tokens / cand.median, "tokens/s", True, details))
-        rows.append(_row(f"decode_speedup_b{b}", ref.median / cand.median, "x", True, details))
+        rows.append(_row(f"decode_speedup_b{b}", details["speedup_paired"]["median"], "x", True, details))
     return rows
 
 

@@ -132,3 +132,14 @@ def test_unreachable_cluster_is_one_line_and_writes_nothing(grid_and_db, tmp_pat
     assert proc.stderr.strip().count("\n") == 0
     assert "--address: no Ray cluster answers at 127.0.0.1:9" in proc.stderr
     assert not db.exists()
+
+
+def test_hardware_no_node_can_run_is_failed_at_once(tiny_model, tmp_path):
+    grid = write_grid(tmp_path, f'hardware = ["cuda:H100"]\nmethods = ["dense"]\nmodels = [{{ path = "{tiny_model}" }}]\n'
+                      + FAST_PPL + FAST_LATENCY)
+    db = tmp_path / "b.duckdb"
+    proc = bench("submit", grid, "--db", db, "--no-progress")
+    assert proc.returncode == 1
+    assert "no node of the Ray cluster can run hardware 'cuda:H100'" in proc.stdout
+    row = Store(db).query("SELECT status, error FROM jobs").iloc[0]
+    assert row.status == "failed" and row.error.startswith("Unschedulable:")
