@@ -23,8 +23,9 @@ from bench.errors import BenchError
 from bench.store import DEFAULT_DB, Store
 
 LEADERBOARD_COLUMNS = ["model", "method", "pattern", "hardware", "kernel", "seed", "measured_sparsity", "perplexity",
-                       "perplexity_change_vs_dense", "decode_tok_s_b1", "decode_speedup_b1", "prefill_ms",
-                       "prefill_speedup", "kernel_status", "job_key"]
+                       "perplexity_change_vs_dense", "decode_tok_s_b1", "decode_speedup_b1", "decode_speedup_b1_p10",
+                       "decode_speedup_b1_p90", "prefill_ms", "prefill_speedup", "prefill_speedup_p10",
+                       "prefill_speedup_p90", "kernel_status", "job_key"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -185,8 +186,14 @@ def cmd_leaderboard(args) -> int:
     elif df.empty:
         print("the leaderboard is empty: no job has finished yet")
     else:
-        # Display only: the store and the csv/json formats keep every digit.
-        print(df.drop(columns=["job_key"]).to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+        # Display only: the store and the csv/json formats keep every digit. A speedup is shown with the
+        # p10-p90 range of its paired per-round ratios, so a ratio inside the noise reads as such.
+        df = df.drop(columns=["job_key"]).copy()
+        for col in ("decode_speedup_b1", "prefill_speedup"):
+            if col in df:
+                df[col] = [f"{v:.3g} [{lo:.3g}-{hi:.3g}]" if v == v else "" for v, lo, hi in
+                           zip(df[col], df.pop(col + "_p10"), df.pop(col + "_p90"))]
+        print(df.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     return 0
 
 

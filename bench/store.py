@@ -39,8 +39,16 @@ WITH wide AS (
            max(m.value) FILTER (WHERE m.name = 'measured_sparsity') AS measured_sparsity,
            max(m.value) FILTER (WHERE m.name = 'decode_tok_s_b1') AS decode_tok_s_b1,
            max(m.value) FILTER (WHERE m.name = 'decode_speedup_b1') AS decode_speedup_b1,
+           max(CAST(json_extract(m.details, '$.speedup_paired.p10') AS DOUBLE))
+               FILTER (WHERE m.name = 'decode_speedup_b1') AS decode_speedup_b1_p10,
+           max(CAST(json_extract(m.details, '$.speedup_paired.p90') AS DOUBLE))
+               FILTER (WHERE m.name = 'decode_speedup_b1') AS decode_speedup_b1_p90,
            max(m.value) FILTER (WHERE m.name = 'prefill_ms') AS prefill_ms,
            max(m.value) FILTER (WHERE m.name = 'prefill_speedup') AS prefill_speedup,
+           max(CAST(json_extract(m.details, '$.speedup_paired.p10') AS DOUBLE))
+               FILTER (WHERE m.name = 'prefill_speedup') AS prefill_speedup_p10,
+           max(CAST(json_extract(m.details, '$.speedup_paired.p90') AS DOUBLE))
+               FILTER (WHERE m.name = 'prefill_speedup') AS prefill_speedup_p90,
            j.finished_at
     FROM jobs j LEFT JOIN metrics m USING (job_key)
     WHERE j.status = 'done'
