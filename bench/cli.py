@@ -6,7 +6,8 @@
     bench leaderboard [--format table|csv|json]  the ranked table
     bench export --format parquet|csv DIR        every table and the leaderboard, one file each
     bench methods                                registered pruning methods
-    bench zoo build NAME --out DIR               make a small model of the project's own zoo
+    bench check-method NAME                      the conformance suite for one method
+    bench zoo train NAME [--out DIR]             train a small model of the project's own zoo
 
 Exit codes: 0 success; 1 a job failed; 2 bad input (one line on stderr, nothing written); 130 interrupted.
 """
@@ -25,7 +26,7 @@ from bench.store import DEFAULT_DB, Store
 LEADERBOARD_COLUMNS = ["model", "method", "pattern", "hardware", "kernel", "seed", "measured_sparsity", "perplexity",
                        "perplexity_change_vs_dense", "decode_tok_s_b1", "decode_speedup_b1", "decode_speedup_b1_p10",
                        "decode_speedup_b1_p90", "prefill_ms", "prefill_speedup", "prefill_speedup_p10",
-                       "prefill_speedup_p90", "kernel_status", "job_key"]
+                       "prefill_speedup_p90", "task_acc_mean", "task_acc_change_vs_dense", "kernel_status", "job_key"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,11 +65,15 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("methods", help="list registered pruning methods")
 
+    s = sub.add_parser("check-method", help="run the conformance suite on a registered method")
+    s.add_argument("name")
+    s.add_argument("--arch", action="append", help="only this architecture (repeatable); default: all")
+
     s = sub.add_parser("zoo", help="the project's small models")
     zs = s.add_subparsers(dest="zoo_command", required=True, metavar="ZOO_COMMAND")
-    b = zs.add_parser("build", help="build (and optionally train) a small model into a folder")
+    b = zs.add_parser("train", help="train a small model (default: into the package, as builtin:NAME)")
     b.add_argument("name")
-    b.add_argument("--out", type=Path, required=True)
+    b.add_argument("--out", type=Path, default=None, help="write the model here instead of into the package")
     b.add_argument("--steps", type=int, default=None, help="training steps (default: the model's recipe)")
     b.add_argument("--seed", type=int, default=0)
     return p
@@ -116,6 +121,8 @@ def cmd_submit(args) -> int:
           f"{len(summary.failed)} failed · {summary.elapsed_s:.1f} s · store {args.db}")
     for job, error in summary.failed:
         print(f"  failed: {job.describe()} [{job.key}]: {error}")
+    for warning in summary.warnings:
+        print(f"  WARNING: {warning}")
     return 0 if summary.ok else 1
 
 
@@ -177,6 +184,7 @@ def cmd_show(args) -> int:
 def cmd_leaderboard(args) -> int:
     df = Store(args.db).leaderboard()
     cols = [c for c in LEADERBOARD_COLUMNS if c in df.columns]
+    cols[-1:-1] = sorted(c for c in df.columns if c.endswith("/acc"))  # one column per task, before job_key
     df = df[cols]
     if args.format == "csv":
         df.to_csv(sys.stdout, index=False)
@@ -228,6 +236,18 @@ def cmd_methods(args) -> int:
     return 0
 
 
+def cmd_check_method(args) -> int:
+    from bench.conformance import check_method
+
+    checks = check_method(args.name, args.arch)
+    failed = [c for c in checks if not c.ok]
+    for c in checks:
+        print(f"{'ok  ' if c.ok else 'FAIL'}  {c.architecture:<9} {c.pattern:<16} {c.check:<13} {c.detail}")
+    archs = len({c.architecture for c in checks})
+    print(f"{args.name}: {len(checks) - len(failed)} of {len(checks)} checks passed on {archs} architectures")
+    return 1 if failed else 0
+
+
 def cmd_zoo(args) -> int:
     from bench import zoo
 
@@ -237,7 +257,7 @@ def cmd_zoo(args) -> int:
 
 
 COMMANDS = {"submit": cmd_submit, "ls": cmd_ls, "show": cmd_show, "leaderboard": cmd_leaderboard,
-            "export": cmd_export, "methods": cmd_methods, "zoo": cmd_zoo}
+            "export": cmd_export, "methods": cmd_methods, "check-method": cmd_check_method, "zoo": cmd_zoo}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -23,9 +23,23 @@ def _metric(name, value, unit, higher_is_better, stage, details=None, stderr=Non
             "stderr": stderr, "stage": stage, "details": details}
 
 
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize()
+    except OSError:
+        return None
+
+
 def run_job(job_dict: dict[str, Any]) -> dict[str, Any]:
+    from bench import hub
     from bench.provenance import hardware_fingerprint
 
+    hub.offline_unless_reachable()  # before transformers or datasets touch the network
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
@@ -39,7 +53,7 @@ def run_job(job_dict: dict[str, Any]) -> dict[str, Any]:
     result["timings"] = timings
     result["duration_s"] = time.perf_counter() - t0
     result["finished_at"] = datetime.now(timezone.utc).isoformat()
-    result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result["peak_rss_bytes"] = _peak_rss_bytes()
     try:
         result["worker"] = hardware_fingerprint()
     except Exception as err:  # provenance must never hide the job's own outcome
@@ -53,7 +67,7 @@ def _run(job_dict: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
     from bench.latency import LatencySpec, measure
     from bench.models import device_for, load_model, threads_for
     from bench.patterns import pattern_from_dict
-    from bench.prune import prune_model, target_layers
+    from bench.prune import LayerFilter, prune_model, target_layers
     from bench.registry import kernel_registry, method_registry
 
     job = Job.from_dict(job_dict)
@@ -68,16 +82,37 @@ def _run(job_dict: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
     timings["load_s"] = time.perf_counter() - t
 
     method = method_registry().get(job.method)(seed=job.seed, **job.method_params)
-    report = prune_model(model, method, pattern)
+    calibration = None
+    if method.needs_calibration or pattern.needs_calibration or job.refine:
+        from bench.calibration import calibration_tokens
+
+        calibration = calibration_tokens(tokenizer, job.calibration)
+    layer_filter = LayerFilter(tuple(job.layers["include"]), tuple(job.layers["exclude"])) if job.layers else None
+    rss_before = _rss_bytes()
+    report = prune_model(model, method, pattern, layer_filter, calibration=calibration, refine=job.refine)
     timings["prune_s"] = report.seconds
     metrics.append(_metric("measured_sparsity", report.measured_sparsity, "fraction", None, "prune",
                            {"target": pattern.sparsity, "layers": len(report.layers)}))
-    metrics.append(_metric("prune_s", report.seconds, "s", False, "prune"))
+    metrics.append(_metric("prune_s", report.seconds, "s", False, "prune",
+                           {"calibration_tokens": int(calibration.numel()) if calibration is not None else 0}))
+    metrics.append(_metric("prune_peak_rss_bytes", _peak_rss_bytes(), "bytes", False, "prune",
+                           {"rss_before_prune_bytes": rss_before,
+                            "cuda_peak_bytes": torch.cuda.max_memory_allocated() if device.type == "cuda" else None,
+                            "note": "peak resident memory of the worker process up to the end of pruning"}))
 
     t = time.perf_counter()
     ppl = perplexity(model, tokenizer, PerplexitySpec(**job.perplexity))
     timings["perplexity_s"] = time.perf_counter() - t
     metrics.append(_metric("perplexity", ppl["perplexity"], "ppl", False, "perplexity", ppl["protocol"]))
+    warnings = _dense_gate(job, ppl["perplexity"])
+
+    if job.tasks is not None:
+        from bench.lmeval import TasksSpec, run_tasks
+
+        t = time.perf_counter()
+        spec = TasksSpec.from_dict({k: v for k, v in job.tasks.items() if k in TasksSpec.__dataclass_fields__})
+        metrics += run_tasks(model, tokenizer, spec, seed=job.seed)
+        timings["lm_eval_s"] = time.perf_counter() - t
 
     kernel = None
     if job.latency is not None:
@@ -92,4 +127,17 @@ def _run(job_dict: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
         metrics += rows
         del reference
         timings["latency_s"] = time.perf_counter() - t
-    return {"metrics": metrics, "layers": report.layers, "kernel": kernel}
+    return {"metrics": metrics, "layers": report.layers, "kernel": kernel, "warnings": warnings}
+
+
+def _dense_gate(job, measured: float) -> list[str]:
+    """A warning when the dense model misses the perplexity the grid says it should reach."""
+    expect = job.model.expect_perplexity
+    if job.method != "dense" or expect is None:
+        return []
+    off = measured / expect - 1
+    if abs(off) <= job.model.expect_tolerance:
+        return []
+    return [f"dense {job.model.name} has perplexity {measured:.6g}, expected {expect:.6g} "
+            f"({off:+.1%}, tolerance {job.model.expect_tolerance:.1%}): check the model, the data and the protocol "
+            "before trusting any relative figure of this model"]

@@ -20,6 +20,7 @@ from bench.errors import GridError, did_you_mean
 from bench.evaluate import PerplexitySpec
 from bench.jobs import Job, ModelSpec
 from bench.latency import LatencySpec
+from bench.lmeval import TasksSpec
 from bench.patterns import Dense, Pattern, parse_pattern
 from bench.registry import kernel_registry, method_registry
 
@@ -31,6 +32,11 @@ DTYPES = ("float32", "bfloat16", "float16")
 class MethodSpec:
     name: str
     params: dict[str, Any]
+    refine: dict[str, Any] | None = None  # {"name": "dsnot", "cycles": 50}
+
+    @property
+    def label(self) -> str:
+        return self.name + (f"+{self.refine['name']}" if self.refine else "")
 
 
 @dataclass(frozen=True)
@@ -59,8 +65,10 @@ class GridSpec:
     calibration: CalibrationSpec
     perplexity: PerplexitySpec
     latency: LatencySpec | None
+    tasks: TasksSpec | None = None
     excludes: list[dict[str, str]] = field(default_factory=list)
     dense_baseline: bool = True
+    layers: dict[str, list[str]] | None = None
 
 
 class _Table:
@@ -133,10 +141,10 @@ def load_grid(path: str | Path) -> GridSpec:
         raise GridError(str(path), "", "no such grid file") from None
     except (OSError, UnicodeDecodeError) as err:
         raise GridError(str(path), "", f"cannot read it: {err}") from None
-    return parse_grid(text, source=source, base_dir=path.parent)
+    return parse_grid(text, source=source)
 
 
-def parse_grid(text: str, source: str = "grid.toml", base_dir: Path | None = None) -> GridSpec:
+def parse_grid(text: str, source: str = "grid.toml") -> GridSpec:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
@@ -157,7 +165,7 @@ def parse_grid(text: str, source: str = "grid.toml", base_dir: Path | None = Non
 
     cal = _Table(source, "calibration", top.take("calibration", dict, {}))
     calibration = CalibrationSpec(
-        dataset=cal.take("dataset", str, CalibrationSpec.dataset),
+        dataset=_absolute(cal.take("dataset", str, CalibrationSpec.dataset)),
         split=cal.take("split", str, CalibrationSpec.split),
         samples=cal.take("samples", int, CalibrationSpec.samples, check=_positive),
         seq_len=cal.take("seq_len", int, CalibrationSpec.seq_len, check=_positive),
@@ -167,10 +175,11 @@ def parse_grid(text: str, source: str = "grid.toml", base_dir: Path | None = Non
 
     ev = _Table(source, "evaluation", top.take("evaluation", dict, {}))
     ppl = _Table(source, "evaluation.perplexity", ev.take("perplexity", dict, {}))
+    tasks = _tasks(source, ev.take("tasks", dict, None))
     ev.finish()
     d = PerplexitySpec()
     perplexity = PerplexitySpec(
-        dataset=ppl.take("dataset", str, d.dataset),
+        dataset=_absolute(ppl.take("dataset", str, d.dataset)),
         split=ppl.take("split", str, d.split),
         context_length=ppl.take("context_length", int, d.context_length, check=_positive),
         stride=ppl.take("stride", int, d.stride, check=_positive),
@@ -180,9 +189,24 @@ def parse_grid(text: str, source: str = "grid.toml", base_dir: Path | None = Non
     if perplexity.stride > perplexity.context_length:
         ppl.fail("stride", f"{perplexity.stride} is larger than context_length {perplexity.context_length}")
     ppl.finish()
-    _check_dataset(source, "evaluation.perplexity.dataset", perplexity.dataset, base_dir)
-    if any(method_registry().get(m.name).needs_calibration for m in methods):
-        _check_dataset(source, "calibration.dataset", calibration.dataset, base_dir)
+    _check_dataset(source, "evaluation.perplexity.dataset", perplexity.dataset)
+    if (any(method_registry().get(m.name).needs_calibration or m.refine for m in methods)
+            or any(p.needs_calibration for p in patterns)):
+        _check_dataset(source, "calibration.dataset", calibration.dataset)
+
+    layers = None
+    if "layers" in data:
+        lt = _Table(source, "layers", top.take("layers", dict))
+        layers = {}
+        for key in ("include", "exclude"):
+            globs = lt.take(key, list, ["*"] if key == "include" else [])
+            for i, g in enumerate(globs):
+                if not isinstance(g, str) or not g:
+                    lt.fail(f"{key}[{i}]", f"expected a glob on module names such as '*.mlp.*', got {g!r}")
+            layers[key] = list(globs)
+        lt.finish()
+    else:
+        top.seen.add("layers")
 
     lat = _Table(source, "latency", top.take("latency", dict, {}))
     d = LatencySpec()
@@ -220,19 +244,30 @@ def parse_grid(text: str, source: str = "grid.toml", base_dir: Path | None = Non
     return GridSpec(
         source=source, text=text, name=name, models=models, methods=methods, patterns=patterns,
         hardware=hardware, kernels=kernels, seeds=list(seeds), calibration=calibration,
-        perplexity=perplexity, latency=latency if enabled else None, excludes=excludes,
-        dense_baseline=dense_baseline,
+        perplexity=perplexity, latency=latency if enabled else None, tasks=tasks, excludes=excludes,
+        dense_baseline=dense_baseline, layers=layers,
     )
 
 
 def _models(source: str, items: list) -> list[ModelSpec]:
+    from bench import zoo
+
     out, names = [], set()
     for i, item in enumerate(items):
+        if isinstance(item, str):
+            item = {"builtin": item.removeprefix("builtin:")} if item.startswith("builtin:") else {"path": item}
         t = _Table(source, f"models[{i}]", item)
         path = t.take("path", str, None)
         hub = t.take("hub", str, None)
-        if (path is None) == (hub is None):
-            t.fail("", "give exactly one of `path` (a local folder) or `hub` (a model id such as 'org/name')")
+        builtin = t.take("builtin", str, None)
+        if sum(x is not None for x in (path, hub, builtin)) != 1:
+            t.fail("", "give exactly one of `path` (a local folder), `hub` (a model id such as 'org/name') "
+                       "or `builtin` (one of the project's models)")
+        if builtin is not None:
+            known = zoo.builtin_names()
+            if builtin not in known:
+                t.fail("builtin", f"unknown built-in model '{builtin}'{did_you_mean(builtin, known)}; known: {', '.join(known) or 'none'}")
+            path = str(zoo.builtin_path(builtin))
         revision = t.take("revision", str, None)
         if revision is not None and path is not None:
             t.fail("revision", "only a `hub` model has a revision; a local `path` is used as it is")
@@ -243,19 +278,64 @@ def _models(source: str, items: list) -> list[ModelSpec]:
                 t.fail("path", f"'{path}' is not a folder; give the directory that holds config.json (relative to where bench runs)")
             if not (folder / "config.json").is_file():
                 t.fail("path", f"'{path}' has no config.json; point it at a folder saved with save_pretrained")
-            location, kind = str(folder.resolve()), "path"
+            location, kind = str(folder.resolve()), "builtin" if builtin is not None else "path"
         else:
             if not re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", hub):
                 t.fail("hub", f"'{hub}' is not a model id; write it as 'org/name'")
             location, kind = hub, "hub"
-        default_name = Path(location).name if kind == "path" else hub.split("/")[-1]
+        default_name = hub.split("/")[-1] if kind == "hub" else Path(location).name
         name = t.take("name", str, default_name)
+        expect = t.take("expect_perplexity", (int, float), None, check=lambda v: None if v > 1 else f"{v} is not a perplexity (> 1)")
+        tolerance = t.take("expect_tolerance", (int, float), 0.01, check=lambda v: None if 0 < v < 1 else f"{v} is not a relative tolerance in (0, 1)")
         t.finish()
         if name in names:
             t.fail("name", f"'{name}' names two models; give each a distinct `name`")
         names.add(name)
-        out.append(ModelSpec(name=name, source=kind, location=location, revision=revision or ("main" if kind == "hub" else None), dtype=dtype))
+        out.append(ModelSpec(name=name, source=kind, location=location, revision=revision or ("main" if kind == "hub" else None),
+                             dtype=dtype, expect_perplexity=None if expect is None else float(expect),
+                             expect_tolerance=float(tolerance)))
     return out
+
+
+def _tasks(source: str, data: dict | None) -> TasksSpec | None:
+    if data is None:
+        return None
+    from bench.lmeval import unknown_tasks
+
+    t = _Table(source, "evaluation.tasks", data)
+    names = t.take("names", list, check=lambda v: None if v else "list at least one lm-eval task, group or tag, e.g. [\"synthetic\"]")
+    for i, n in enumerate(names):
+        if not isinstance(n, str):
+            t.fail(f"names[{i}]", f"expected a task name, got {n!r}")
+    include = t.take("include_path", str, None)
+    if include is not None and not Path(include).expanduser().is_dir():
+        t.fail("include_path", f"'{include}' is not a folder of lm-eval task files")
+    spec = TasksSpec(
+        names=tuple(names),
+        num_fewshot=t.take("num_fewshot", int, 0, check=_nonnegative),
+        limit=t.take("limit", int, None, check=_positive),
+        batch_size=t.take("batch_size", int, 32, check=_positive),
+        include_path=str(Path(include).expanduser().resolve()) if include else None,
+    )
+    t.finish()
+    missing, known = unknown_tasks(spec.names, spec.include_path)
+    if missing:
+        i = names.index(missing[0])
+        t.fail(f"names[{i}]", f"unknown lm-eval task '{missing[0]}'{did_you_mean(missing[0], known)}")
+    return spec
+
+
+def _tasks_identity(spec: TasksSpec | None) -> dict[str, Any] | None:
+    """The tasks spec plus what else determines task scores: lm-eval's version and the task files."""
+    if spec is None:
+        return None
+    from importlib.metadata import version
+
+    from bench.jobs import folder_fingerprint
+    from bench.lmeval import include_paths
+
+    return {**spec.to_dict(), "lm_eval_version": version("lm_eval"),
+            "folders": [folder_fingerprint(p) for p in include_paths(spec.include_path)]}
 
 
 def _methods(source: str, items: list) -> list[MethodSpec]:
@@ -275,8 +355,18 @@ def _methods(source: str, items: list) -> list[MethodSpec]:
         except ValueError as err:
             key, message = err.args
             raise GridError(source, f"methods[{i}].params.{key}" if key else f"methods[{i}].params", message) from None
+        refine = t.take("refine", (str, dict), None)
+        if refine is not None:
+            r = _Table(source, f"methods[{i}].refine", {"name": refine} if isinstance(refine, str) else refine)
+            rname = r.take("name", str)
+            if rname != "dsnot":
+                r.fail("name", f"unknown refinement '{rname}'{did_you_mean(rname, ['dsnot'])}; known: dsnot")
+            refine = {"name": rname, "cycles": r.take("cycles", int, 50, check=_positive)}
+            r.finish()
+            if cls.patterns == ("dense",):
+                t.fail("refine", "the dense method prunes nothing to refine")
         t.finish()
-        out.append(MethodSpec(name=name, params=params))
+        out.append(MethodSpec(name=name, params=params, refine=refine))
     return out
 
 
@@ -313,7 +403,14 @@ def _kernels(source: str, items: list, hardware: list[str]) -> list[str]:
     return list(items)
 
 
-def _check_dataset(source: str, field_path: str, dataset: str, base_dir: Path | None) -> None:
+def _absolute(dataset: str) -> str:
+    """Local dataset paths become absolute: Ray workers need not share the driver's working directory."""
+    if dataset.startswith(("builtin:", "hf:")):
+        return dataset
+    return str(Path(dataset).expanduser().resolve())
+
+
+def _check_dataset(source: str, field_path: str, dataset: str) -> None:
     from bench.data import check_dataset
 
     problem = check_dataset(dataset)
@@ -337,26 +434,34 @@ def expand(spec: GridSpec) -> list[Job]:
     if spec.dense_baseline and not any(m.name == "dense" for m in methods):
         methods.insert(0, MethodSpec(name="dense", params={}))
     registry, kernels = method_registry(), kernel_registry()
+    tasks = _tasks_identity(spec.tasks)
     jobs, seen = [], set()
     for model in spec.models:
         for m in methods:
             cls = registry.get(m.name)
             patterns = [Dense()] if cls.patterns == ("dense",) else [p for p in spec.patterns if p.kind in cls.patterns]
+            if m.refine:
+                from bench.refine import SUPPORTED
+
+                patterns = [p for p in patterns if p.kind in SUPPORTED]
             for pattern in patterns:
                 for hw in spec.hardware:
                     for kernel in spec.kernels:
                         if not kernels.get(kernel).supports_device(hw):
                             continue
                         for seed in spec.seeds:
-                            values = {"model": model.name, "method": m.name, "pattern": pattern.label, "hardware": hw, "kernel": kernel}
+                            values = {"model": model.name, "method": m.label, "pattern": pattern.label, "hardware": hw, "kernel": kernel}
                             if _excluded(spec.excludes, values):
                                 continue
                             job = Job(
                                 model=model, method=m.name, method_version=cls.version, method_params=m.params,
                                 pattern=pattern.to_dict(), hardware=hw, kernel=kernel, kernel_version=kernels.get(kernel).version,
-                                seed=seed, calibration=spec.calibration.to_dict() if cls.needs_calibration else None,
+                                seed=seed, refine=m.refine,
+                                calibration=spec.calibration.to_dict()
+                                if cls.needs_calibration or pattern.needs_calibration or m.refine else None,
                                 perplexity=spec.perplexity.to_dict(),
-                                latency=spec.latency.to_dict() if spec.latency else None,
+                                latency=spec.latency.to_dict() if spec.latency else None, tasks=tasks,
+                                layers=spec.layers if m.name != "dense" else None,
                             )
                             if job.key not in seen:
                                 seen.add(job.key)

@@ -17,7 +17,7 @@ from typing import Any
 
 # Bump a stage's version when a change to its code changes the numbers it produces: every stored result
 # of that stage then gets a new key and is recomputed instead of being reused.
-STAGE_VERSIONS = {"prune": 1, "perplexity": 1, "latency": 1}
+STAGE_VERSIONS = {"prune": 1, "perplexity": 1, "lm_eval": 1, "latency": 1}
 
 
 def content_key(obj: Any, length: int = 16) -> str:
@@ -45,15 +45,19 @@ def folder_fingerprint(folder: str | Path) -> str:
 @dataclass(frozen=True)
 class ModelSpec:
     name: str  # the label shown on the leaderboard
-    source: str  # "path" or "hub"
+    source: str  # "path", "builtin" or "hub"
     location: str  # absolute folder, or hub id
     revision: str | None = None
     dtype: str = "float32"
     fingerprint: str = field(default="", compare=False)
+    # The dense sanity gate: the perplexity the dense model should reach under the grid's protocol. It does
+    # not change results, so it is not part of any key.
+    expect_perplexity: float | None = field(default=None, compare=False)
+    expect_tolerance: float = field(default=0.01, compare=False)
 
     def __post_init__(self):
         if not self.fingerprint:
-            fp = folder_fingerprint(self.location) if self.source == "path" else f"{self.location}@{self.revision}"
+            fp = f"{self.location}@{self.revision}" if self.source == "hub" else folder_fingerprint(self.location)
             object.__setattr__(self, "fingerprint", fp)
 
     def identity(self) -> dict[str, Any]:
@@ -75,11 +79,16 @@ class Job:
     calibration: dict[str, Any] | None
     perplexity: dict[str, Any]
     latency: dict[str, Any] | None
+    tasks: dict[str, Any] | None = None  # lm-eval: TasksSpec plus lm-eval's version and the task folders' fingerprint
+    layers: dict[str, Any] | None = None  # the layer filter: {"include": [...], "exclude": [...]}; None = default
+    refine: dict[str, Any] | None = None  # a mask refinement after the method, e.g. {"name": "dsnot", "cycles": 50}
 
     def prune_identity(self) -> dict[str, Any]:
         return {
             "model": self.model.identity(), "method": self.method, "method_version": self.method_version,
             "params": self.method_params, "pattern": self.pattern, "calibration": self.calibration,
+            **({"layers": self.layers} if self.layers else {}),
+            **({"refine": self.refine} if self.refine else {}),
             "seed": self.seed, "code": STAGE_VERSIONS["prune"],
         }
 
@@ -88,6 +97,7 @@ class Job:
         return content_key({
             "prune": self.prune_identity(),
             "perplexity": [self.perplexity, STAGE_VERSIONS["perplexity"]],
+            "tasks": [self.tasks, STAGE_VERSIONS["lm_eval"]] if self.tasks else None,
             "latency": [self.latency, STAGE_VERSIONS["latency"]],
             "hardware": self.hardware, "kernel": [self.kernel, self.kernel_version],
         })
@@ -104,8 +114,13 @@ class Job:
 
         return pattern_from_dict(self.pattern).sparsity
 
+    @property
+    def method_label(self) -> str:
+        """The method as shown on the leaderboard: its name, plus `+dsnot` when refined."""
+        return self.method + (f"+{self.refine['name']}" if self.refine else "")
+
     def describe(self) -> str:
-        return f"{self.model.name} · {self.method} · {self.pattern_label} · {self.hardware} · {self.kernel} · seed {self.seed}"
+        return f"{self.model.name} · {self.method_label} · {self.pattern_label} · {self.hardware} · {self.kernel} · seed {self.seed}"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -52,6 +52,11 @@ class Pattern:
         zeros = int((weight == 0).sum())
         return {"numel": weight.numel(), "zeros": zeros, "sparsity": zeros / weight.numel()}
 
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether the pattern itself needs calibration inputs (a non-uniform allocation measured on them)."""
+        return getattr(self, "allocation", "uniform") != "uniform"
+
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, **asdict(self)}
 
@@ -85,13 +90,23 @@ def _keep_top(scores: torch.Tensor, n_keep: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Unstructured(Pattern):
-    """A fraction of the weights, anywhere in the layer (`scope="layer"`) or in each output row."""
+    """A fraction of the weights, anywhere in the layer (`scope="layer"`) or in each output row.
+
+    `allocation="owl"` spreads the target unevenly over the blocks (OWL, Yin et al. 2023): blocks with
+    more outlier weights (score |W| * ||X|| above `owl_m` times the block's mean) keep more, within
+    +-`owl_lambda` of the target, and the blocks' mean sparsity stays the target. The harness computes
+    the per-block targets from a dense calibration pass and prunes each block with its own target.
+    """
 
     kind: ClassVar[str] = "unstructured"
     target: float = 0.5
     scope: str = "layer"
+    allocation: str = "uniform"
+    owl_m: float = 5.0
+    owl_lambda: float = 0.08
 
     SCOPES: ClassVar[tuple[str, ...]] = ("layer", "row")
+    ALLOCATIONS: ClassVar[tuple[str, ...]] = ("uniform", "owl")
 
     @property
     def sparsity(self) -> float:
@@ -100,10 +115,17 @@ class Unstructured(Pattern):
     @property
     def label(self) -> str:
         pct = f"{self.target * 100:g}%"
-        return pct if self.scope == "layer" else f"{pct}/{self.scope}"
+        label = pct if self.scope == "layer" else f"{pct}/{self.scope}"
+        return label if self.allocation == "uniform" else f"{label}/owl"
+
+    def for_block(self, target: float) -> "Unstructured":
+        """The uniform pattern one block is pruned with under a non-uniform allocation."""
+        return Unstructured(target=target, scope=self.scope)
 
     def pruned_count(self, numel: int) -> int:
-        return int(round(self.target * numel))
+        """Weights to remove from a group of `numel`: at least the target fraction (so a per-row count
+        never adds up to fewer zeros than the per-layer count of the same target)."""
+        return min(numel, math.ceil(self.target * numel - 1e-9))
 
     def mask(self, scores: torch.Tensor) -> torch.Tensor:
         if self.scope == "row":
@@ -169,14 +191,80 @@ class NM(Pattern):
             )
 
 
-PATTERN_KINDS: dict[str, type[Pattern]] = {p.kind: p for p in (Dense, Unstructured, NM)}
+def _tiles(t: torch.Tensor, rows: int, cols: int, fill) -> torch.Tensor:
+    """(out, in) -> (out_tiles, in_tiles, rows*cols), padding the edges with `fill`."""
+    out, k = t.shape
+    t = torch.nn.functional.pad(t, (0, (-k) % cols, 0, (-out) % rows), value=fill)
+    r, c = t.shape[0] // rows, t.shape[1] // cols
+    return t.reshape(r, rows, c, cols).permute(0, 2, 1, 3).reshape(r, c, rows * cols)
+
+
+@dataclass(frozen=True)
+class Block(Pattern):
+    """Whole `rows` x `cols` tiles are removed, the fraction `target` of the tiles (edge tiles may be smaller)."""
+
+    kind: ClassVar[str] = "block"
+    target: float = 0.5
+    rows: int = 4
+    cols: int = 4
+
+    @property
+    def sparsity(self) -> float:
+        return self.target
+
+    @property
+    def label(self) -> str:
+        return f"{self.target * 100:g}%/block{self.rows}x{self.cols}"
+
+    def mask(self, scores: torch.Tensor) -> torch.Tensor:
+        tiles = _tiles(scores.float(), self.rows, self.cols, 0.0).sum(-1)  # (R, C) tile importance
+        keep = Unstructured(self.target).mask(tiles)
+        full = keep.repeat_interleave(self.rows, 0).repeat_interleave(self.cols, 1)
+        return full[: scores.shape[0], : scores.shape[1]]
+
+    def check(self, weight: torch.Tensor) -> None:
+        nonzero = _tiles((weight != 0).to(torch.int32), self.rows, self.cols, 0).sum(-1)
+        empty, need = int((nonzero == 0).sum()), Unstructured(self.target).pruned_count(nonzero.numel())
+        if empty < need:
+            raise PatternViolation(f"{empty} of {nonzero.numel()} {self.rows}x{self.cols} tiles are all zero, "
+                                   f"the pattern needs at least {need}")
+
+
+@dataclass(frozen=True)
+class Channels(Pattern):
+    """Whole output channels (rows of the weight) are removed: the fraction `target` of them."""
+
+    kind: ClassVar[str] = "channels"
+    target: float = 0.5
+
+    @property
+    def sparsity(self) -> float:
+        return self.target
+
+    @property
+    def label(self) -> str:
+        return f"{self.target * 100:g}%/channels"
+
+    def mask(self, scores: torch.Tensor) -> torch.Tensor:
+        keep_rows = Unstructured(self.target).mask(scores.float().sum(dim=1, keepdim=True))
+        return keep_rows.expand_as(scores).clone()
+
+    def check(self, weight: torch.Tensor) -> None:
+        empty = int((weight != 0).sum(dim=1).eq(0).sum())
+        need = Unstructured(self.target).pruned_count(weight.shape[0])
+        if empty < need:
+            raise PatternViolation(f"{empty} of {weight.shape[0]} output channels are all zero, the pattern needs at least {need}")
+
+
+PATTERN_KINDS: dict[str, type[Pattern]] = {p.kind: p for p in (Dense, Unstructured, NM, Block, Channels)}
 
 
 def parse_pattern(value: Any) -> Pattern:
     """Build a pattern from a grid value; raise ValueError(field, message) on bad input.
 
-    Accepted: "dense"; "unstructured:0.7" or "70%"; "2:4"; or a table with `kind` and the fields
-    of that kind. The ValueError's args are (field path relative to the value, message).
+    Accepted: "dense"; "unstructured:0.7" or "70%"; "2:4"; or a table with `kind` and the fields of that
+    kind: {kind="unstructured", target, scope="layer"|"row"}, {kind="nm", n, m},
+    {kind="block", target, rows=4, cols=4}, {kind="channels", target}. The ValueError's args are (field path relative to the value, message).
     """
     if isinstance(value, str):
         text = value.strip().lower()
@@ -208,13 +296,34 @@ def parse_pattern(value: Any) -> Pattern:
                 raise ValueError(key, f"unknown field for a {kind} pattern; allowed: {', '.join(sorted(allowed))}")
         if kind == "dense":
             return Dense()
+        if kind in ("block", "channels"):
+            if "target" not in value:
+                raise ValueError("target", f"missing; give the fraction of {'tiles' if kind == 'block' else 'channels'} to remove")
+            target = _unstructured(_number(value["target"], "target"), "layer").target
+            if kind == "channels":
+                return Channels(target=target)
+            for key in ("rows", "cols"):
+                v = value.get(key, 4)
+                if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                    raise ValueError(key, f"{v!r} is not a positive integer")
+            return Block(target=target, rows=value.get("rows", 4), cols=value.get("cols", 4))
         if kind == "unstructured":
             if "target" not in value:
                 raise ValueError("target", "missing; give the fraction of weights to remove, e.g. target = 0.5")
             scope = value.get("scope", "layer")
             if scope not in Unstructured.SCOPES:
                 raise ValueError("scope", f"'{scope}' is not one of {', '.join(Unstructured.SCOPES)}")
-            return _unstructured(_number(value["target"], "target"), scope)
+            base = _unstructured(_number(value["target"], "target"), scope)
+            allocation = value.get("allocation", "uniform")
+            if allocation not in Unstructured.ALLOCATIONS:
+                raise ValueError("allocation", f"'{allocation}' is not one of {', '.join(Unstructured.ALLOCATIONS)}")
+            m, lam = _number(value.get("owl_m", 5.0), "owl_m"), _number(value.get("owl_lambda", 0.08), "owl_lambda")
+            if m <= 0:
+                raise ValueError("owl_m", f"{m:g} must be > 0")
+            if not 0 <= lam <= min(base.target, 1 - base.target):
+                raise ValueError("owl_lambda", f"{lam:g} must be in [0, {min(base.target, 1 - base.target):g}] "
+                                 "so that every block's sparsity stays in [0, 1]")
+            return Unstructured(base.target, scope, allocation, m, lam)
         for key in ("n", "m"):
             if not isinstance(value.get(key), int) or isinstance(value.get(key), bool):
                 raise ValueError(key, f"{value.get(key)!r} is not an integer")

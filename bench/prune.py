@@ -8,12 +8,18 @@ Blocks are found without naming an architecture: the stack of transformer blocks
 `decoder.layers` in OPT...). Target layers are the linear layers inside those blocks (`nn.Linear`, and
 GPT-2's transposed `Conv1D`), never the embeddings or the LM head, narrowed by a `LayerFilter`.
 Every pruned layer is checked: zeros wherever the method's mask says pruned, and the pattern's verifier.
+
+Calibration (for methods that ask for it) runs block by block: the inputs of block 0 are captured once,
+each block's target layers observe their inputs through forward hooks, the layers are pruned, and the
+pruned block's outputs become the next block's inputs. Pruner state is freed after each block.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import gc
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +28,7 @@ from torch import nn
 
 from bench.errors import BenchError
 from bench.method import Method
-from bench.patterns import Pattern, PatternViolation
+from bench.patterns import Pattern, PatternViolation, Unstructured
 
 
 @dataclass(frozen=True)
@@ -92,32 +98,177 @@ def target_layers(model: nn.Module, layer_filter: LayerFilter | None = None) -> 
     return out
 
 
+Call = tuple[torch.Tensor, tuple, dict]  # (hidden states, the other positional args, keyword args) of a block call
+
+
+def _block_inputs(model: nn.Module, prefix: str, blocks: nn.ModuleList, tokens: torch.Tensor, batch_size: int) -> list[Call]:
+    """Block 0's exact call arguments for each calibration batch.
+
+    The model runs with its block list swapped for one holding only block 0, so a batch costs the
+    embeddings and one block; a pre-hook records what the model passes to that block (hidden states,
+    attention mask, position embeddings...) without naming any of it.
+    """
+    parent_name, _, attr = prefix.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    calls: list[Call] = []
+
+    def record(module, args, kwargs):
+        if args:
+            calls.append((args[0], args[1:], dict(kwargs)))
+        else:
+            kwargs = dict(kwargs)
+            calls.append((kwargs.pop("hidden_states"), (), kwargs))
+
+    handle = blocks[0].register_forward_pre_hook(record, with_kwargs=True)
+    setattr(parent, attr, nn.ModuleList([blocks[0]]))
+    try:
+        device = next(model.parameters()).device
+        for batch in tokens.split(batch_size):
+            model(batch.to(device), use_cache=False)
+    finally:
+        setattr(parent, attr, blocks)
+        handle.remove()
+    return calls
+
+
+def _run_block(block: nn.Module, call: Call) -> torch.Tensor:
+    hidden, args, kwargs = call
+    out = block(hidden, *args, **kwargs)  # every decoder block takes its hidden states first
+    return out[0] if isinstance(out, tuple) else out
+
+
 @torch.no_grad()
-def prune_model(model: nn.Module, method: Method, pattern: Pattern, layer_filter: LayerFilter | None = None) -> PruneReport:
+def prune_model(model: nn.Module, method: Method, pattern: Pattern, layer_filter: LayerFilter | None = None,
+                calibration: torch.Tensor | None = None, batch_size: int = 8,
+                refine: dict | None = None) -> PruneReport:
+    """Prune `model` in place. `calibration` is a (samples, seq_len) token tensor, needed by methods
+    with `needs_calibration`, by non-uniform allocations and by `refine` ({"name": "dsnot", "cycles": N})."""
     if pattern.kind not in method.patterns:
         raise BenchError(f"method '{method.name}' does not support the {pattern.kind} pattern ({pattern.label})")
-    if method.needs_calibration:
-        raise BenchError(f"method '{method.name}' needs calibration inputs; this harness prunes calibration-free methods only")
+    if method.needs_calibration and calibration is None:
+        raise BenchError(f"method '{method.name}' needs calibration data; give the job a [calibration] spec")
+    if refine is not None:
+        from bench.refine import SUPPORTED
+
+        if refine.get("name") != "dsnot":
+            raise BenchError(f"unknown refinement {refine.get('name')!r}; known: dsnot")
+        if pattern.kind not in SUPPORTED:
+            raise BenchError(f"DSnoT refines {' and '.join(SUPPORTED)} patterns, not {pattern.label}")
+        if calibration is None:
+            raise BenchError("DSnoT refines masks with calibration statistics; give the job a [calibration] spec")
     start = time.perf_counter()
     report = PruneReport()
+    prefix, blocks = find_blocks(model)
+    by_block: dict[int, list[tuple[str, nn.Module]]] = defaultdict(list)
     for name, block, module in target_layers(model, layer_filter):
-        w = weight_view(module)
-        new_w, mask = method.pruner(name, w.detach()).prune(w.detach().clone(), pattern)
-        if new_w.shape != w.shape or mask.shape != w.shape or mask.dtype != torch.bool:
-            raise BenchError(f"method '{method.name}' returned a weight {tuple(new_w.shape)} and mask "
-                             f"{tuple(mask.shape)} {mask.dtype} for layer {name} of shape {tuple(w.shape)}")
-        new_w = new_w.to(w.dtype)
-        if bool((new_w[~mask] != 0).any()):
-            raise BenchError(f"method '{method.name}' left nonzero weights where its mask prunes, in layer {name}")
-        try:
-            measured = pattern.verify(new_w)
-        except PatternViolation as err:
-            raise BenchError(f"layer {name} breaks the {pattern.label} pattern after '{method.name}': {err}") from None
-        w.copy_(new_w)
-        report.layers.append({
-            "layer": name, "block": block, "out_features": w.shape[0], "in_features": w.shape[1],
-            "numel": measured["numel"], "zeros": measured["zeros"],
-            "target_sparsity": pattern.sparsity, "measured_sparsity": measured["sparsity"],
-        })
+        by_block[block].append((name, module))
+    owl = isinstance(pattern, Unstructured) and pattern.allocation == "owl"
+    if owl and calibration is None:
+        raise BenchError("the OWL allocation measures outliers on calibration inputs; give the job a [calibration] spec")
+    observe = method.needs_calibration or refine is not None
+    calls = _block_inputs(model, prefix, blocks, calibration, batch_size) if observe or owl else None
+    block_targets = _owl_targets(blocks, calls, by_block, pattern) if owl else {}
+    if not observe:
+        calls = None
+    for index, block in enumerate(blocks):
+        layers = by_block.get(index, [])
+        block_pattern = pattern.for_block(block_targets[index]) if index in block_targets else pattern
+        pruners = {name: method.pruner(name, weight_view(module).detach()) for name, module in layers}
+        stats = {name: _InputNorms() for name, _ in layers} if refine is not None else {}
+        if calls is not None and layers:
+            hooks = [module.register_forward_hook(_observer(pruners[name])) for name, module in layers
+                     if method.needs_calibration]
+            hooks += [module.register_forward_hook(_observer(stats[name])) for name, module in layers if stats]
+            try:
+                for call in calls:
+                    _run_block(block, call)
+            finally:
+                for h in hooks:
+                    h.remove()
+        for name, module in layers:
+            _prune_layer(report, method, block_pattern, name, index, module, pruners.pop(name),
+                         stats.pop(name, None), refine)
+        if calls is not None:
+            calls = [(_run_block(block, call), call[1], call[2]) for call in calls]  # inputs of the next block
+        del pruners
+        gc.collect()
     report.seconds = time.perf_counter() - start
     return report
+
+
+class _InputNorms:
+    """Per input feature, over all calibration tokens: the sum, the sum of squares (||X_j||^2 of Wanda
+    and OWL scores) and the count, hence the mean E[x_j] that DSnoT needs."""
+
+    def __init__(self):
+        self.sum = self.sq = None
+        self.n = 0
+
+    def add_batch(self, x):
+        x = x.detach().double()
+        s, sq = x.sum(dim=0), (x * x).sum(dim=0)
+        self.sum, self.sq = (s, sq) if self.sq is None else (self.sum + s, self.sq + sq)
+        self.n += x.shape[0]
+
+
+def _owl_targets(blocks: nn.ModuleList, calls: list[Call], by_block, pattern: Unstructured) -> dict[int, float]:
+    """Per-block sparsity under OWL: a dense pass measures each block's outlier ratio D (the fraction of
+    scores |W| * ||X|| above owl_m times their layer's mean); blocks keep 1 - target + (D scaled to
+    [0, 2 * owl_lambda], minus its mean), so more outliers mean more kept weights and the mean is the target."""
+    ratios: dict[int, float] = {}
+    for index, block in enumerate(blocks):
+        layers = by_block.get(index, [])
+        norms = {name: _InputNorms() for name, _ in layers}
+        hooks = [module.register_forward_hook(_observer(norms[name])) for name, module in layers]
+        try:
+            outputs = [_run_block(block, call) for call in calls]
+        finally:
+            for h in hooks:
+                h.remove()
+        if layers:
+            outliers = total = 0
+            for name, module in layers:
+                score = weight_view(module).detach().abs().double() * norms[name].sq.sqrt().unsqueeze(0)
+                outliers += int((score > pattern.owl_m * score.mean()).sum())
+                total += score.numel()
+            ratios[index] = outliers / total
+        calls = [(out, call[1], call[2]) for out, call in zip(outputs, calls)]  # dense outputs feed the next block
+    d = torch.tensor(list(ratios.values()), dtype=torch.float64)
+    spread = float(d.max() - d.min()) if len(d) else 0.0
+    scaled = (d - d.min()) / spread * 2 * pattern.owl_lambda if spread > 0 else torch.zeros_like(d)
+    keep = scaled - scaled.mean() + (1 - pattern.target)
+    return {index: float(1 - k) for index, k in zip(ratios, keep)}
+
+
+def _observer(pruner):
+    def hook(module, inputs, output):
+        x = inputs[0]
+        pruner.add_batch(x.reshape(-1, x.shape[-1]))
+    return hook
+
+
+def _prune_layer(report: PruneReport, method: Method, pattern: Pattern, name: str, block: int, module: nn.Module,
+                 pruner, stats: _InputNorms | None = None, refine: dict | None = None) -> None:
+    w = weight_view(module)
+    new_w, mask = pruner.prune(w.detach().clone(), pattern)
+    if refine is not None and mask.shape == w.shape:
+        from bench.refine import dsnot
+
+        new_w, mask = dsnot(w.detach(), new_w, mask, (stats.sum / stats.n).float(), stats.sq.sqrt().float(),
+                            pattern, cycles=refine.get("cycles", 50))
+    if new_w.shape != w.shape or mask.shape != w.shape or mask.dtype != torch.bool:
+        raise BenchError(f"method '{method.name}' returned a weight {tuple(new_w.shape)} and mask "
+                         f"{tuple(mask.shape)} {mask.dtype} for layer {name} of shape {tuple(w.shape)}")
+    new_w = new_w.to(w.dtype)
+    if bool((new_w[~mask] != 0).any()):
+        raise BenchError(f"method '{method.name}' left nonzero weights where its mask prunes, in layer {name}")
+    try:
+        measured = pattern.verify(new_w)
+    except PatternViolation as err:
+        raise BenchError(f"layer {name} breaks the {pattern.label} pattern after '{method.name}': {err}") from None
+    w.copy_(new_w)
+    report.layers.append({
+        "layer": name, "block": block, "out_features": w.shape[0], "in_features": w.shape[1],
+        "numel": measured["numel"], "zeros": measured["zeros"],
+        "target_sparsity": pattern.sparsity, "measured_sparsity": measured["sparsity"],
+    })

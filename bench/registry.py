@@ -53,6 +53,11 @@ class Registry(Generic[T]):
         self._entries[name] = obj
         self._loaded.pop(name, None)
 
+    def unregister(self, name: str) -> None:
+        """Remove an entry registered by hand (tests)."""
+        self._entries.pop(name, None)
+        self._loaded.pop(name, None)
+
     def names(self) -> list[str]:
         self._discover()
         return sorted(self._entries)

@@ -32,6 +32,7 @@ class RunSummary:
     skipped: int
     counts: dict[str, int] = field(default_factory=dict)
     failed: list[tuple[Job, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
 
     @property
@@ -207,6 +208,9 @@ def run_grid(spec, jobs: list[Job], store: Store, *, address: str | None = None,
                         message = " ".join(str(err).split())
                         result = {"status": "failed", "error": f"{type(err).__name__}: {message[:2000]}"}
                     store.record_result(job.key, result)
+                    for warning in result.get("warnings") or []:
+                        summary.warnings.append(warning)
+                        print(f"\nWARNING: {warning}", file=sys.stderr, flush=True)
                     counts[result["status"]] += 1
                     if result["status"] != "done":
                         summary.failed.append((job, result.get("error", "")))

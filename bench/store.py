@@ -49,12 +49,15 @@ WITH wide AS (
                FILTER (WHERE m.name = 'prefill_speedup') AS prefill_speedup_p10,
            max(CAST(json_extract(m.details, '$.speedup_paired.p90') AS DOUBLE))
                FILTER (WHERE m.name = 'prefill_speedup') AS prefill_speedup_p90,
-           j.finished_at
+           avg(m.value) FILTER (WHERE m.stage = 'lm_eval' AND m.name LIKE '%/acc') AS task_acc_mean,
+           count(m.value) FILTER (WHERE m.stage = 'lm_eval' AND m.name LIKE '%/acc') AS tasks,
+           j.warnings, j.finished_at
     FROM jobs j LEFT JOIN metrics m USING (job_key)
     WHERE j.status = 'done'
     GROUP BY ALL
 )
-SELECT w.*, w.perplexity / d.perplexity - 1 AS perplexity_change_vs_dense
+SELECT w.*, w.perplexity / d.perplexity - 1 AS perplexity_change_vs_dense,
+       w.task_acc_mean - d.task_acc_mean AS task_acc_change_vs_dense
 FROM wide w
 LEFT JOIN wide d
   ON d.method = 'dense' AND d.model = w.model AND d.hardware = w.hardware AND d.kernel = w.kernel AND d.seed = w.seed
@@ -74,7 +77,8 @@ MIGRATIONS: dict[int, list[str]] = {
             kernel_version VARCHAR, seed INTEGER, spec VARCHAR,
             status VARCHAR, error VARCHAR, traceback VARCHAR, attempts INTEGER,
             queued_at TIMESTAMPTZ, started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ, duration_s DOUBLE,
-            peak_rss_bytes BIGINT, timings VARCHAR, worker VARCHAR, kernel_status VARCHAR, kernel_provenance VARCHAR)""",
+            peak_rss_bytes BIGINT, timings VARCHAR, worker VARCHAR, kernel_status VARCHAR, kernel_provenance VARCHAR,
+            warnings VARCHAR)""",
         """CREATE TABLE metrics (
             job_key VARCHAR, name VARCHAR, value DOUBLE, unit VARCHAR, higher_is_better BOOLEAN, stderr DOUBLE,
             stage VARCHAR, details VARCHAR, PRIMARY KEY (job_key, name))""",
@@ -189,7 +193,7 @@ class Store:
                 "kernel_version, seed, spec, status, attempts, queued_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, now())",
                 [[j.key, run["run_id"], j.model.name, j.model.source, j.model.location, j.model.fingerprint,
-                  j.method, j.method_version, _j(j.method_params), j.pattern_label, _j(j.pattern), j.sparsity,
+                  j.method_label, j.method_version, _j(j.method_params), j.pattern_label, _j(j.pattern), j.sparsity,
                   j.hardware, j.kernel, j.kernel_version, j.seed, _j(j.to_dict())] for j in jobs],
             )
 
@@ -199,10 +203,11 @@ class Store:
             con.execute(
                 "UPDATE jobs SET status = ?, error = ?, traceback = ?, attempts = attempts + 1, started_at = ?, "
                 "finished_at = ?, duration_s = ?, peak_rss_bytes = ?, timings = ?, worker = ?, kernel_status = ?, "
-                "kernel_provenance = ? WHERE job_key = ?",
+                "kernel_provenance = ?, warnings = ? WHERE job_key = ?",
                 [result["status"], result.get("error"), result.get("traceback"), result.get("started_at"),
                  result.get("finished_at"), result.get("duration_s"), result.get("peak_rss_bytes"),
-                 _j(result.get("timings")), _j(result.get("worker")), kernel.get("status"), _j(kernel or None), key],
+                 _j(result.get("timings")), _j(result.get("worker")), kernel.get("status"), _j(kernel or None),
+                 "\n".join(result.get("warnings") or []) or None, key],
             )
             if result["status"] == "done":
                 con.executemany(
@@ -249,5 +254,13 @@ class Store:
             return con.execute(sql, params or []).df()
 
     def leaderboard(self) -> pd.DataFrame:
-        return self.query("SELECT * FROM leaderboard ORDER BY model, hardware, kernel, method = 'dense' DESC, "
-                          "target_sparsity, pattern, perplexity")
+        """The leaderboard view, plus one column per lm-eval task accuracy (`<task>/acc`)."""
+        with self.read() as con:
+            board = con.execute("SELECT * FROM leaderboard ORDER BY model, hardware, kernel, method = 'dense' DESC, "
+                                "target_sparsity, pattern, perplexity").df()
+            tasks = con.execute("SELECT job_key, name, value FROM metrics WHERE stage = 'lm_eval' AND name LIKE '%/acc' "
+                                "AND job_key IN (SELECT job_key FROM leaderboard)").df()
+        if tasks.empty:
+            return board
+        wide = tasks.pivot(index="job_key", columns="name", values="value").reset_index()
+        return board.merge(wide[["job_key", *sorted(c for c in wide.columns if c != "job_key")]], on="job_key", how="left")

@@ -7,7 +7,7 @@ Each line is one statement exercising one ability:
   brackets  `brackets ( [ a ] { b } ) .`                    close the innermost open bracket
   agree     `agree the dog near the cats runs .`           verb number follows the subject, not the distractor
   add       `add 3 plus 4 is 7 .`                           small-number arithmetic
-  recall    `recall k3 v7 k1 v2 ... query k1 v2 .`          key-value lookup over a long context
+  recall    `recall k3 v7 k1 v2 ... query k1 v2 k3 v7 k0 v5 .`   three key-value lookups over a long context
   copy      `copy b d a | b d a .`                          reproduce a sequence
 The generator uses its own PRNG (splitmix64) and no `hash()`, so every machine and Python version writes
 the same bytes for the same split.
@@ -20,7 +20,9 @@ from dataclasses import dataclass
 MASK64 = (1 << 64) - 1
 ABILITIES = ("brackets", "agree", "add", "recall", "copy")
 SPLIT_SEEDS = {"train": 1, "validation": 2, "test": 3}
-SPLIT_LINES = {"train": 40_000, "validation": 2_000, "test": 2_000}
+SPLIT_LINES = {"train": 80_000, "validation": 2_000, "test": 2_000}
+TASK_SEEDS = {"test": 11, "validation": 12}  # multiple-choice items, disjoint seeds from the text splits
+CHOICES = {"brackets": 3, "agree": 2, "add": 4, "recall": 4, "copy": 4}  # answer + distractors; chance = 1/n
 
 NOUNS = ("cat", "dog", "bird", "fox", "cow", "owl", "bee", "ant", "elk", "yak", "hen", "pig")
 VERBS = (("runs", "run"), ("eats", "eat"), ("sings", "sing"), ("jumps", "jump"), ("sleeps", "sleep"), ("hides", "hide"))
@@ -107,7 +109,8 @@ def _agree(rng: Rng) -> Sample:
 
 def _add(rng: Rng) -> Sample:
     a, b = rng.between(0, 9), rng.between(0, 9)
-    wrong = tuple(str(x) for x in (a + b - 1, a + b + 1, a + b + 2) if 0 <= x <= 18)
+    near = [a + b + d for d in (-1, 1, -2, 2, 3, -3, 4)]
+    wrong = tuple(str(x) for x in near if 0 <= x <= 18)[:3]
     return Sample("add", f"add {a} plus {b} is", str(a + b), wrong)
 
 
@@ -115,10 +118,13 @@ def _recall(rng: Rng) -> Sample:
     n = rng.between(6, 10)
     keys = rng.sample(KEYS, n)
     values = [rng.choice(VALUES) for _ in keys]
-    q = rng.below(n)
+    q, *more = rng.sample(range(n), 3)  # three lookups per line; the multiple-choice item asks the first
     pairs = " ".join(f"{k} {v}" for k, v in zip(keys, values))
-    wrong = tuple(sorted({v for v in values if v != values[q]}))[:3] or (VALUES[(VALUES.index(values[q]) + 1) % 10],)
-    return Sample("recall", f"recall {pairs} query {keys[q]}", values[q], wrong)
+    # distractors: values seen in this context first (the hard case), then unseen ones
+    seen = [v for v in dict.fromkeys(values) if v != values[q]]
+    unseen = [v for v in VALUES if v not in values]
+    tail = "".join(f" {keys[i]} {values[i]}" for i in more) + " ."
+    return Sample("recall", f"recall {pairs} query {keys[q]}", values[q], tuple((seen + unseen)[:3]), tail=tail)
 
 
 def _copy(rng: Rng) -> Sample:
@@ -137,16 +143,31 @@ def sample(ability: str, rng: Rng) -> Sample:
     return GENERATORS[ability](rng)
 
 
-def lines(split: str, count: int | None = None) -> list[str]:
-    """The statements of a split, abilities interleaved at random."""
+def lines(split: str, count: int | None = None, mix: dict[str, int] | None = None) -> list[str]:
+    """The statements of a split, abilities interleaved at random; `mix` weights abilities (default: equal)."""
     if split not in SPLIT_SEEDS:
         raise ValueError(f"unknown split '{split}'; known: {', '.join(SPLIT_SEEDS)}")
+    pool = tuple(a for a in ABILITIES for _ in range((mix or {}).get(a, 1)))
     rng = Rng(SPLIT_SEEDS[split])
-    return [sample(rng.choice(ABILITIES), rng).text for _ in range(count or SPLIT_LINES[split])]
+    return [sample(rng.choice(pool), rng).text for _ in range(count or SPLIT_LINES[split])]
 
 
 def split_text(split: str, count: int | None = None) -> str:
     return "\n".join(lines(split, count)) + "\n"
+
+
+def task_docs(ability: str, split: str, count: int) -> list[dict]:
+    """Multiple-choice items for one ability: {"prompt", "choices", "label"}, choices in a seeded order."""
+    rng = Rng(TASK_SEEDS[split] * 1000 + ABILITIES.index(ability))
+    docs = []
+    for _ in range(count):
+        s = sample(ability, rng)
+        choices = [s.answer, *s.wrong]
+        assert len(choices) == CHOICES[ability], (ability, choices)
+        order = rng.sample(range(len(choices)), len(choices))
+        choices = [choices[i] for i in order]
+        docs.append({"prompt": s.prompt, "choices": choices, "label": choices.index(s.answer)})
+    return docs
 
 
 def vocabulary() -> list[str]:

@@ -14,10 +14,12 @@ if ! "$py" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$
   "$py" -m pip install -q "torch==$TORCH_VERSION"
 fi
 
-# Reinstall the project only when its declared dependencies or entry points change.
+# Reinstall the project (and the example plugin, which the tests use as a third-party method) only when
+# their declared dependencies or entry points change.
 stamp=.venv/.sparsebench-installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$py" -c "import bench, methods" 2>/dev/null; then
+want=$(cat pyproject.toml examples/plugin/pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$py" -c "import bench, methods, sparsebench_example" 2>/dev/null; then
   "$py" -m pip install -q -e ".[test]"
+  "$py" -m pip install -q --no-deps -e examples/plugin
   echo "$want" > "$stamp"
 fi

@@ -6,7 +6,7 @@ from bench.method import Method, ScorePruner
 class Magnitude(Method):
     name = "magnitude"
     version = "1"
-    patterns = ("unstructured", "nm")
+    patterns = ("unstructured", "nm", "block", "channels")
     description = "Score |W|; the pattern keeps the largest scores."
 
     def pruner(self, layer_name, weight):

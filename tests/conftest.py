@@ -14,7 +14,7 @@ def tiny_model(tmp_path_factory) -> Path:
     from bench import zoo
 
     out = tmp_path_factory.mktemp("models") / "tiny-llama"
-    zoo.build("tiny-llama", out, steps=30, seed=0, log=None)
+    zoo.build("tiny-llama", out, steps=30, seed=0, log=None, score=False)
     return out
 
 
@@ -23,7 +23,7 @@ def untrained_model(tmp_path_factory) -> Path:
     from bench import zoo
 
     out = tmp_path_factory.mktemp("models") / "untrained"
-    zoo.build("tiny-llama", out, steps=0, seed=1, log=None)
+    zoo.build("tiny-llama", out, steps=0, seed=1, log=None, score=False)
     return out
 
 

@@ -7,6 +7,7 @@ Resubmitting runs only what is not done; --force runs everything again.
 
 import json
 import shutil
+from importlib.metadata import version
 import subprocess
 import sys
 
@@ -143,3 +144,90 @@ def test_hardware_no_node_can_run_is_failed_at_once(tiny_model, tmp_path):
     assert "no node of the Ray cluster can run hardware 'cuda:H100'" in proc.stdout
     row = Store(db).query("SELECT status, error FROM jobs").iloc[0]
     assert row.status == "failed" and row.error.startswith("Unschedulable:")
+
+
+def test_lm_eval_scores_equal_a_direct_lm_eval_run(tmp_path):
+    """The stored task metrics are lm-eval's own numbers for the same model; the dense gate warns."""
+    import lm_eval
+    import torch
+    from lm_eval.models.huggingface import HFLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bench import zoo
+    from bench.lmeval import task_manager
+
+    grid = write_grid(tmp_path, """
+        methods = ["dense"]
+        [[models]]
+        builtin = "tiny-llama"
+        expect_perplexity = 1.5
+        [evaluation.tasks]
+        names = ["synthetic_add", "synthetic_recall"]
+        limit = 40
+        [latency]
+        enabled = false
+        """ + FAST_PPL)
+    db = tmp_path / "b.duckdb"
+    proc = bench("submit", grid, "--db", db, "--no-progress")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "WARNING: dense tiny-llama has perplexity" in proc.stdout and "expected 1.5" in proc.stdout
+    store = Store(db)
+    stored = store.query("SELECT name, value, stderr, details FROM metrics WHERE stage = 'lm_eval' ORDER BY name")
+    assert stored.name.tolist() == ["synthetic_add/acc", "synthetic_recall/acc"]
+    assert store.query("SELECT warnings FROM jobs").warnings[0].startswith("dense tiny-llama has perplexity")
+
+    torch.set_num_threads(1)  # as the worker ran it (hardware "cpu")
+    folder = zoo.builtin_path("tiny-llama")
+    lm = HFLM(pretrained=AutoModelForCausalLM.from_pretrained(folder).eval(),
+              tokenizer=AutoTokenizer.from_pretrained(folder), batch_size=32, device="cpu")
+    direct = lm_eval.simple_evaluate(model=lm, tasks=["synthetic_add", "synthetic_recall"], limit=40,
+                                     task_manager=task_manager(None, defaults=False), log_samples=False)
+    for row in stored.itertuples():
+        task = row.name.split("/")[0]
+        assert row.value == direct["results"][task]["acc,none"]
+        assert row.stderr == pytest.approx(direct["results"][task]["acc_stderr,none"], rel=1e-12)
+        details = json.loads(row.details)
+        assert details["lm_eval"] == version("lm_eval")
+        assert details["documents"] == 40
+
+
+@pytest.mark.skipif(__import__("bench.hub", fromlist=["x"]).reachable(), reason="needs a machine with no hub access")
+def test_hub_task_without_a_hub_fails_with_a_clear_message(tmp_path):
+    grid = write_grid(tmp_path, """
+        methods = ["dense"]
+        models = ["builtin:tiny-gpt2"]
+        [evaluation.tasks]
+        names = ["arc_easy"]
+        limit = 5
+        [latency]
+        enabled = false
+        """ + FAST_PPL)
+    proc = bench("submit", grid, "--db", tmp_path / "b.duckdb", "--no-progress")
+    assert proc.returncode == 1
+    assert "lm-eval tasks arc_easy failed (the hub is not reachable from this worker" in proc.stdout
+
+
+def test_a_third_party_plugin_runs_through_a_grid(tiny_model, tmp_path):
+    """The example plugin package (installed by ci/setup.sh) is found through its entry point and its
+    rows reach the leaderboard, next to a calibrated built-in method."""
+    grid = write_grid(tmp_path, f"""
+        patterns = ["2:4"]
+        models = [{{ path = "{tiny_model}", name = "tiny" }}]
+        methods = [{{ name = "example-l1-row", params = {{ alpha = 2.0 }} }}, "wanda"]
+        [calibration]
+        samples = 8
+        seq_len = 64
+        [latency]
+        enabled = false
+        """ + FAST_PPL)
+    db = tmp_path / "b.duckdb"
+    proc = bench("submit", grid, "--db", db, "--no-progress")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    board = Store(db).leaderboard()
+    assert sorted(board.method) == ["dense", "example-l1-row", "wanda"]
+    for row in board[board.method != "dense"].itertuples():
+        assert row.measured_sparsity == pytest.approx(0.5, abs=1e-3) and row.perplexity > 1
+    jobs = Store(db).query("SELECT method, method_params, spec FROM jobs WHERE method != 'dense' ORDER BY method")
+    assert json.loads(jobs.method_params[0]) == {"alpha": 2.0}
+    assert json.loads(jobs.spec[1])["calibration"] == {"dataset": "builtin:synthetic", "split": "train",
+                                                       "samples": 8, "seq_len": 64, "seed": 0}

@@ -1,7 +1,9 @@
+import math
+
 import pytest
 import torch
 
-from bench.patterns import NM, Dense, PatternViolation, Unstructured, parse_pattern, pattern_from_dict
+from bench.patterns import NM, Block, Channels, Dense, PatternViolation, Unstructured, parse_pattern, pattern_from_dict
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -11,6 +13,8 @@ from bench.patterns import NM, Dense, PatternViolation, Unstructured, parse_patt
     ("2:4", NM(2, 4)),
     ({"kind": "nm", "n": 1, "m": 4}, NM(1, 4)),
     ({"kind": "unstructured", "target": 0.3, "scope": "row"}, Unstructured(0.3, "row")),
+    ({"kind": "block", "target": 0.5, "rows": 2, "cols": 8}, Block(0.5, 2, 8)),
+    ({"kind": "channels", "target": 0.25}, Channels(0.25)),
 ])
 def test_parse(text, expected):
     p = parse_pattern(text)
@@ -41,7 +45,7 @@ def test_unstructured_layer_mask_is_exact():
     for target in (0.0, 0.3, 0.5, 0.9):
         p = Unstructured(target)
         mask = p.mask(scores)
-        assert int((~mask).sum()) == round(target * scores.numel())
+        assert int((~mask).sum()) == math.ceil(target * scores.numel() - 1e-9)
         kept = scores[mask]
         if target > 0:
             assert kept.min() >= scores[~mask].max()
@@ -99,3 +103,40 @@ def test_ties_are_broken_deterministically():
     a, b = NM(2, 4).mask(scores), NM(2, 4).mask(scores.clone())
     assert torch.equal(a, b)
     assert torch.equal(Unstructured(0.5).mask(scores), Unstructured(0.5).mask(scores.clone()))
+
+
+def test_row_counts_never_add_up_to_fewer_zeros_than_the_layer_count():
+    for out, k in [(2, 5), (3, 7), (5, 3), (16, 33)]:
+        for target in (0.3, 0.5, 0.7):
+            scores = torch.randn(out, k, generator=torch.Generator().manual_seed(out * k))
+            w = scores * Unstructured(target, "row").mask(scores)
+            Unstructured(target).verify(w)
+
+
+@pytest.mark.parametrize("shape", [(8, 8), (10, 13), (3, 4)])
+def test_block_mask_removes_whole_tiles(shape):
+    scores = torch.rand(*shape, generator=torch.Generator().manual_seed(4))
+    p = Block(0.5, 2, 4)
+    mask = p.mask(scores)
+    w = scores * mask
+    p.verify(w)
+    # every tile is all kept or all removed
+    from bench.patterns import _tiles
+    kept = _tiles(mask.to(torch.int32), 2, 4, -1)
+    for tile in kept.reshape(-1, 8):
+        real = tile[tile >= 0]
+        assert real.sum() in (0, len(real))
+    with pytest.raises(PatternViolation, match="tiles are all zero"):
+        p.verify(scores)
+
+
+def test_channels_mask_removes_whole_rows():
+    scores = torch.rand(10, 6, generator=torch.Generator().manual_seed(5))
+    mask = Channels(0.3).mask(scores)
+    assert (mask.all(dim=1) | (~mask).all(dim=1)).all()
+    assert int((~mask).all(dim=1).sum()) == 3
+    removed = (~mask).all(dim=1)
+    assert scores[removed].sum(1).max() <= scores[~removed].sum(1).min()
+    Channels(0.3).verify(scores * mask)
+    with pytest.raises(PatternViolation, match="output channels are all zero"):
+        Channels(0.3).verify(scores)

@@ -51,4 +51,4 @@ def test_add_and_agree_are_right():
         assert s.answer.endswith("s") != subject.endswith("s")
 
 
-GOLDEN_TEST_SHA256 = "f5ec1627ea22a27976b36231cfa42e608a16198cc9d34c930fda0b0e3a38d6e1"
+GOLDEN_TEST_SHA256 = "9d86a94cf6900fca832c5f1c9d695da11a96d451a97a97083f2d267526f7d026"

@@ -1,0 +1,45 @@
+"""`wanda`: Pruning by Weights and activations (Sun et al., 2023, arXiv:2306.11695).
+
+The score of weight W[i, j] is |W[i, j]| * ||X_j||_2, the weight's magnitude times the L2 norm of input
+feature j over all calibration tokens. Weights are compared within each output row (the paper's
+comparison group; `comparison = "layer"` compares across the whole layer instead); N:M compares within
+each group of M inputs. No weight update.
+"""
+
+import torch
+
+from bench.method import LayerPruner, Method, Param
+from bench.patterns import Unstructured
+
+
+class _Wanda(LayerPruner):
+    def __init__(self, in_features: int, comparison: str):
+        self.sq_norm = torch.zeros(in_features, dtype=torch.float64)  # sum over tokens of x_j^2
+        self.tokens = 0
+        self.comparison = comparison
+
+    def add_batch(self, inputs):
+        x = inputs.detach().to(torch.float64)
+        self.sq_norm += (x * x).sum(dim=0).cpu()
+        self.tokens += x.shape[0]
+
+    def prune(self, weight, pattern):
+        if self.tokens == 0:
+            raise RuntimeError("wanda saw no calibration inputs for this layer")
+        score = weight.abs().float() * self.sq_norm.sqrt().float().to(weight.device).unsqueeze(0)  # (out, in)
+        if isinstance(pattern, Unstructured) and pattern.scope == "layer" and self.comparison == "row":
+            pattern = Unstructured(pattern.target, "row")  # per-output comparison; prunes at least as many
+        mask = pattern.mask(score)
+        return weight * mask, mask
+
+
+class Wanda(Method):
+    name = "wanda"
+    version = "1"
+    needs_calibration = True
+    patterns = ("unstructured", "nm", "block", "channels")
+    params = {"comparison": Param(str, "row", "compare scores per output row (paper) or per layer", choices=("row", "layer"))}
+    description = "|W| x ||X||_2 per input feature, compared per output row."
+
+    def pruner(self, layer_name, weight):
+        return _Wanda(weight.shape[1], self.comparison)
