@@ -68,12 +68,20 @@ class LayerPruner:
         """Return (pruned weight, keep-mask), both (out_features, in_features)."""
         raise NotImplementedError
 
+    def scores(self, weight: torch.Tensor) -> torch.Tensor | None:
+        """Per-weight importance comparable across layers, for the global scope; None if the method has
+        no such scores (then it cannot prune with a global threshold)."""
+        return None
+
 
 class ScorePruner(LayerPruner):
     """Prune by a per-weight importance score: keep what the pattern's mask keeps, zero the rest."""
 
     def __init__(self, score: Callable[[torch.Tensor], torch.Tensor]):
         self.score = score
+
+    def scores(self, weight):
+        return self.score(weight.float())
 
     def prune(self, weight, pattern):
         mask = pattern.mask(self.score(weight.float()))

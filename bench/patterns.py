@@ -105,7 +105,9 @@ class Unstructured(Pattern):
     owl_m: float = 5.0
     owl_lambda: float = 0.08
 
-    SCOPES: ClassVar[tuple[str, ...]] = ("layer", "row")
+    # "global": one threshold over every target layer's scores. The harness turns it into a per-layer
+    # target before the method prunes each layer; on a single tensor it acts like "layer".
+    SCOPES: ClassVar[tuple[str, ...]] = ("layer", "row", "global")
     ALLOCATIONS: ClassVar[tuple[str, ...]] = ("uniform", "owl")
 
     @property
@@ -119,8 +121,8 @@ class Unstructured(Pattern):
         return label if self.allocation == "uniform" else f"{label}/owl"
 
     def for_block(self, target: float) -> "Unstructured":
-        """The uniform pattern one block is pruned with under a non-uniform allocation."""
-        return Unstructured(target=target, scope=self.scope)
+        """The uniform pattern one block (or layer) is pruned with under a non-uniform allocation."""
+        return Unstructured(target=target, scope="layer" if self.scope == "global" else self.scope)
 
     def pruned_count(self, numel: int) -> int:
         """Weights to remove from a group of `numel`: at least the target fraction (so a per-row count
@@ -320,6 +322,8 @@ def parse_pattern(value: Any) -> Pattern:
             m, lam = _number(value.get("owl_m", 5.0), "owl_m"), _number(value.get("owl_lambda", 0.08), "owl_lambda")
             if m <= 0:
                 raise ValueError("owl_m", f"{m:g} must be > 0")
+            if allocation != "uniform" and scope == "global":
+                raise ValueError("allocation", "a global scope already sets every layer's share; use one or the other")
             if not 0 <= lam <= min(base.target, 1 - base.target):
                 raise ValueError("owl_lambda", f"{lam:g} must be in [0, {min(base.target, 1 - base.target):g}] "
                                  "so that every block's sparsity stays in [0, 1]")

@@ -168,6 +168,8 @@ def prune_model(model: nn.Module, method: Method, pattern: Pattern, layer_filter
     observe = method.needs_calibration or refine is not None
     calls = _block_inputs(model, prefix, blocks, calibration, batch_size) if observe or owl else None
     block_targets = _owl_targets(blocks, calls, by_block, pattern) if owl else {}
+    glob = isinstance(pattern, Unstructured) and pattern.scope == "global"
+    layer_targets = _global_targets(blocks, calls, by_block, method, pattern) if glob else {}
     if not observe:
         calls = None
     for index, block in enumerate(blocks):
@@ -186,7 +188,8 @@ def prune_model(model: nn.Module, method: Method, pattern: Pattern, layer_filter
                 for h in hooks:
                     h.remove()
         for name, module in layers:
-            _prune_layer(report, method, block_pattern, name, index, module, pruners.pop(name),
+            layer_pattern = pattern.for_block(layer_targets[name]) if glob else block_pattern
+            _prune_layer(report, method, layer_pattern, name, index, module, pruners.pop(name),
                          stats.pop(name, None), refine)
         if calls is not None:
             calls = [(_run_block(block, call), call[1], call[2]) for call in calls]  # inputs of the next block
@@ -238,6 +241,37 @@ def _owl_targets(blocks: nn.ModuleList, calls: list[Call], by_block, pattern: Un
     scaled = (d - d.min()) / spread * 2 * pattern.owl_lambda if spread > 0 else torch.zeros_like(d)
     keep = scaled - scaled.mean() + (1 - pattern.target)
     return {index: float(1 - k) for index, k in zip(ratios, keep)}
+
+
+def _global_targets(blocks: nn.ModuleList, calls: list[Call] | None, by_block, method: Method,
+                    pattern: Unstructured) -> dict[str, float]:
+    """Per-layer sparsity under a global threshold: one pass (dense, with calibration inputs when the method
+    observes them) collects every target layer's scores from the method; the threshold that removes the
+    target fraction of all of them gives each layer the fraction of its own scores at or below it."""
+    scores: dict[str, torch.Tensor] = {}
+    for index, block in enumerate(blocks):
+        layers = by_block.get(index, [])
+        pruners = {name: method.pruner(name, weight_view(module).detach()) for name, module in layers}
+        if calls is not None:
+            hooks = [module.register_forward_hook(_observer(pruners[name])) for name, module in layers]
+            try:
+                outputs = [_run_block(block, call) for call in calls]
+            finally:
+                for h in hooks:
+                    h.remove()
+            calls = [(out, call[1], call[2]) for out, call in zip(outputs, calls)]
+        for name, module in layers:
+            s = pruners[name].scores(weight_view(module).detach())
+            if s is None:
+                raise BenchError(f"method '{method.name}' has no per-weight scores to compare across layers; "
+                                 "it cannot prune with a global scope")
+            scores[name] = s.detach().float().flatten().cpu()
+    everything = torch.cat(list(scores.values()))
+    k = Unstructured(pattern.target).pruned_count(everything.numel())
+    if k == 0:
+        return {name: 0.0 for name in scores}
+    threshold = torch.kthvalue(everything, k).values
+    return {name: float((s <= threshold).sum()) / s.numel() for name, s in scores.items()}
 
 
 def _observer(pruner):

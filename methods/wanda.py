@@ -23,10 +23,13 @@ class _Wanda(LayerPruner):
         self.sq_norm += (x * x).sum(dim=0).cpu()
         self.tokens += x.shape[0]
 
-    def prune(self, weight, pattern):
+    def scores(self, weight):
         if self.tokens == 0:
             raise RuntimeError("wanda saw no calibration inputs for this layer")
-        score = weight.abs().float() * self.sq_norm.sqrt().float().to(weight.device).unsqueeze(0)  # (out, in)
+        return weight.abs().float() * self.sq_norm.sqrt().float().to(weight.device).unsqueeze(0)  # (out, in)
+
+    def prune(self, weight, pattern):
+        score = self.scores(weight)
         if isinstance(pattern, Unstructured) and pattern.scope == "layer" and self.comparison == "row":
             pattern = Unstructured(pattern.target, "row")  # per-output comparison; prunes at least as many
         mask = pattern.mask(score)

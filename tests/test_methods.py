@@ -196,3 +196,31 @@ def test_refine_and_owl_through_the_grid(untrained_model):
         parse_grid(base + 'methods = [{ name = "magnitude", refine = "dsnt" }]')
     with pytest.raises(GridError, match=r"patterns\[2\].owl_lambda"):
         parse_grid(base.replace('allocation = "owl"', 'allocation = "owl", owl_lambda = 0.9') + 'methods = ["magnitude"]')
+
+
+@pytest.mark.parametrize("name", ["magnitude", "wanda"])
+def test_global_scope_uses_one_threshold_across_layers(name):
+    from bench.patterns import parse_pattern
+
+    model = tiny_model("gpt2")
+    with torch.no_grad():  # make one layer's weights much larger: a global threshold spares it
+        weight_view(target_layers(model)[0][2]).mul_(10)
+    tokens = torch.randint(0, 97, (4, 16), generator=torch.Generator().manual_seed(0))
+    pattern = parse_pattern({"kind": "unstructured", "target": 0.5, "scope": "global"})
+    cls = method_registry().get(name)
+    report = prune_model(model, cls(), pattern, calibration=tokens if cls.needs_calibration else None)
+    by_layer = {x["layer"]: x for x in report.layers}
+    first = report.layers[0]
+    assert first["measured_sparsity"] < 0.1  # the scaled-up layer keeps nearly everything
+    assert report.measured_sparsity == pytest.approx(0.5, abs=0.01)
+    assert len({round(x["target_sparsity"], 3) for x in by_layer.values()}) > 1
+
+
+def test_global_scope_needs_scores():
+    from bench.errors import BenchError
+    from bench.patterns import parse_pattern
+
+    tokens = torch.randint(0, 97, (2, 8), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(BenchError, match="cannot prune with a global scope"):
+        prune_model(tiny_model("llama"), method_registry().get("sparsegpt")(),
+                    parse_pattern({"kind": "unstructured", "target": 0.5, "scope": "global"}), calibration=tokens)
