@@ -30,7 +30,7 @@ def test_parse(text, expected):
     ({"kind": "blocky"}, "kind", "not a pattern kind"),
     ({"kind": "nm", "n": 2}, "m", "not an integer"),
     ({"kind": "unstructured"}, "target", "missing"),
-    ({"kind": "unstructured", "target": 0.5, "scope": "global"}, "scope", "not one of"),
+    ({"kind": "unstructured", "target": 0.5, "scope": "tile"}, "scope", "not one of"),
     ({"kind": "nm", "n": 2, "m": 4, "x": 1}, "x", "unknown field"),
 ])
 def test_parse_errors(value, field, fragment):
