@@ -178,15 +178,9 @@ def prune_model(model: nn.Module, method: Method, pattern: Pattern, layer_filter
         pruners = {name: method.pruner(name, weight_view(module).detach()) for name, module in layers}
         stats = {name: _InputNorms() for name, _ in layers} if refine is not None else {}
         if calls is not None and layers:
-            hooks = [module.register_forward_hook(_observer(pruners[name])) for name, module in layers
-                     if method.needs_calibration]
-            hooks += [module.register_forward_hook(_observer(stats[name])) for name, module in layers if stats]
-            try:
-                for call in calls:
-                    _run_block(block, call)
-            finally:
-                for h in hooks:
-                    h.remove()
+            observers = [(module, pruners[name]) for name, module in layers if method.needs_calibration]
+            observers += [(module, stats[name]) for name, module in layers if stats]
+            _observe_block(block, calls, observers)
         for name, module in layers:
             layer_pattern = pattern.for_block(layer_targets[name]) if glob else block_pattern
             _prune_layer(report, method, layer_pattern, name, index, module, pruners.pop(name),
@@ -222,12 +216,7 @@ def _owl_targets(blocks: nn.ModuleList, calls: list[Call], by_block, pattern: Un
     for index, block in enumerate(blocks):
         layers = by_block.get(index, [])
         norms = {name: _InputNorms() for name, _ in layers}
-        hooks = [module.register_forward_hook(_observer(norms[name])) for name, module in layers]
-        try:
-            outputs = [_run_block(block, call) for call in calls]
-        finally:
-            for h in hooks:
-                h.remove()
+        outputs = _observe_block(block, calls, [(module, norms[name]) for name, module in layers])
         if layers:
             outliers = total = 0
             for name, module in layers:
@@ -253,12 +242,7 @@ def _global_targets(blocks: nn.ModuleList, calls: list[Call] | None, by_block, m
         layers = by_block.get(index, [])
         pruners = {name: method.pruner(name, weight_view(module).detach()) for name, module in layers}
         if calls is not None:
-            hooks = [module.register_forward_hook(_observer(pruners[name])) for name, module in layers]
-            try:
-                outputs = [_run_block(block, call) for call in calls]
-            finally:
-                for h in hooks:
-                    h.remove()
+            outputs = _observe_block(block, calls, [(module, pruners[name]) for name, module in layers])
             calls = [(out, call[1], call[2]) for out, call in zip(outputs, calls)]
         for name, module in layers:
             s = pruners[name].scores(weight_view(module).detach())
@@ -272,6 +256,17 @@ def _global_targets(blocks: nn.ModuleList, calls: list[Call] | None, by_block, m
         return {name: 0.0 for name in scores}
     threshold = torch.kthvalue(everything, k).values
     return {name: float((s <= threshold).sum()) / s.numel() for name, s in scores.items()}
+
+
+def _observe_block(block: nn.Module, calls: list[Call], observers: list[tuple[nn.Module, Any]]) -> list[torch.Tensor]:
+    """Run `block` on every calibration call while each (layer, observer) pair feeds the layer's inputs to
+    `observer.add_batch`; return the block's outputs."""
+    hooks = [module.register_forward_hook(_observer(obs)) for module, obs in observers]
+    try:
+        return [_run_block(block, call) for call in calls]
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def _observer(pruner):
