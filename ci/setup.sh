@@ -17,7 +17,7 @@ fi
 # Reinstall the project (and the example plugin, which the tests use as a third-party method) only when
 # their declared dependencies or entry points change.
 stamp=.venv/.sparsebench-installed
-want=$(cat pyproject.toml examples/plugin/pyproject.toml | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml examples/plugin/pyproject.toml kernels/CMakeLists.txt kernels/src/* | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$py" -c "import bench, methods, sparsebench_example" 2>/dev/null; then
   "$py" -m pip install -q -e ".[test]"
   "$py" -m pip install -q --no-deps -e examples/plugin

@@ -1,0 +1,486 @@
+// The kernels, written once over a small SIMD vector type `V` and compiled once per instruction set:
+// SB_LEVEL 0 portable C++ (whatever the compiler makes of it), 1 AVX2+FMA, 2 AVX-512 (F/VL/BW/DQ),
+// 3 AVX-512 with BF16 (adds a vdpbf16ps dense bf16 GEMV). Everything except the one exported table
+// function sits in an anonymous namespace, so code built for one instruction set can never be picked by
+// the linker for another, and no standard-library template is instantiated here for the same reason.
+//
+// Two loop shapes, shared by every format so that dense and sparse compare like for like:
+//  - GEMV (batch 1): one output row at a time, vector FMAs along K, 2-4 independent accumulators.
+//  - SpMM (batch 2-32): one output row at a time; each kept weight w at column k does
+//    acc[0:B] += w * xt[k, 0:B] with x transposed, so a weight is read once for the whole batch.
+#include <cstdint>
+#include <cstring>
+
+#include "kernels.h"
+
+#if SB_LEVEL >= 1
+#include <immintrin.h>
+#endif
+
+namespace sb {
+namespace {
+
+inline float tof(float f) { return f; }
+inline float tof(uint16_t h) {  // bf16 -> fp32 is exact: the bf16 bits are the top half of the fp32
+  uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline int popc(uint64_t v) { return __builtin_popcountll(v); }
+
+// Lookup tables, built at compile time.
+struct Luts {
+  int32_t expand[256][8];  // lane i of an 8-bit mask m -> rank of lane i among m's set bits, with the
+                           // sign bit set where bit i is set (a blend then zeroes the other lanes)
+  int32_t pos4[256][4];    // the positions of the first four set bits of m (0 where fewer)
+  constexpr Luts() : expand(), pos4() {
+    for (int m = 0; m < 256; ++m) {
+      int rank = 0;
+      for (int i = 0; i < 8; ++i) {
+        expand[m][i] = (m >> i & 1) ? static_cast<int32_t>(static_cast<uint32_t>(rank) | 0x80000000u) : rank;
+        if (m >> i & 1) {
+          if (rank < 4) pos4[m][rank] = i;
+          ++rank;
+        }
+      }
+    }
+  }
+};
+constexpr Luts LUT{};
+
+#if SB_LEVEL == 0
+constexpr const char* kName = "portable";
+struct V {
+  static constexpr int W = 8;
+  using Bits = uint16_t;  // 2W mask bits for the N:M gather
+  float r[8];
+  static V zero() { V v; for (int i = 0; i < 8; ++i) v.r[i] = 0.f; return v; }
+  static V set1(float f) { V v; for (int i = 0; i < 8; ++i) v.r[i] = f; return v; }
+  template <class T> static V load(const T* p) { V v; for (int i = 0; i < 8; ++i) v.r[i] = tof(p[i]); return v; }
+  static V fma(V a, V b, V c) { for (int i = 0; i < 8; ++i) c.r[i] += a.r[i] * b.r[i]; return c; }
+  static V add(V a, V b) { for (int i = 0; i < 8; ++i) a.r[i] += b.r[i]; return a; }
+  float sum() const { float s = 0.f; for (int i = 0; i < 8; ++i) s += r[i]; return s; }
+  void store(float* p) const { for (int i = 0; i < 8; ++i) p[i] = r[i]; }
+  template <class T> static V expand(const T* p, unsigned m) {
+    V v; int j = 0;
+    for (int i = 0; i < 8; ++i) v.r[i] = (m >> i & 1) ? tof(p[j++]) : 0.f;
+    return v;
+  }
+  static V compress2(const float* x, unsigned m) {
+    V v; int j = 0;
+    for (int i = 0; i < 16 && j < 8; ++i) if (m >> i & 1) v.r[j++] = x[i];
+    return v;
+  }
+  static V gather16(const float* x, const uint16_t* c) { V v; for (int i = 0; i < 8; ++i) v.r[i] = x[c[i]]; return v; }
+  static V quads(const float* x, const int32_t* bc) {
+    V v;
+    for (int q = 0; q < 2; ++q) for (int i = 0; i < 4; ++i) v.r[q * 4 + i] = x[4 * static_cast<int64_t>(bc[q]) + i];
+    return v;
+  }
+};
+
+#elif SB_LEVEL == 1
+constexpr const char* kName = "avx2";
+struct V {
+  static constexpr int W = 8;
+  using Bits = uint16_t;
+  __m256 r;
+  static V zero() { return {_mm256_setzero_ps()}; }
+  static V set1(float f) { return {_mm256_set1_ps(f)}; }
+  static V load(const float* p) { return {_mm256_loadu_ps(p)}; }
+  static V load(const uint16_t* p) {
+    __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return {_mm256_castsi256_ps(_mm256_slli_epi32(w, 16))};
+  }
+  static V fma(V a, V b, V c) { return {_mm256_fmadd_ps(a.r, b.r, c.r)}; }
+  static V add(V a, V b) { return {_mm256_add_ps(a.r, b.r)}; }
+  float sum() const {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(r), _mm256_extractf128_ps(r, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+  }
+  void store(float* p) const { _mm256_storeu_ps(p, r); }
+  // Reads 8 values from p (the packer pads the value array), moves value j to the lane of the j-th set
+  // bit of m and zeroes the lanes whose bit is clear.
+  template <class T> static V expand(const T* p, unsigned m) {
+    __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(LUT.expand[m]));
+    return {_mm256_blendv_ps(_mm256_setzero_ps(), _mm256_permutevar8x32_ps(load(p).r, idx), _mm256_castsi256_ps(idx))};
+  }
+  // x[0:16] with 16 mask bits, four set in each byte: the 8 selected x values, in column order.
+  static V compress2(const float* x, unsigned m) {
+    __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(LUT.pos4[m & 255]));
+    __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(LUT.pos4[(m >> 8) & 255]));
+    __m256i idx = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+    __m256 a = _mm256_permutevar8x32_ps(_mm256_loadu_ps(x), idx);
+    __m256 b = _mm256_permutevar8x32_ps(_mm256_loadu_ps(x + 8), idx);
+    return {_mm256_blend_ps(a, b, 0xF0)};
+  }
+  static V gather16(const float* x, const uint16_t* c) {
+    __m256i i = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c)));
+    return {_mm256_i32gather_ps(x, i, 4)};
+  }
+  static V quads(const float* x, const int32_t* bc) {
+    __m128 lo = _mm_loadu_ps(x + 4 * static_cast<int64_t>(bc[0]));
+    __m128 hi = _mm_loadu_ps(x + 4 * static_cast<int64_t>(bc[1]));
+    return {_mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1)};
+  }
+};
+
+#else  // SB_LEVEL 2 and 3: AVX-512
+#if SB_LEVEL == 2
+constexpr const char* kName = "avx512";
+#else
+constexpr const char* kName = "avx512bf16";
+#endif
+struct V {
+  static constexpr int W = 16;
+  using Bits = uint32_t;
+  __m512 r;
+  static V zero() { return {_mm512_setzero_ps()}; }
+  static V set1(float f) { return {_mm512_set1_ps(f)}; }
+  static V load(const float* p) { return {_mm512_loadu_ps(p)}; }
+  static V load(const uint16_t* p) {
+    __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return {_mm512_castsi512_ps(_mm512_slli_epi32(w, 16))};
+  }
+  static V fma(V a, V b, V c) { return {_mm512_fmadd_ps(a.r, b.r, c.r)}; }
+  static V add(V a, V b) { return {_mm512_add_ps(a.r, b.r)}; }
+  float sum() const { return _mm512_reduce_add_ps(r); }
+  void store(float* p) const { _mm512_storeu_ps(p, r); }
+  template <class T> static V expand(const T* p, unsigned m) {
+    return {_mm512_maskz_expand_ps(static_cast<__mmask16>(m), load(p).r)};
+  }
+  static V compress2(const float* x, unsigned m) {
+    const __m128i* t = reinterpret_cast<const __m128i*>(LUT.pos4[0]);
+    __m128i q0 = _mm_loadu_si128(t + (m & 255));
+    __m128i q1 = _mm_add_epi32(_mm_loadu_si128(t + ((m >> 8) & 255)), _mm_set1_epi32(8));
+    __m128i q2 = _mm_add_epi32(_mm_loadu_si128(t + ((m >> 16) & 255)), _mm_set1_epi32(16));
+    __m128i q3 = _mm_add_epi32(_mm_loadu_si128(t + ((m >> 24) & 255)), _mm_set1_epi32(24));
+    __m512i idx = _mm512_inserti32x4(_mm512_castsi128_si512(q0), q1, 1);
+    idx = _mm512_inserti32x4(_mm512_inserti32x4(idx, q2, 2), q3, 3);
+    return {_mm512_permutex2var_ps(_mm512_loadu_ps(x), idx, _mm512_loadu_ps(x + 16))};
+  }
+  static V gather16(const float* x, const uint16_t* c) {
+    __m512i i = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(c)));
+    return {_mm512_i32gather_ps(i, x, 4)};
+  }
+  static V quads(const float* x, const int32_t* bc) {
+    __m512 v = _mm512_castps128_ps512(_mm_loadu_ps(x + 4 * static_cast<int64_t>(bc[0])));
+    v = _mm512_insertf32x4(v, _mm_loadu_ps(x + 4 * static_cast<int64_t>(bc[1])), 1);
+    v = _mm512_insertf32x4(v, _mm_loadu_ps(x + 4 * static_cast<int64_t>(bc[2])), 2);
+    return {_mm512_insertf32x4(v, _mm_loadu_ps(x + 4 * static_cast<int64_t>(bc[3])), 3)};
+  }
+};
+#endif
+
+constexpr int W = V::W;
+constexpr unsigned kLaneMask = (1u << W) - 1;
+
+inline unsigned bits2w(const uint8_t* p) {  // the 2W mask bits of 2W columns, little-endian
+  V::Bits b;
+  std::memcpy(&b, p, sizeof(b));
+  return b;
+}
+
+// ---------------------------------------------------------------- batch 1 (GEMV)
+
+template <class T>
+void gemv_dense(const Args& a, int64_t r0, int64_t r1) {
+  const T* w = static_cast<const T*>(a.values);
+  const float* x = a.xpad;
+  const int64_t K = a.K;
+  for (int64_t n = r0; n < r1; ++n) {
+    const T* row = w + n * K;
+    V s0 = V::zero(), s1 = V::zero(), s2 = V::zero(), s3 = V::zero();
+    int64_t k = 0;
+    for (; k + 4 * W <= K; k += 4 * W) {
+      s0 = V::fma(V::load(row + k), V::load(x + k), s0);
+      s1 = V::fma(V::load(row + k + W), V::load(x + k + W), s1);
+      s2 = V::fma(V::load(row + k + 2 * W), V::load(x + k + 2 * W), s2);
+      s3 = V::fma(V::load(row + k + 3 * W), V::load(x + k + 3 * W), s3);
+    }
+    for (; k + W <= K; k += W) s0 = V::fma(V::load(row + k), V::load(x + k), s0);
+    float s = V::add(V::add(s0, s1), V::add(s2, s3)).sum();
+    for (; k < K; ++k) s += tof(row[k]) * x[k];
+    a.y[n] = s;
+  }
+}
+
+#if SB_LEVEL == 3
+// bf16 weights against bf16-rounded activations (xbf): vdpbf16ps multiplies pairs and accumulates fp32.
+void gemv_dense_dpbf16(const Args& a, int64_t r0, int64_t r1) {
+  const uint16_t* w = static_cast<const uint16_t*>(a.values);
+  const uint16_t* x = a.xbf;
+  const int64_t K = a.K;
+  for (int64_t n = r0; n < r1; ++n) {
+    const uint16_t* row = w + n * K;
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 64 <= K; k += 64) {
+      s0 = _mm512_dpbf16_ps(s0, (__m512bh)_mm512_loadu_si512(row + k), (__m512bh)_mm512_loadu_si512(x + k));
+      s1 = _mm512_dpbf16_ps(s1, (__m512bh)_mm512_loadu_si512(row + k + 32), (__m512bh)_mm512_loadu_si512(x + k + 32));
+    }
+    float s = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+    for (; k < K; ++k) s += tof(row[k]) * tof(x[k]);
+    a.y[n] = s;
+  }
+}
+#endif
+
+// N:M at 50% (2:4, 4:8): every byte of the mask holds four set bits, so the values of 2W columns are
+// exactly W consecutive values and no offsets need computing; x is gathered to the kept columns.
+template <class T>
+void gemv_nm(const Args& a, int64_t r0, int64_t r1) {
+  const T* vals = static_cast<const T*>(a.values);
+  const float* x = a.xpad;
+  const int64_t K = a.K, half = a.K / 2;
+  constexpr int C = 2 * W;
+  for (int64_t n = r0; n < r1; ++n) {
+    const T* v = vals + n * half;
+    const uint8_t* m = a.mask + n * a.kbytes;
+    V s0 = V::zero(), s1 = V::zero();
+    int64_t k = 0, j = 0;
+    for (; k + 2 * C <= K; k += 2 * C, j += 2 * W) {
+      s0 = V::fma(V::load(v + j), V::compress2(x + k, bits2w(m + k / 8)), s0);
+      s1 = V::fma(V::load(v + j + W), V::compress2(x + k + C, bits2w(m + (k + C) / 8)), s1);
+    }
+    for (; k + C <= K; k += C, j += W) s0 = V::fma(V::load(v + j), V::compress2(x + k, bits2w(m + k / 8)), s0);
+    float s = V::add(s0, s1).sum();
+    for (; k < K; ++k)
+      if (m[k >> 3] >> (k & 7) & 1) s += tof(v[j++]) * x[k];
+    a.y[n] = s;
+  }
+}
+
+// Bitmask: 64 columns per mask word; the values of one word start where the previous word's ended.
+template <class T>
+void gemv_bitmask(const Args& a, int64_t r0, int64_t r1) {
+  const T* vals = static_cast<const T*>(a.values);
+  const uint64_t* mask = reinterpret_cast<const uint64_t*>(a.mask);
+  const float* x = a.xpad;
+  for (int64_t n = r0; n < r1; ++n) {
+    const uint64_t* mw = mask + n * a.kwords;
+    const T* v = vals + a.ptr[n];
+    V acc[4] = {V::zero(), V::zero(), V::zero(), V::zero()};
+    for (int64_t wi = 0; wi < a.kwords; ++wi) {
+      const uint64_t m = mw[wi];
+      if (!m) continue;
+      const float* xw = x + wi * 64;
+      int off = 0;
+      const uint8_t* mb = reinterpret_cast<const uint8_t*>(mw + wi);
+#pragma GCC unroll 8
+      for (int j = 0; j < 64 / W; ++j) {
+        unsigned b;
+        if constexpr (W == 8) b = mb[j];
+        else b = static_cast<unsigned>(m >> (j * W)) & kLaneMask;
+        acc[j & 3] = V::fma(V::expand(v + off, b), V::load(xw + j * W), acc[j & 3]);
+        off += popc(b);
+      }
+      v += popc(m);
+    }
+    a.y[n] = V::add(V::add(acc[0], acc[1]), V::add(acc[2], acc[3])).sum();
+  }
+}
+
+// CSR with 16-bit column indices inside column tiles of `tile` columns: x is gathered per value.
+template <class T>
+void gemv_csr16(const Args& a, int64_t r0, int64_t r1) {
+  const T* v = static_cast<const T*>(a.values);
+  const uint16_t* c = a.cols;
+  for (int64_t n = r0; n < r1; ++n) {
+    float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+    for (int64_t t = 0; t < a.ntiles; ++t) {
+      const float* xb = a.xpad + t * a.tile;
+      int64_t j = a.ptr[n * a.ntiles + t];
+      const int64_t j1 = a.ptr[n * a.ntiles + t + 1];
+      for (; j + 4 <= j1; j += 4) {
+        s0 += tof(v[j]) * xb[c[j]];
+        s1 += tof(v[j + 1]) * xb[c[j + 1]];
+        s2 += tof(v[j + 2]) * xb[c[j + 2]];
+        s3 += tof(v[j + 3]) * xb[c[j + 3]];
+      }
+      for (; j < j1; ++j) s0 += tof(v[j]) * xb[c[j]];
+    }
+    a.y[n] = (s0 + s1) + (s2 + s3);
+  }
+}
+
+// Block sparse; rows [r0, r1) here are block rows.
+template <class T>
+void gemv_bsr(const Args& a, int64_t r0, int64_t r1) {
+  const T* vals = static_cast<const T*>(a.values);
+  const float* x = a.xpad;
+  const int64_t bh = a.bh, bw = a.bw;
+  for (int64_t br = r0; br < r1; ++br) {
+    const int64_t b0 = a.ptr[br], nb = a.ptr[br + 1] - b0;
+    const int32_t* bc = a.bcols + b0;
+    for (int64_t r = 0; r < bh; ++r) {
+      const int64_t n = br * bh + r;
+      if (n >= a.N) break;
+      const T* v = vals + b0 * bh * bw + r * nb * bw;  // this row's values: (nb, bw)
+      V s0 = V::zero();
+      float s = 0.f;
+      if (bw % W == 0) {
+        for (int64_t b = 0; b < nb; ++b)
+          for (int64_t q = 0; q < bw; q += W) s0 = V::fma(V::load(v + b * bw + q), V::load(x + bc[b] * bw + q), s0);
+      } else if (bw == 4) {
+        int64_t b = 0;
+        for (; b + W / 4 <= nb; b += W / 4) s0 = V::fma(V::load(v + b * 4), V::quads(x, bc + b), s0);
+        for (; b < nb; ++b)
+          for (int q = 0; q < 4; ++q) s += tof(v[b * 4 + q]) * x[bc[b] * 4 + q];
+      } else {
+        for (int64_t b = 0; b < nb; ++b)
+          for (int64_t q = 0; q < bw; ++q) s += tof(v[b * bw + q]) * x[bc[b] * bw + q];
+      }
+      a.y[n] = s + s0.sum();
+    }
+  }
+}
+
+// ---------------------------------------------------------------- batch 2-32 (SpMM)
+
+template <int NV>
+struct Acc {
+  V v[NV];
+  Acc() { for (int q = 0; q < NV; ++q) v[q] = V::zero(); }
+  void add(float w, const float* xr) {  // acc[0:bpad] += w * xr[0:bpad]
+    const V wb = V::set1(w);
+    for (int q = 0; q < NV; ++q) v[q] = V::fma(wb, V::load(xr + q * W), v[q]);
+  }
+  void store(const Args& a, int64_t n) const {
+    float tmp[NV * W];
+    for (int q = 0; q < NV; ++q) v[q].store(tmp + q * W);
+    for (int64_t b = 0; b < a.B; ++b) a.y[b * a.N + n] = tmp[b];
+  }
+};
+
+template <class T, int NV>
+void spmm_dense_nv(const Args& a, int64_t r0, int64_t r1) {
+  const T* w = static_cast<const T*>(a.values);
+  for (int64_t n = r0; n < r1; ++n) {
+    const T* row = w + n * a.K;
+    Acc<NV> acc;
+    for (int64_t k = 0; k < a.K; ++k) acc.add(tof(row[k]), a.xt + k * a.bpad);
+    acc.store(a, n);
+  }
+}
+
+template <class T, int NV>
+void spmm_nm_nv(const Args& a, int64_t r0, int64_t r1) {
+  const T* vals = static_cast<const T*>(a.values);
+  for (int64_t n = r0; n < r1; ++n) {
+    const T* v = vals + n * (a.K / 2);
+    const uint8_t* m = a.mask + n * a.kbytes;
+    Acc<NV> acc;
+    for (int64_t kb = 0; kb < a.kbytes; ++kb)
+      for (unsigned b = m[kb]; b; b &= b - 1) acc.add(tof(*v++), a.xt + (kb * 8 + __builtin_ctz(b)) * a.bpad);
+    acc.store(a, n);
+  }
+}
+
+template <class T, int NV>
+void spmm_bitmask_nv(const Args& a, int64_t r0, int64_t r1) {
+  const T* vals = static_cast<const T*>(a.values);
+  const uint64_t* mask = reinterpret_cast<const uint64_t*>(a.mask);
+  for (int64_t n = r0; n < r1; ++n) {
+    const uint64_t* mw = mask + n * a.kwords;
+    const T* v = vals + a.ptr[n];
+    Acc<NV> acc;
+    for (int64_t wi = 0; wi < a.kwords; ++wi)
+      for (uint64_t b = mw[wi]; b; b &= b - 1) acc.add(tof(*v++), a.xt + (wi * 64 + __builtin_ctzll(b)) * a.bpad);
+    acc.store(a, n);
+  }
+}
+
+template <class T, int NV>
+void spmm_csr16_nv(const Args& a, int64_t r0, int64_t r1) {
+  const T* v = static_cast<const T*>(a.values);
+  for (int64_t n = r0; n < r1; ++n) {
+    Acc<NV> acc;
+    for (int64_t t = 0; t < a.ntiles; ++t) {
+      const float* xb = a.xt + t * a.tile * a.bpad;
+      for (int64_t j = a.ptr[n * a.ntiles + t]; j < a.ptr[n * a.ntiles + t + 1]; ++j)
+        acc.add(tof(v[j]), xb + static_cast<int64_t>(a.cols[j]) * a.bpad);
+    }
+    acc.store(a, n);
+  }
+}
+
+template <class T, int NV>
+void spmm_bsr_nv(const Args& a, int64_t r0, int64_t r1) {
+  const T* vals = static_cast<const T*>(a.values);
+  for (int64_t br = r0; br < r1; ++br) {
+    const int64_t b0 = a.ptr[br], nb = a.ptr[br + 1] - b0;
+    for (int64_t r = 0; r < a.bh; ++r) {
+      const int64_t n = br * a.bh + r;
+      if (n >= a.N) break;
+      const T* v = vals + b0 * a.bh * a.bw + r * nb * a.bw;
+      Acc<NV> acc;
+      for (int64_t b = 0; b < nb; ++b) {
+        const float* xb = a.xt + static_cast<int64_t>(a.bcols[b0 + b]) * a.bw * a.bpad;
+        for (int64_t q = 0; q < a.bw; ++q) acc.add(tof(v[b * a.bw + q]), xb + q * a.bpad);
+      }
+      acc.store(a, n);
+    }
+  }
+}
+
+// bpad / W vectors per accumulator: 1-4 (batch up to 32 at W = 8).
+#define SB_SPMM(name)                                                            \
+  template <class T>                                                             \
+  void name(const Args& a, int64_t r0, int64_t r1) {                             \
+    switch (a.bpad / W) {                                                        \
+      case 1: return name##_nv<T, 1>(a, r0, r1);                                 \
+      case 2: return name##_nv<T, 2>(a, r0, r1);                                 \
+      case 3: return name##_nv<T, 3>(a, r0, r1);                                 \
+      default: return name##_nv<T, 4>(a, r0, r1);                                \
+    }                                                                            \
+  }
+SB_SPMM(spmm_dense)
+SB_SPMM(spmm_nm)
+SB_SPMM(spmm_bitmask)
+SB_SPMM(spmm_csr16)
+SB_SPMM(spmm_bsr)
+#undef SB_SPMM
+
+double read_sum(const float* p, int64_t n) {
+  V s[8] = {V::zero(), V::zero(), V::zero(), V::zero(), V::zero(), V::zero(), V::zero(), V::zero()};
+  int64_t i = 0;
+  for (; i + 8 * W <= n; i += 8 * W)
+#pragma GCC unroll 8
+    for (int q = 0; q < 8; ++q) s[q] = V::add(s[q], V::load(p + i + q * W));
+  double total = 0.0;
+  for (int q = 0; q < 8; ++q) total += s[q].sum();
+  for (; i < n; ++i) total += p[i];
+  return total;
+}
+
+const Table kTable = {
+    kName,
+    W,
+    {{gemv_dense<float>,
+#if SB_LEVEL == 3
+      gemv_dense_dpbf16},
+#else
+      gemv_dense<uint16_t>},
+#endif
+     {gemv_nm<float>, gemv_nm<uint16_t>},
+     {gemv_bitmask<float>, gemv_bitmask<uint16_t>},
+     {gemv_csr16<float>, gemv_csr16<uint16_t>},
+     {gemv_bsr<float>, gemv_bsr<uint16_t>}},
+    {{spmm_dense<float>, spmm_dense<uint16_t>},
+     {spmm_nm<float>, spmm_nm<uint16_t>},
+     {spmm_bitmask<float>, spmm_bitmask<uint16_t>},
+     {spmm_csr16<float>, spmm_csr16<uint16_t>},
+     {spmm_bsr<float>, spmm_bsr<uint16_t>}},
+    read_sum,
+    SB_LEVEL == 3,
+};
+
+}  // namespace
+
+const Table* SB_TABLE_FN() { return &kTable; }
+
+}  // namespace sb
