@@ -5,43 +5,118 @@ linear layers run on its kernels, with provenance: which backend ran each layer,
 bytes of weights it read, and why it fell back when it did. A backend that runs the zeros through a dense
 kernel says so: such a pattern is recorded as "mask only", however sparse it is.
 
-Backends are found through the entry-point group `sparsebench.kernels`.
+Backends are found through the entry-point group `sparsebench.kernels`. Each states what it covers
+(`patterns`, `dtypes`, `devices`, `max_batch`); a layer outside that stays on PyTorch's dense kernel and
+the reason is recorded, per layer, in the provenance.
 """
 
 from __future__ import annotations
 
+import warnings
+from collections import Counter
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 
-from bench.patterns import Pattern
+from bench.patterns import NM, Block, Dense, Pattern
 
 
 class KernelBackend:
     name: ClassVar[str] = ""
     version: ClassVar[str] = "1"
     devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    dtypes: ClassVar[tuple[str, ...]] = ("float32", "bfloat16", "float16")
+    patterns: ClassVar[str] = "any (as dense)"  # which patterns it skips the zeros of, in words
+    max_batch: ClassVar[int | None] = None     # rows of activations per call; above it PyTorch dense runs
     description: ClassVar[str] = ""
 
     @classmethod
     def supports_device(cls, hardware: str) -> bool:
         return hardware.split(":")[0] in cls.devices
 
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        return {"name": cls.name, "version": cls.version, "devices": list(cls.devices), "dtypes": list(cls.dtypes),
+                "patterns": cls.patterns, "max_batch": cls.max_batch, "description": cls.description}
+
     def accelerates(self, pattern: Pattern) -> bool:
         """Whether this backend skips the zeros of `pattern` (rather than multiplying them)."""
         return False
 
+    def convert(self, linear: torch.nn.Linear, pattern: Pattern) -> tuple[torch.nn.Module, str]:
+        """One layer on this backend: (module, format). Raise Unsupported to leave it on nn.Linear."""
+        raise Unsupported(f"{self.name} converts no layers")
+
     def prepare(self, model: torch.nn.Module, layers: dict[str, torch.nn.Module], pattern: Pattern) -> dict[str, Any]:
         """Swap the pruned `layers` (name -> module) of `model` for this backend's modules, in place.
 
-        Returns provenance: {"backend", "format", "weight_bytes", "dense_weight_bytes", "accelerated",
-        "fallbacks": [reasons], "status"}.
+        Returns provenance: backend, version, status ("accelerated", "mask only" or "dense"), format (per
+        format, how many layers), weight_bytes (what the kernels read) and dense_weight_bytes, fallbacks
+        (reason -> layer count), and per unique layer shape its format and bytes.
         """
-        raise NotImplementedError
+        formats: Counter = Counter()
+        fallbacks: Counter = Counter()
+        shapes: dict[str, dict[str, Any]] = {}
+        read = dense = 0
+        for name, linear in layers.items():
+            w = linear.weight
+            layer_dense = w.numel() * w.element_size()
+            dense += layer_dense
+            try:
+                if str(w.dtype).removeprefix("torch.") not in self.dtypes:
+                    raise Unsupported(f"{self.name} does not take {str(w.dtype).removeprefix('torch.')} weights")
+                module, fmt = self.convert(linear, pattern)
+            except Unsupported as why:
+                fallbacks[str(why)] += 1
+                module, fmt, layer_read = linear, "dense (PyTorch fallback)", layer_dense
+            else:
+                layer_read = _read_bytes(module, layer_dense)
+                if module is not linear:
+                    parent, _, child = name.rpartition(".")
+                    setattr(model.get_submodule(parent) if parent else model, child, module)
+            formats[fmt] += 1
+            read += layer_read
+            key = f"{w.shape[0]}x{w.shape[1]}"
+            entry = shapes.setdefault(key, {"N": w.shape[0], "K": w.shape[1], "layers": 0, "format": fmt,
+                                            "weight_bytes": layer_read, "dense_weight_bytes": layer_dense})
+            entry["layers"] += 1
+        sparse_formats = [f for f in formats if f not in ("dense", "dense (PyTorch fallback)")]
+        if pattern.sparsity == 0 or isinstance(pattern, Dense):
+            status = "dense"
+        elif sparse_formats:
+            status = "accelerated"
+        else:
+            status = "mask only"
+        return {
+            "backend": self.name, "version": self.version, "status": status, "accelerated": status == "accelerated",
+            "format": dict(formats), "weight_bytes": read, "dense_weight_bytes": dense,
+            "fallbacks": dict(fallbacks), "max_batch": self.max_batch, "shapes": shapes,
+            "note": "" if status != "mask only" else "zeros are multiplied by a dense kernel",
+        }
+
+
+class Unsupported(Exception):
+    """This backend cannot run this layer; the message says why and becomes the fallback reason."""
+
+
+def _read_bytes(module: torch.nn.Module, dense_bytes: int) -> int:
+    packed = getattr(module, "packed", None)
+    if packed is not None:
+        return packed.weight_bytes
+    return getattr(module, "weight_bytes", dense_bytes)
 
 
 def weight_bytes(layers: dict[str, torch.nn.Module]) -> int:
     return sum(m.weight.numel() * m.weight.element_size() for m in layers.values())
+
+
+def call_counts(model: torch.nn.Module) -> dict[str, int]:
+    """How many layer calls took each path (native kernel, or dense for a stated reason), summed."""
+    total: Counter = Counter()
+    for module in model.modules():
+        total.update(getattr(module, "calls", {}))
+    return dict(total)
 
 
 class TorchDense(KernelBackend):
@@ -52,16 +127,162 @@ class TorchDense(KernelBackend):
     devices = ("cpu", "cuda")
     description = "PyTorch dense matmul (nn.Linear as is); sparse patterns buy no speed here."
 
-    def prepare(self, model, layers, pattern):
-        dense_bytes = weight_bytes(layers)
-        sparse = pattern.sparsity > 0
-        return {
-            "backend": self.name,
-            "format": "dense",
-            "weight_bytes": dense_bytes,
-            "dense_weight_bytes": dense_bytes,
-            "accelerated": False,
-            "fallbacks": [],
-            "status": "mask only" if sparse else "dense",
-            "note": "zeros are multiplied by a dense kernel" if sparse else "",
-        }
+    def convert(self, linear, pattern):
+        return linear, "dense"
+
+
+class NativeDense(KernelBackend):
+    """This project's dense kernel: the same loop structure as its sparse kernels, so the pair compares
+    the formats and nothing else (and shows how far PyTorch's own dense kernel is from the bandwidth)."""
+
+    name = "native-dense"
+    version = "1"
+    dtypes = ("float32", "bfloat16")
+    max_batch = 32  # bench._native.MAX_BATCH
+    description = "SparseBench's own dense GEMV/SpMM kernel (zeros multiplied); batches above 32 rows run PyTorch dense."
+
+    def convert(self, linear, pattern):
+        from bench.sparse import SparseLinear
+        return SparseLinear.from_linear(linear, "dense"), "dense"
+
+
+# Unstructured layers at or above this sparsity use CSR16, below it the bitmask format: see
+# benchmarks/results (at 70% and above CSR16's cost per stored value wins over the bitmask's cost per column).
+CSR16_FROM_SPARSITY = 0.65
+
+
+class Native(KernelBackend):
+    """This project's sparse kernels: N:M (half of each group), bitmask, CSR16 and block-sparse formats."""
+
+    name = "native"
+    version = "1"
+    dtypes = ("float32", "bfloat16")
+    max_batch = 32  # bench._native.MAX_BATCH
+    patterns = "1:2, 2:4, 4:8 (nm); block (bsr); unstructured and channels (bitmask below 65%, csr16 from 65%)"
+    description = "SparseBench's native CPU kernels (AVX2/AVX-512/portable); batches above 32 rows run PyTorch dense."
+
+    def accelerates(self, pattern):
+        return pattern.sparsity > 0 and not (isinstance(pattern, NM) and 2 * pattern.n != pattern.m)
+
+    def convert(self, linear, pattern):
+        from bench.sparse import PackError, SparseLinear
+        fmt, kw = choose_format(linear.weight, pattern)
+        try:
+            return SparseLinear.from_linear(linear, fmt, **kw), fmt
+        except PackError as err:
+            raise Unsupported(f"{fmt}: {err}") from None
+
+
+def choose_format(weight: torch.Tensor, pattern: Pattern) -> tuple[str, dict[str, Any]]:
+    if isinstance(pattern, Dense) or pattern.sparsity == 0:
+        return "dense", {}
+    if isinstance(pattern, NM):
+        if 2 * pattern.n != pattern.m:
+            raise Unsupported(f"the nm kernel keeps half of each group; {pattern.n}:{pattern.m} is not")
+        return "nm", {"nm": (pattern.n, pattern.m)}
+    if isinstance(pattern, Block):
+        return "bsr", {"block": (pattern.rows, pattern.cols)}
+    density = float((weight != 0).float().mean())
+    return ("csr16" if 1 - density >= CSR16_FROM_SPARSITY else "bitmask"), {}
+
+
+class _TorchSparseLinear(torch.nn.Module):
+    """nn.Linear whose weight is a PyTorch sparse tensor: y = (W_sparse @ x.T).T (+ bias)."""
+
+    def __init__(self, sparse_weight, linear: torch.nn.Linear, weight_bytes: int):
+        super().__init__()
+        self.sparse_weight = sparse_weight
+        self.bias = linear.bias
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight_bytes = weight_bytes
+        self.calls = {"torch_sparse": 0}
+
+    def forward(self, x):
+        self.calls["torch_sparse"] += 1
+        x2 = x.reshape(-1, self.in_features)  # (rows, K)
+        y = (self.sparse_weight @ x2.T).T  # (rows, N)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+
+def _quiet(fn, *args):
+    with warnings.catch_warnings():  # PyTorch marks its sparse CSR/BSR support as beta on every use
+        warnings.simplefilter("ignore", UserWarning)
+        return fn(*args)
+
+
+class TorchCSR(KernelBackend):
+    """PyTorch's CSR tensors (32-bit indices) through torch.sparse matmul (MKL on CPU, cuSPARSE on CUDA)."""
+
+    name = "torch-csr"
+    version = "1"
+    devices = ("cpu", "cuda")
+    dtypes = ("float32",)  # PyTorch's CPU CSR matmul has no bfloat16 kernel
+    patterns = "any pattern with zeros (unstructured CSR)"
+    description = "torch.sparse_csr_tensor with int32 indices; y = (W @ x.T).T."
+
+    def accelerates(self, pattern):
+        return pattern.sparsity > 0
+
+    def convert(self, linear, pattern):
+        if pattern.sparsity == 0:
+            return linear, "dense"
+        w = linear.weight.detach()
+        csr = _quiet(w.to_sparse_csr)
+        crow, col = csr.crow_indices().to(torch.int32), csr.col_indices().to(torch.int32)
+        sparse = _quiet(torch.sparse_csr_tensor, crow, col, csr.values(), csr.shape)
+        nbytes = csr.values().numel() * w.element_size() + 4 * (crow.numel() + col.numel())
+        return _TorchSparseLinear(sparse, linear, nbytes), "torch-csr"
+
+
+class TorchBSR(KernelBackend):
+    """PyTorch's BSR tensors for block patterns (fp32 on CPU; on CUDA through its Triton/cuSPARSE paths)."""
+
+    name = "torch-bsr"
+    version = "1"
+    devices = ("cpu", "cuda")
+    dtypes = ("float32",)
+    patterns = "block"
+    description = "Tensor.to_sparse_bsr with the pattern's block shape; y = (W @ x.T).T."
+
+    def accelerates(self, pattern):
+        return isinstance(pattern, Block) and pattern.sparsity > 0
+
+    def convert(self, linear, pattern):
+        if not isinstance(pattern, Block):
+            raise Unsupported("torch-bsr needs a block pattern")
+        w = linear.weight.detach()
+        if w.shape[0] % pattern.rows or w.shape[1] % pattern.cols:
+            raise Unsupported(f"weight {tuple(w.shape)} is not a whole number of {pattern.rows}x{pattern.cols} blocks")
+        bsr = _quiet(w.to_sparse_bsr, (pattern.rows, pattern.cols))
+        nbytes = bsr.values().numel() * w.element_size() + 8 * (bsr.crow_indices().numel() + bsr.col_indices().numel())
+        return _TorchSparseLinear(bsr, linear, nbytes), "torch-bsr"
+
+
+class TorchSemiStructured(KernelBackend):
+    """PyTorch's 2:4 semi-structured sparsity on CUDA (cuSPARSELt or CUTLASS). Untested without a GPU."""
+
+    name = "torch-semi-structured"
+    version = "1"
+    devices = ("cuda",)
+    dtypes = ("float16", "bfloat16")
+    patterns = "2:4"
+    description = "torch.sparse.to_sparse_semi_structured on CUDA (compute capability 8.0+)."
+
+    def accelerates(self, pattern):
+        return isinstance(pattern, NM) and (pattern.n, pattern.m) == (2, 4)
+
+    def convert(self, linear, pattern):
+        if not self.accelerates(pattern):
+            raise Unsupported("torch-semi-structured covers the 2:4 pattern only")
+        if linear.weight.device.type != "cuda":
+            raise Unsupported("torch-semi-structured runs on CUDA only")
+        from torch.sparse import to_sparse_semi_structured
+
+        module = torch.nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                                 device=linear.weight.device, dtype=linear.weight.dtype)
+        module.weight = torch.nn.Parameter(to_sparse_semi_structured(linear.weight.detach()), requires_grad=False)
+        if linear.bias is not None:
+            module.bias = linear.bias
+        return module, "torch-2:4"

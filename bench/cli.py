@@ -65,6 +65,19 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("methods", help="list registered pruning methods")
 
+    s = sub.add_parser("kernels", help="benchmark the native sparse kernels against dense and PyTorch CSR")
+    s.add_argument("--json", action="store_true", help="print one JSON object per row instead of a table")
+    s.add_argument("--quick", action="store_true", help="small shapes and few repeats (a smoke run)")
+    s.add_argument("--shapes", default=None, help="comma-separated NxK, e.g. 4096x4096,11008x4096")
+    s.add_argument("--batch", default=None, help="comma-separated batch sizes (1-32), e.g. 1,8,32")
+    s.add_argument("--sparsity", default=None, help="comma-separated unstructured sparsities, e.g. 0.5,0.7,0.9")
+    s.add_argument("--nm", default=None, help="comma-separated N:M patterns, e.g. 2:4,4:8 ('' for none)")
+    s.add_argument("--dtype", default=None, help="comma-separated: float32,bfloat16")
+    s.add_argument("--threads", type=int, default=0, help="threads for every kernel (default: torch's)")
+    s.add_argument("--repeats", type=int, default=None)
+    s.add_argument("--save", type=Path, default=None, help="write JSON and a Markdown table into this folder")
+    s.add_argument("--backends", action="store_true", help="list registered kernel backends and exit")
+
     s = sub.add_parser("check-method", help="run the conformance suite on a registered method")
     s.add_argument("name")
     s.add_argument("--arch", action="append", help="only this architecture (repeatable); default: all")
@@ -236,6 +249,75 @@ def cmd_methods(args) -> int:
     return 0
 
 
+def _csv(text: str | None, field: str, parse):
+    if text is None:
+        return None
+    try:
+        return tuple(parse(item.strip()) for item in text.split(",") if item.strip())
+    except (ValueError, TypeError):
+        raise BenchError(f"--{field}: cannot read {text!r}; see bench kernels --help for the format") from None
+
+
+def _shape(text: str) -> tuple[int, int]:
+    n, k = text.lower().split("x")
+    if int(n) <= 0 or int(k) <= 0:
+        raise ValueError(text)
+    return int(n), int(k)
+
+
+def cmd_kernels(args) -> int:
+    import dataclasses
+
+    import torch
+
+    from bench import kernelbench
+    from bench.latency import read_bandwidth
+    from bench.registry import kernel_registry
+
+    if args.backends:
+        reg = kernel_registry()
+        for name in reg.names():
+            print(json.dumps(reg.get(name).describe()))
+        return 0
+    config = kernelbench.Config.quick() if args.quick else kernelbench.Config()
+    changes = {
+        "shapes": _csv(args.shapes, "shapes", _shape), "batches": _csv(args.batch, "batch", int),
+        "sparsities": _csv(args.sparsity, "sparsity", float),
+        "nm": _csv(args.nm, "nm", lambda t: tuple(int(v) for v in t.split(":"))),
+        "dtypes": _csv(args.dtype, "dtype", str), "repeats": args.repeats, "threads": args.threads or None,
+    }
+    config = dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None})
+    if any(not 1 <= b <= 32 for b in config.batches):
+        raise BenchError("--batch: the native kernels take batches of 1 to 32 rows; larger batches run dense")
+    if any(not 0 < s < 1 for s in config.sparsities):
+        raise BenchError("--sparsity: each value must be in (0, 1), e.g. 0.7")
+    if any(len(p) != 2 or 2 * p[0] != p[1] or p[1] not in (2, 4, 8) for p in config.nm):
+        raise BenchError("--nm: the nm kernel covers 1:2, 2:4 and 4:8 (half of each group kept)")
+    if any(d not in ("float32", "bfloat16") for d in config.dtypes):
+        raise BenchError("--dtype: the native kernels take float32 and bfloat16")
+    if config.repeats < 1:
+        raise BenchError("--repeats: must be at least 1")
+    threads = config.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    bandwidth = read_bandwidth(threads)
+    meta = kernelbench.machine(threads, bandwidth)
+    log = (lambda m: print(m, file=sys.stderr)) if not args.json else None
+    if log:
+        log(f"isa {meta['isa']}, {threads} threads, read bandwidth {bandwidth.median / 1e9:.1f} GB/s "
+            f"[{bandwidth.p10 / 1e9:.1f}-{bandwidth.p90 / 1e9:.1f}]")
+    rows = []
+    for row in kernelbench.run(config, bandwidth.median, log):
+        rows.append(row)
+        if args.json:
+            print(json.dumps(row), flush=True)
+    if not args.json:
+        print(kernelbench.format_table(rows))
+    if args.save:
+        path = kernelbench.save(args.save, meta, config, rows)
+        print(f"saved {path} and {path.with_suffix('.md').name}", file=sys.stderr)
+    return 0
+
+
 def cmd_check_method(args) -> int:
     from bench.conformance import check_method
 
@@ -257,7 +339,7 @@ def cmd_zoo(args) -> int:
 
 
 COMMANDS = {"submit": cmd_submit, "ls": cmd_ls, "show": cmd_show, "leaderboard": cmd_leaderboard,
-            "export": cmd_export, "methods": cmd_methods, "check-method": cmd_check_method, "zoo": cmd_zoo}
+            "export": cmd_export, "methods": cmd_methods, "kernels": cmd_kernels, "check-method": cmd_check_method, "zoo": cmd_zoo}
 
 if __name__ == "__main__":
     sys.exit(main())

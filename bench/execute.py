@@ -121,7 +121,20 @@ def _run(job_dict: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
         layers = {name: module for name, _, module in target_layers(model)}
         kernel = backend.prepare(model, layers, pattern)
         reference, _ = load_model(job.model, device)
-        rows = measure(model, reference, LatencySpec.from_dict(job.latency), model.config.vocab_size, seed=job.seed)
+        spec = LatencySpec.from_dict(job.latency)
+        rows = measure(model, reference, spec, model.config.vocab_size, seed=job.seed)
+        if device.type == "cpu":  # the probe and the per-shape stage time CPU kernels
+            from bench.latency import measure_layers, read_bandwidth
+
+            bandwidth = read_bandwidth()
+            metrics.append(_metric("read_bandwidth_GBps", bandwidth.median / 1e9, "GB/s", True, "latency",
+                                   {"bytes_per_s": bandwidth.to_dict(), "threads": torch.get_num_threads(),
+                                    "probe": "native vector sum over 256 MiB"}))
+            rows += measure_layers(model, reference, kernel, spec.decode_batch, spec.warmup, spec.repeats,
+                                   bandwidth.median, seed=job.seed)
+        from bench.backends import call_counts
+
+        kernel["calls"] = call_counts(model)
         for row in rows:
             row["details"] = {**row["details"], "threads": torch.get_num_threads(), "kernel": kernel["backend"]}
         metrics += rows

@@ -10,10 +10,15 @@ backend) and the reference (the dense model on PyTorch's dense kernels) alternat
 figures are medians with p10/p90 and the count. Speedup is the median over rounds of the paired ratio
 reference time / candidate time (the two timings of a round share the machine's state), stored with the
 p10/p90 of those ratios: a dense model timed against itself shows the noise floor of the measurement.
+
+Per unique layer shape (`measure_layers`), the candidate's layer and the reference's dense nn.Linear are
+timed the same way on activations of each decode batch, with the bytes of weights each call reads turned
+into GB/s and a fraction of the machine's read bandwidth, measured in the same job (`read_bandwidth`).
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
@@ -119,6 +124,82 @@ def measure(candidate, reference, spec: LatencySpec, vocab_size: int, seed: int 
         cand, details = summarise(f"decode_b{b}", {"tokens": spec.decode_tokens, "batch": b, "prompt_length": spec.prompt_length})
         rows.append(_row(f"decode_tok_s_b{b}", b * spec.decode_tokens / cand.median, "tokens/s", True, details))
         rows.append(_row(f"decode_speedup_b{b}", details["speedup_paired"]["median"], "x", True, details))
+    return rows
+
+
+def interleave(candidates: dict[str, Callable[[], Any]], warmup: int, repeats: int,
+               timer: Callable[[Callable[[], None]], float] | None = None) -> dict[str, list[float]]:
+    """Seconds per call of each candidate over `repeats` recorded rounds after `warmup` unrecorded ones.
+
+    Each round runs every candidate once, in forward order on even rounds and reverse order on odd
+    ones (ABBA for two), so slow drift of the machine lands evenly on all of them.
+    """
+    timer = timer or _timer(torch.device("cpu"))
+    names = list(candidates)
+    out: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(warmup + repeats):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            t = timer(candidates[name])
+            if r >= warmup:
+                out[name].append(t)
+    return out
+
+
+def read_bandwidth(threads: int | None = None, mib: int = 256, repeats: int = 5) -> Summary:
+    """Bytes per second that `threads` threads read from memory: a vector sum over `mib` MiB of floats
+    (several times any last-level cache), by the native kernels' own instruction set."""
+    from bench import _native
+
+    threads = threads or torch.get_num_threads()
+    buf = torch.ones(mib * 2**20 // 4, dtype=torch.float32)
+    samples = interleave({"read": lambda: _native.read_sum(buf, threads)}, warmup=1, repeats=repeats)["read"]
+    return Summary.from_values([buf.numel() * 4 / t for t in samples])
+
+
+def _rotating(modules: list[torch.nn.Module], x: torch.Tensor) -> Callable[[], None]:
+    """Calls the modules in turn: copies of one layer, so the weights come from memory, not cache."""
+    cycle = itertools.cycle(modules)
+
+    def run():
+        with torch.inference_mode():
+            next(cycle)(x)
+    return run
+
+
+def measure_layers(candidate: torch.nn.Module, reference: torch.nn.Module, kernel: dict[str, Any],
+                   batches: tuple[int, ...], warmup: int, repeats: int, bandwidth: float, seed: int = 0,
+                   footprint_bytes: int = 256 * 2**20) -> list[dict[str, Any]]:
+    """Per unique layer shape in `kernel["shapes"]`: the candidate's layer against the reference's dense
+    layer of the same name, at each batch. Every layer of that shape takes part in the rotation (up to a
+    footprint of `footprint_bytes`), so a small model's weights are as cold as they are in a real forward."""
+    from bench.prune import target_layers
+
+    ref = {name: m for name, _, m in target_layers(reference)}
+    cand = {name: candidate.get_submodule(name) for name in ref}  # converted by the backend, same names
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for key, shape in kernel.get("shapes", {}).items():
+        names = [n for n in cand if n in ref and tuple(ref[n].weight.shape) == (shape["N"], shape["K"])]
+        if not names:
+            continue
+        per_layer = max(shape["dense_weight_bytes"], 1)
+        names = names[: max(1, footprint_bytes // per_layer)]
+        dtype = ref[names[0]].weight.dtype
+        for b in batches:
+            x = torch.randn(b, shape["K"], generator=gen).to(dtype)
+            t = interleave({"candidate": _rotating([cand[n] for n in names], x),
+                            "reference": _rotating([ref[n] for n in names], x)}, warmup, repeats)
+            cand_s, ref_s = Summary.from_values(t["candidate"]), Summary.from_values(t["reference"])
+            ratios = Summary.from_values([r / c for r, c in zip(t["reference"], t["candidate"])])
+            gbps = shape["weight_bytes"] / cand_s.median
+            details = {"shape": key, "batch": b, "format": shape["format"], "layers_rotated": len(names),
+                       "weight_bytes": shape["weight_bytes"], "dense_weight_bytes": shape["dense_weight_bytes"],
+                       "candidate_s": cand_s.to_dict(), "reference_s": ref_s.to_dict(),
+                       "speedup_paired": ratios.to_dict(), "read_bandwidth_Bps": bandwidth,
+                       "bandwidth_fraction": gbps / bandwidth if bandwidth else None,
+                       "ideal_speedup": shape["dense_weight_bytes"] / max(shape["weight_bytes"], 1)}
+            rows.append(_row(f"layer_speedup_b{b}:{key}", ratios.median, "x", True, details))
+            rows.append(_row(f"layer_GBps_b{b}:{key}", gbps / 1e9, "GB/s", True, details))
     return rows
 
 

@@ -341,28 +341,54 @@ void gemv_bsr(const Args& a, int64_t r0, int64_t r1) {
 
 // ---------------------------------------------------------------- batch 2-32 (SpMM)
 
+// acc[0:bpad] += w * xt[k, 0:bpad] for a list of (w, k). With few vectors per row of xt, one FMA chain
+// would wait on its own latency at every weight, so S independent sets of accumulators take turns.
 template <int NV>
 struct Acc {
-  V v[NV];
-  Acc() { for (int q = 0; q < NV; ++q) v[q] = V::zero(); }
-  void add(float w, const float* xr) {  // acc[0:bpad] += w * xr[0:bpad]
+  static constexpr int S = NV >= 3 ? 1 : 4 / NV;
+  V v[S][NV];
+  Acc() {
+    for (int s = 0; s < S; ++s)
+      for (int q = 0; q < NV; ++q) v[s][q] = V::zero();
+  }
+  void add(int s, float w, const float* xr) {
     const V wb = V::set1(w);
-    for (int q = 0; q < NV; ++q) v[q] = V::fma(wb, V::load(xr + q * W), v[q]);
+    for (int q = 0; q < NV; ++q) v[s][q] = V::fma(wb, V::load(xr + q * W), v[s][q]);
+  }
+  // count weights vals[0:count]; row(j) is the xt row of weight j.
+  template <class T, class Row>
+  void run(const T* vals, Row row, int64_t count) {
+    int64_t j = 0;
+    for (; j + S <= count; j += S) {
+#pragma GCC unroll 4
+      for (int s = 0; s < S; ++s) add(s, tof(vals[j + s]), row(j + s));
+    }
+    for (; j < count; ++j) add(0, tof(vals[j]), row(j));
   }
   void store(const Args& a, int64_t n) const {
     float tmp[NV * W];
-    for (int q = 0; q < NV; ++q) v[q].store(tmp + q * W);
+    for (int q = 0; q < NV; ++q) {
+      V t = v[0][q];
+      for (int s = 1; s < S; ++s) t = V::add(t, v[s][q]);
+      t.store(tmp + q * W);
+    }
     for (int64_t b = 0; b < a.B; ++b) a.y[b * a.N + n] = tmp[b];
   }
 };
+
+// The positions of the set bits of m, plus base, into pos; returns how many.
+inline int bit_positions(uint64_t m, int64_t base, int64_t* pos) {
+  int c = 0;
+  for (; m; m &= m - 1) pos[c++] = base + __builtin_ctzll(m);
+  return c;
+}
 
 template <class T, int NV>
 void spmm_dense_nv(const Args& a, int64_t r0, int64_t r1) {
   const T* w = static_cast<const T*>(a.values);
   for (int64_t n = r0; n < r1; ++n) {
-    const T* row = w + n * a.K;
     Acc<NV> acc;
-    for (int64_t k = 0; k < a.K; ++k) acc.add(tof(row[k]), a.xt + k * a.bpad);
+    acc.run(w + n * a.K, [&](int64_t k) { return a.xt + k * a.bpad; }, a.K);
     acc.store(a, n);
   }
 }
@@ -370,12 +396,18 @@ void spmm_dense_nv(const Args& a, int64_t r0, int64_t r1) {
 template <class T, int NV>
 void spmm_nm_nv(const Args& a, int64_t r0, int64_t r1) {
   const T* vals = static_cast<const T*>(a.values);
+  int64_t pos[64];
   for (int64_t n = r0; n < r1; ++n) {
     const T* v = vals + n * (a.K / 2);
     const uint8_t* m = a.mask + n * a.kbytes;
     Acc<NV> acc;
-    for (int64_t kb = 0; kb < a.kbytes; ++kb)
-      for (unsigned b = m[kb]; b; b &= b - 1) acc.add(tof(*v++), a.xt + (kb * 8 + __builtin_ctz(b)) * a.bpad);
+    for (int64_t kb = 0; kb < a.kbytes; kb += 8) {
+      uint64_t word = 0;
+      std::memcpy(&word, m + kb, a.kbytes - kb < 8 ? a.kbytes - kb : 8);
+      const int c = bit_positions(word, kb * 8, pos);
+      acc.run(v, [&](int64_t j) { return a.xt + pos[j] * a.bpad; }, c);
+      v += c;
+    }
     acc.store(a, n);
   }
 }
@@ -384,12 +416,16 @@ template <class T, int NV>
 void spmm_bitmask_nv(const Args& a, int64_t r0, int64_t r1) {
   const T* vals = static_cast<const T*>(a.values);
   const uint64_t* mask = reinterpret_cast<const uint64_t*>(a.mask);
+  int64_t pos[64];
   for (int64_t n = r0; n < r1; ++n) {
     const uint64_t* mw = mask + n * a.kwords;
     const T* v = vals + a.ptr[n];
     Acc<NV> acc;
-    for (int64_t wi = 0; wi < a.kwords; ++wi)
-      for (uint64_t b = mw[wi]; b; b &= b - 1) acc.add(tof(*v++), a.xt + (wi * 64 + __builtin_ctzll(b)) * a.bpad);
+    for (int64_t wi = 0; wi < a.kwords; ++wi) {
+      const int c = bit_positions(mw[wi], wi * 64, pos);
+      acc.run(v, [&](int64_t j) { return a.xt + pos[j] * a.bpad; }, c);
+      v += c;
+    }
     acc.store(a, n);
   }
 }
@@ -401,8 +437,10 @@ void spmm_csr16_nv(const Args& a, int64_t r0, int64_t r1) {
     Acc<NV> acc;
     for (int64_t t = 0; t < a.ntiles; ++t) {
       const float* xb = a.xt + t * a.tile * a.bpad;
-      for (int64_t j = a.ptr[n * a.ntiles + t]; j < a.ptr[n * a.ntiles + t + 1]; ++j)
-        acc.add(tof(v[j]), xb + static_cast<int64_t>(a.cols[j]) * a.bpad);
+      const int64_t j0 = a.ptr[n * a.ntiles + t];
+      const uint16_t* c = a.cols + j0;
+      acc.run(v + j0, [&](int64_t j) { return xb + static_cast<int64_t>(c[j]) * a.bpad; },
+              a.ptr[n * a.ntiles + t + 1] - j0);
     }
     acc.store(a, n);
   }
@@ -413,15 +451,14 @@ void spmm_bsr_nv(const Args& a, int64_t r0, int64_t r1) {
   const T* vals = static_cast<const T*>(a.values);
   for (int64_t br = r0; br < r1; ++br) {
     const int64_t b0 = a.ptr[br], nb = a.ptr[br + 1] - b0;
+    const int32_t* bc = a.bcols + b0;
+    const int64_t bw = a.bw;
     for (int64_t r = 0; r < a.bh; ++r) {
       const int64_t n = br * a.bh + r;
       if (n >= a.N) break;
-      const T* v = vals + b0 * a.bh * a.bw + r * nb * a.bw;
-      Acc<NV> acc;
-      for (int64_t b = 0; b < nb; ++b) {
-        const float* xb = a.xt + static_cast<int64_t>(a.bcols[b0 + b]) * a.bw * a.bpad;
-        for (int64_t q = 0; q < a.bw; ++q) acc.add(tof(v[b * a.bw + q]), xb + q * a.bpad);
-      }
+      Acc<NV> acc;  // this row's values are (nb, bw): weight j sits at column bc[j / bw] * bw + j % bw
+      acc.run(vals + b0 * a.bh * bw + r * nb * bw,
+              [&](int64_t j) { return a.xt + (static_cast<int64_t>(bc[j / bw]) * bw + j % bw) * a.bpad; }, nb * bw);
       acc.store(a, n);
     }
   }

@@ -290,7 +290,7 @@ class Packed {
     // Small layers run on one thread: waking a worker costs more than it saves.
     if (bytes_ * B < (int64_t(1) << 18)) nthreads = 1;
     nthreads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nthreads, units_)));
-    const std::vector<int64_t>& cut = splits(nthreads);
+    const std::vector<int64_t> cut = splits(nthreads);
     pool().run(nthreads, [&](int i) { fn(a, cut[i], cut[i + 1]); });
   }
 
@@ -325,8 +325,9 @@ class Packed {
     }
   }
 
-  // Row ranges per thread, balanced by the work each row carries (its stored values).
-  const std::vector<int64_t>& splits(int nthreads) {
+  // Row ranges per thread, balanced by the work each row carries (its stored values). Returned by value:
+  // another Python thread may grow the cache while this call runs.
+  std::vector<int64_t> splits(int nthreads) {
     std::lock_guard<std::mutex> lk(split_mu_);
     if (static_cast<int>(split_cache_.size()) <= nthreads) split_cache_.resize(nthreads + 1);
     std::vector<int64_t>& cut = split_cache_[nthreads];

@@ -1,0 +1,231 @@
+"""Kernel benchmark: native sparse formats against our dense kernel, PyTorch dense and PyTorch CSR.
+
+    bench kernels                          # LLM layer shapes, batch 1/8/32, 50/70/90% and 2:4/4:8, fp32+bf16
+    bench kernels --json                   # one JSON object per row on stdout
+    bench kernels --quick                  # small shapes, a few repeats: a smoke run in seconds
+    python benchmarks/kernels.py           # the full run, saved under benchmarks/results/
+
+For every (shape, dtype, batch) the candidates below are timed in one interleaved loop (forward order on
+even rounds, reverse on odd), each call on the next of several copies of its weight so that the weights
+stream from memory as they do in a model, not from the last-level cache. Reported per row: median time
+with p10/p90 and count, GB/s of weight bytes read (and as a fraction of the measured read bandwidth),
+speedup against our dense kernel, PyTorch dense and PyTorch CSR at the same sparsity (ratios of medians),
+and the ideal speedup: dense bytes / bytes this format reads.
+
+Weights are random normal with magnitude masks (unstructured: the smallest |w| of the whole matrix; N:M:
+the smallest in each group). Only the zeros matter to the kernels, not where the values came from.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from bench.latency import interleave, read_bandwidth
+from bench.stats import Summary
+
+LLM_SHAPES = ((4096, 4096), (11008, 4096), (4096, 11008), (14336, 4096))
+QUICK_SHAPES = ((256, 512), (384, 1024))
+
+
+@dataclass(frozen=True)
+class Config:
+    shapes: tuple[tuple[int, int], ...] = LLM_SHAPES
+    batches: tuple[int, ...] = (1, 8, 32)
+    sparsities: tuple[float, ...] = (0.5, 0.7, 0.9)
+    nm: tuple[tuple[int, int], ...] = ((2, 4), (4, 8))
+    dtypes: tuple[str, ...] = ("float32", "bfloat16")
+    threads: int = 0  # 0: torch.get_num_threads()
+    warmup: int = 3
+    repeats: int = 15
+    footprint_mib: int = 256  # copies of each weight so that one round touches at least this much
+    seed: int = 0
+
+    @staticmethod
+    def quick() -> "Config":
+        return Config(shapes=QUICK_SHAPES, batches=(1, 8), sparsities=(0.5, 0.9), nm=((2, 4),), warmup=1,
+                      repeats=3, footprint_mib=16)
+
+
+def _unstructured(w: torch.Tensor, sparsity: float) -> torch.Tensor:
+    k = int(round(sparsity * w.numel()))
+    if k == 0:
+        return w.clone()
+    threshold = w.abs().flatten().kthvalue(k).values
+    return torch.where(w.abs() > threshold, w, torch.zeros((), dtype=w.dtype))
+
+
+def _nm(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    rows, cols = w.shape
+    g = w.reshape(rows, cols // m, m)
+    drop = g.abs().topk(m - n, dim=-1, largest=False).indices
+    return g.scatter(-1, drop, 0).reshape(rows, cols)
+
+
+def _copies(nbytes: int, footprint: int) -> int:
+    return max(1, min(64, math.ceil(footprint / max(nbytes, 1))))
+
+
+class _Candidate:
+    """One kernel on one weight, called on its copies in turn."""
+
+    def __init__(self, name: str, fmt: str, calls: list[Callable[[], Any]], weight_bytes: int):
+        self.name, self.format, self.weight_bytes = name, fmt, weight_bytes
+        self._calls, self._i = calls, 0
+
+    def __call__(self):
+        self._i = (self._i + 1) % len(self._calls)
+        self._calls[self._i]()
+
+
+def _native_candidate(name, fmt, w, x, footprint, threads, **kw) -> _Candidate:
+    from bench.sparse import Packed, pack
+
+    first = pack(w, fmt, **kw)
+    copies = [first] + [Packed(first.format, first.shape, first.dtype, {k: v.clone() for k, v in first.arrays.items()},
+                               first.params) for _ in range(_copies(first.weight_bytes, footprint) - 1)]
+    out = torch.empty(x.shape[0], w.shape[0])
+    return _Candidate(name, fmt, [lambda p=p: p.mm(x, threads, out) for p in copies], first.weight_bytes)
+
+
+def _torch_dense_candidate(w, x, footprint) -> _Candidate:
+    nbytes = w.numel() * w.element_size()
+    ws = [w] + [w.clone() for _ in range(_copies(nbytes, footprint) - 1)]
+    xd = x.to(w.dtype)
+    return _Candidate("torch-dense", "dense", [lambda w=w: F.linear(xd, w) for w in ws], nbytes)
+
+
+def _torch_csr_candidate(w, x, footprint) -> _Candidate | None:
+    if w.dtype != torch.float32:  # PyTorch's CPU CSR matmul has no bfloat16 kernel
+        return None
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        csr = w.to_sparse_csr()
+        crow, col = csr.crow_indices().int(), csr.col_indices().int()
+        nbytes = csr.values().numel() * 4 + 4 * (crow.numel() + col.numel())
+        mats = [torch.sparse_csr_tensor(crow.clone(), col.clone(), csr.values().clone(), csr.shape)
+                for _ in range(_copies(nbytes, footprint))]
+    xt = x.T.contiguous()  # (K, B)
+    return _Candidate("torch-csr", "csr (int32)", [lambda m=m: m @ xt for m in mats], nbytes)
+
+
+def run(config: Config, bandwidth: float | None = None, log: Callable[[str], None] | None = None) -> Iterator[dict[str, Any]]:
+    """Yields one row per (shape, dtype, batch, pattern, kernel)."""
+    from bench.backends import CSR16_FROM_SPARSITY
+
+    threads = config.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    footprint = config.footprint_mib * 2**20
+    gen = torch.Generator().manual_seed(config.seed)
+    for (n, k) in config.shapes:
+        base = torch.randn(n, k, generator=gen)
+        for dtype_name in config.dtypes:
+            dtype = getattr(torch, dtype_name)
+            weights = {"dense": base.to(dtype)}
+            for s in config.sparsities:
+                weights[f"{s * 100:g}%"] = _unstructured(base, s).to(dtype)
+            for (nn_, mm) in config.nm:
+                if k % mm == 0:
+                    weights[f"{nn_}:{mm}"] = _nm(base, nn_, mm).to(dtype)
+            for b in config.batches:
+                t0 = time.perf_counter()
+                x = torch.randn(b, k, generator=gen)
+                cands: dict[tuple[str, str], _Candidate] = {
+                    ("dense", "native-dense"): _native_candidate("native-dense", "dense", weights["dense"], x, footprint, threads),
+                    ("dense", "torch-dense"): _torch_dense_candidate(weights["dense"], x, footprint),
+                }
+                for pat, w in weights.items():
+                    if pat == "dense":
+                        continue
+                    if ":" in pat:
+                        nn_, mm = map(int, pat.split(":"))
+                        cands[(pat, "native")] = _native_candidate("native", "nm", w, x, footprint, threads, nm=(nn_, mm))
+                    else:
+                        for fmt in ("bitmask", "csr16"):
+                            cands[(pat, f"native:{fmt}")] = _native_candidate("native", fmt, w, x, footprint, threads)
+                    csr = _torch_csr_candidate(w, x, footprint)
+                    if csr is not None:
+                        cands[(pat, "torch-csr")] = csr
+                names = {f"{p}|{c}": cand for (p, c), cand in cands.items()}
+                times = interleave(names, config.warmup, config.repeats)
+                med = {key: Summary.from_values(ts).median for key, ts in times.items()}
+                ours, torch_dense = med["dense|native-dense"], med["dense|torch-dense"]
+                dense_bytes = cands[("dense", "native-dense")].weight_bytes
+                for (pat, cname), cand in cands.items():
+                    key = f"{pat}|{cname}"
+                    summ = Summary.from_values(times[key])
+                    csr_t = med.get(f"{pat}|torch-csr")
+                    sparsity = 0.0 if pat == "dense" else (1 - int(pat.split(":")[0]) / int(pat.split(":")[1]) if ":" in pat
+                                                           else float(pat.rstrip("%")) / 100)
+                    chosen = (cand.name == "native" and (cand.format == "nm" or
+                              cand.format == ("csr16" if sparsity >= CSR16_FROM_SPARSITY else "bitmask")))
+                    gbps = cand.weight_bytes / summ.median / 1e9
+                    yield {
+                        "N": n, "K": k, "dtype": dtype_name, "batch": b, "pattern": pat, "sparsity": sparsity,
+                        "kernel": cand.name, "format": cand.format, "native_default": chosen,
+                        "time_s": summ.to_dict(), "weight_bytes": cand.weight_bytes, "GBps": gbps,
+                        "bandwidth_fraction": gbps * 1e9 / bandwidth if bandwidth else None,
+                        "speedup_vs_native_dense": ours / summ.median,
+                        "speedup_vs_torch_dense": torch_dense / summ.median,
+                        "speedup_vs_torch_csr": csr_t / summ.median if csr_t else None,
+                        "ideal_speedup": dense_bytes / cand.weight_bytes,
+                        "threads": threads,
+                    }
+                if log:
+                    log(f"{n}x{k} {dtype_name} batch {b}: {len(cands)} kernels in {time.perf_counter() - t0:.1f} s")
+
+
+def machine(threads: int, bandwidth: Summary) -> dict[str, Any]:
+    from bench import _native
+    from bench.provenance import hardware_fingerprint, package_versions
+
+    return {
+        "hardware": hardware_fingerprint(), "isa": _native.isa(), "isas_supported": _native.available_isas(),
+        "threads": threads, "read_bandwidth_Bps": bandwidth.to_dict(), "python": platform.python_version(),
+        "versions": package_versions(), "measured_at": datetime.now(timezone.utc).isoformat(),
+    }
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    head = ("shape", "dtype", "B", "pattern", "kernel", "format", "ms", "[p10-p90]", "GB/s", "%bw",
+            "vs ours", "vs torch", "vs csr", "ideal")
+    lines = [head]
+    for r in rows:
+        t = r["time_s"]
+        lines.append((f"{r['N']}x{r['K']}", r["dtype"], str(r["batch"]), r["pattern"],
+                      r["kernel"] + ("*" if r["native_default"] else ""), r["format"], f"{t['median'] * 1e3:.3f}",
+                      f"{t['p10'] * 1e3:.3f}-{t['p90'] * 1e3:.3f}", f"{r['GBps']:.1f}",
+                      "" if r["bandwidth_fraction"] is None else f"{100 * r['bandwidth_fraction']:.0f}%",
+                      f"{r['speedup_vs_native_dense']:.2f}", f"{r['speedup_vs_torch_dense']:.2f}",
+                      "" if r["speedup_vs_torch_csr"] is None else f"{r['speedup_vs_torch_csr']:.2f}",
+                      f"{r['ideal_speedup']:.2f}"))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    out = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
+    return "\n".join(out[:1] + ["  ".join("-" * w for w in widths)] + out[1:])
+
+
+def save(folder: Path, meta: dict[str, Any], config: Config, rows: list[dict[str, Any]]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = folder / f"kernels-{meta['isa']}-{stamp}.json"
+    body = {"machine": meta, "config": json.loads(json.dumps(config.__dict__)), "rows": rows}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(body, indent=1))
+    tmp.rename(path)  # never a half-written result
+    path.with_suffix(".md").write_text(
+        f"# Kernel benchmark {stamp}\n\nISA {meta['isa']}, {meta['threads']} threads, read bandwidth "
+        f"{meta['read_bandwidth_Bps']['median'] / 1e9:.1f} GB/s (median of {meta['read_bandwidth_Bps']['count']}).\n"
+        f"`*` marks the format the `native` backend picks. Speedups are ratios of medians.\n\n```\n"
+        f"{format_table(rows)}\n```\n")
+    return path
