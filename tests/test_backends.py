@@ -225,3 +225,21 @@ def test_semi_structured_runs_2_4_on_cuda():
         got, want = model(x), reference(x)
     assert got.shape == (64, 128) and got.dtype == torch.float16
     torch.testing.assert_close(got, want, atol=2e-2, rtol=1e-2)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_torch_bsr_runs_block_pattern_on_cuda():
+    from bench.patterns import Block
+
+    linear = torch.nn.Linear(256, 128, bias=True).to(device="cuda")
+    with torch.no_grad():
+        keep = (torch.rand(128 // 4, 1, 256 // 4, 1, device="cuda") > 0.5).float()
+        linear.weight.mul_(keep.expand(-1, 4, -1, 4).reshape(128, 256))
+    reference = copy.deepcopy(linear)
+    model = torch.nn.Sequential(linear)
+    prov = kernel_registry().get("torch-bsr")().prepare(model, {"0": linear}, Block(target=0.5, rows=4, cols=4))
+    assert prov["status"] == "accelerated" and prov["format"] == {"torch-bsr": 1}
+    x = torch.randn(16, 256, device="cuda")
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), atol=1e-4, rtol=1e-4)
