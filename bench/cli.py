@@ -92,7 +92,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+# PyTorch's OpenMP threads spin for a while after each parallel operator (libgomp's default), holding a
+# core that the native kernels' own threads then wait for: on 2 cores that doubled the spread of their
+# timings. Passive waiting is read when libgomp loads, i.e. before torch is imported; the runner passes
+# the same setting to Ray workers, and the latency stage records it with every figure. An explicit
+# OMP_WAIT_POLICY in the environment wins.
+OMP_WAIT_POLICY = "PASSIVE"
+
+
 def main(argv: list[str] | None = None) -> int:
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
     args = _parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

@@ -9,6 +9,7 @@ result, so Ray does not retry it; only a lost worker is retried.
 
 from __future__ import annotations
 
+import os
 import resource
 import time
 import traceback
@@ -136,7 +137,8 @@ def _run(job_dict: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
 
         kernel["calls"] = call_counts(model)
         for row in rows:
-            row["details"] = {**row["details"], "threads": torch.get_num_threads(), "kernel": kernel["backend"]}
+            row["details"] = {**row["details"], "threads": torch.get_num_threads(), "kernel": kernel["backend"],
+                              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
         metrics += rows
         del reference
         timings["latency_s"] = time.perf_counter() - t

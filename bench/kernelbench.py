@@ -9,8 +9,10 @@ For every (shape, dtype, batch) the candidates below are timed in one interleave
 even rounds, reverse on odd), each call on the next of several copies of its weight so that the weights
 stream from memory as they do in a model, not from the last-level cache. Reported per row: median time
 with p10/p90 and count, GB/s of weight bytes read (and as a fraction of the measured read bandwidth),
-speedup against our dense kernel, PyTorch dense and PyTorch CSR at the same sparsity (ratios of medians),
-and the ideal speedup: dense bytes / bytes this format reads.
+speedup against our dense kernel, PyTorch dense and PyTorch CSR at the same sparsity, each the median over
+rounds of the paired ratio (the two calls of a round share the machine's state: memory bandwidth shared
+with other tenants drifts by 2x within seconds on some machines), with p10/p90 of the ratio against our
+dense kernel, and the ideal speedup: dense bytes / bytes this format reads.
 
 Weights are random normal with magnitude masks (unstructured: the smallest |w| of the whole matrix; N:M:
 the smallest in each group). Only the zeros matter to the kernels, not where the values came from.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -159,13 +162,20 @@ def run(config: Config, bandwidth: float | None = None, log: Callable[[str], Non
                         cands[(pat, "torch-csr")] = csr
                 names = {f"{p}|{c}": cand for (p, c), cand in cands.items()}
                 times = interleave(names, config.warmup, config.repeats)
-                med = {key: Summary.from_values(ts).median for key, ts in times.items()}
-                ours, torch_dense = med["dense|native-dense"], med["dense|torch-dense"]
+
+                def paired(ref_key: str | None, key: str) -> Summary | None:
+                    """Per-round ratios reference / candidate: both timed in the same round."""
+                    if ref_key is None or ref_key not in times:
+                        return None
+                    return Summary.from_values([r / c for r, c in zip(times[ref_key], times[key])])
+
                 dense_bytes = cands[("dense", "native-dense")].weight_bytes
                 for (pat, cname), cand in cands.items():
                     key = f"{pat}|{cname}"
                     summ = Summary.from_values(times[key])
-                    csr_t = med.get(f"{pat}|torch-csr")
+                    vs_ours = paired("dense|native-dense", key)
+                    vs_torch = paired("dense|torch-dense", key)
+                    vs_csr = paired(f"{pat}|torch-csr", key)
                     sparsity = 0.0 if pat == "dense" else (1 - int(pat.split(":")[0]) / int(pat.split(":")[1]) if ":" in pat
                                                            else float(pat.rstrip("%")) / 100)
                     chosen = (cand.name == "native" and (cand.format == "nm" or
@@ -176,9 +186,9 @@ def run(config: Config, bandwidth: float | None = None, log: Callable[[str], Non
                         "kernel": cand.name, "format": cand.format, "native_default": chosen,
                         "time_s": summ.to_dict(), "weight_bytes": cand.weight_bytes, "GBps": gbps,
                         "bandwidth_fraction": gbps * 1e9 / bandwidth if bandwidth else None,
-                        "speedup_vs_native_dense": ours / summ.median,
-                        "speedup_vs_torch_dense": torch_dense / summ.median,
-                        "speedup_vs_torch_csr": csr_t / summ.median if csr_t else None,
+                        "speedup_vs_native_dense": vs_ours.median, "speedup_vs_native_dense_paired": vs_ours.to_dict(),
+                        "speedup_vs_torch_dense": vs_torch.median,
+                        "speedup_vs_torch_csr": vs_csr.median if vs_csr else None,
                         "ideal_speedup": dense_bytes / cand.weight_bytes,
                         "threads": threads,
                     }
@@ -193,13 +203,14 @@ def machine(threads: int, bandwidth: Summary) -> dict[str, Any]:
     return {
         "hardware": hardware_fingerprint(), "isa": _native.isa(), "isas_supported": _native.available_isas(),
         "threads": threads, "read_bandwidth_Bps": bandwidth.to_dict(), "python": platform.python_version(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "versions": package_versions(), "measured_at": datetime.now(timezone.utc).isoformat(),
     }
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     head = ("shape", "dtype", "B", "pattern", "kernel", "format", "ms", "[p10-p90]", "GB/s", "%bw",
-            "vs ours", "vs torch", "vs csr", "ideal")
+            "vs ours", "[p10-p90]", "vs torch", "vs csr", "ideal")
     lines = [head]
     for r in rows:
         t = r["time_s"]
@@ -207,7 +218,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                       r["kernel"] + ("*" if r["native_default"] else ""), r["format"], f"{t['median'] * 1e3:.3f}",
                       f"{t['p10'] * 1e3:.3f}-{t['p90'] * 1e3:.3f}", f"{r['GBps']:.1f}",
                       "" if r["bandwidth_fraction"] is None else f"{100 * r['bandwidth_fraction']:.0f}%",
-                      f"{r['speedup_vs_native_dense']:.2f}", f"{r['speedup_vs_torch_dense']:.2f}",
+                      f"{r['speedup_vs_native_dense']:.2f}",
+                      f"{r['speedup_vs_native_dense_paired']['p10']:.2f}-{r['speedup_vs_native_dense_paired']['p90']:.2f}",
+                      f"{r['speedup_vs_torch_dense']:.2f}",
                       "" if r["speedup_vs_torch_csr"] is None else f"{r['speedup_vs_torch_csr']:.2f}",
                       f"{r['ideal_speedup']:.2f}"))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
@@ -226,6 +239,6 @@ def save(folder: Path, meta: dict[str, Any], config: Config, rows: list[dict[str
     path.with_suffix(".md").write_text(
         f"# Kernel benchmark {stamp}\n\nISA {meta['isa']}, {meta['threads']} threads, read bandwidth "
         f"{meta['read_bandwidth_Bps']['median'] / 1e9:.1f} GB/s (median of {meta['read_bandwidth_Bps']['count']}).\n"
-        f"`*` marks the format the `native` backend picks. Speedups are ratios of medians.\n\n```\n"
+        f"`*` marks the format the `native` backend picks. Speedups are medians of per-round paired ratios.\n\n```\n"
         f"{format_table(rows)}\n```\n")
     return path

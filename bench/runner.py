@@ -150,7 +150,9 @@ def init_ray(address: str | None) -> bool:
         check_address(address)
     try:
         ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.ERROR, configure_logging=True)
+                 logging_level=logging.ERROR, configure_logging=True,
+                 # workers import torch after this is set: see bench.cli.OMP_WAIT_POLICY
+                 runtime_env={"env_vars": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}})
     except ConnectionError as err:
         raise BenchError(f"--address: could not join the Ray cluster at {address}: {err}") from None
     return True
