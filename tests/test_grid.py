@@ -145,3 +145,9 @@ def test_job_round_trips_through_a_dict(untrained_model):
     for job in expand(parse_grid(grid(untrained_model, 'patterns = ["2:4"]'))):
         again = Job.from_dict(job.to_dict())
         assert again == job and again.key == job.key
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "examples").glob("*.toml")), ids=lambda p: p.name)
+def test_example_grids_load_and_expand(path):
+    jobs = expand(load_grid(path))
+    assert jobs and len({j.key for j in jobs}) == len(jobs)
