@@ -31,13 +31,15 @@ inline int popc(uint64_t v) { return __builtin_popcountll(v); }
 
 // Lookup tables, built at compile time.
 struct Luts {
+  int32_t pos8[256][8];    // the positions of all set bits of m, in order (the rest 0)
   int32_t expand[256][8];  // lane i of an 8-bit mask m -> rank of lane i among m's set bits, with the
                            // sign bit set where bit i is set (a blend then zeroes the other lanes)
   int32_t pos4[256][4];    // the positions of the first four set bits of m (0 where fewer)
-  constexpr Luts() : expand(), pos4() {
+  constexpr Luts() : pos8(), expand(), pos4() {
     for (int m = 0; m < 256; ++m) {
       int rank = 0;
       for (int i = 0; i < 8; ++i) {
+        if (m >> i & 1) pos8[m][rank] = i;
         expand[m][i] = (m >> i & 1) ? static_cast<int32_t>(static_cast<uint32_t>(rank) | 0x80000000u) : rank;
         if (m >> i & 1) {
           if (rank < 4) pos4[m][rank] = i;
@@ -376,11 +378,31 @@ struct Acc {
   }
 };
 
-// The positions of the set bits of m, plus base, into pos; returns how many.
-inline int bit_positions(uint64_t m, int64_t base, int64_t* pos) {
-  int c = 0;
-  for (; m; m &= m - 1) pos[c++] = base + __builtin_ctzll(m);
+// The columns of the set bits of mask bytes [0, nbytes), plus base, into pos; returns how many. A table
+// gives each byte's positions at once: no branch depends on the data, unlike a loop over set bits.
+constexpr int64_t kChunkBytes = 64;  // 512 columns per decoded chunk
+inline int64_t decode_bits(const uint8_t* bytes, int64_t nbytes, int64_t base, int32_t* pos) {
+  int64_t c = 0;
+  for (int64_t i = 0; i < nbytes; ++i) {
+    const unsigned b = bytes[i];
+    const int32_t at = static_cast<int32_t>(base + i * 8);
+    for (int q = 0; q < 8; ++q) pos[c + q] = LUT.pos8[b][q] + at;
+    c += popc(b);
+  }
   return c;
+}
+
+// Batched kernels for the two mask formats: decode a chunk of a row, then one pass over its values.
+template <class T, int NV>
+void spmm_mask_row(const Args& a, const uint8_t* m, int64_t nbytes, const T* v, int64_t n) {
+  int32_t pos[kChunkBytes * 8 + 8];
+  Acc<NV> acc;
+  for (int64_t kb = 0; kb < nbytes; kb += kChunkBytes) {
+    const int64_t c = decode_bits(m + kb, nbytes - kb < kChunkBytes ? nbytes - kb : kChunkBytes, kb * 8, pos);
+    acc.run(v, [&](int64_t j) { return a.xt + static_cast<int64_t>(pos[j]) * a.bpad; }, c);
+    v += c;
+  }
+  acc.store(a, n);
 }
 
 template <class T, int NV>
@@ -396,38 +418,14 @@ void spmm_dense_nv(const Args& a, int64_t r0, int64_t r1) {
 template <class T, int NV>
 void spmm_nm_nv(const Args& a, int64_t r0, int64_t r1) {
   const T* vals = static_cast<const T*>(a.values);
-  int64_t pos[64];
-  for (int64_t n = r0; n < r1; ++n) {
-    const T* v = vals + n * (a.K / 2);
-    const uint8_t* m = a.mask + n * a.kbytes;
-    Acc<NV> acc;
-    for (int64_t kb = 0; kb < a.kbytes; kb += 8) {
-      uint64_t word = 0;
-      std::memcpy(&word, m + kb, a.kbytes - kb < 8 ? a.kbytes - kb : 8);
-      const int c = bit_positions(word, kb * 8, pos);
-      acc.run(v, [&](int64_t j) { return a.xt + pos[j] * a.bpad; }, c);
-      v += c;
-    }
-    acc.store(a, n);
-  }
+  for (int64_t n = r0; n < r1; ++n) spmm_mask_row<T, NV>(a, a.mask + n * a.kbytes, a.kbytes, vals + n * (a.K / 2), n);
 }
 
 template <class T, int NV>
 void spmm_bitmask_nv(const Args& a, int64_t r0, int64_t r1) {
   const T* vals = static_cast<const T*>(a.values);
-  const uint64_t* mask = reinterpret_cast<const uint64_t*>(a.mask);
-  int64_t pos[64];
-  for (int64_t n = r0; n < r1; ++n) {
-    const uint64_t* mw = mask + n * a.kwords;
-    const T* v = vals + a.ptr[n];
-    Acc<NV> acc;
-    for (int64_t wi = 0; wi < a.kwords; ++wi) {
-      const int c = bit_positions(mw[wi], wi * 64, pos);
-      acc.run(v, [&](int64_t j) { return a.xt + pos[j] * a.bpad; }, c);
-      v += c;
-    }
-    acc.store(a, n);
-  }
+  const int64_t nbytes = a.kwords * 8;
+  for (int64_t n = r0; n < r1; ++n) spmm_mask_row<T, NV>(a, a.mask + n * nbytes, nbytes, vals + a.ptr[n], n);
 }
 
 template <class T, int NV>
