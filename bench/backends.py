@@ -107,10 +107,6 @@ def _read_bytes(module: torch.nn.Module, dense_bytes: int) -> int:
     return getattr(module, "weight_bytes", dense_bytes)
 
 
-def weight_bytes(layers: dict[str, torch.nn.Module]) -> int:
-    return sum(m.weight.numel() * m.weight.element_size() for m in layers.values())
-
-
 def call_counts(model: torch.nn.Module) -> dict[str, int]:
     """How many layer calls took each path (native kernel, or dense for a stated reason), summed."""
     total: Counter = Counter()
@@ -228,12 +224,16 @@ class TorchCSR(KernelBackend):
     def convert(self, linear, pattern):
         if pattern.sparsity == 0:
             return linear, "dense"
-        w = linear.weight.detach()
-        csr = _quiet(w.to_sparse_csr)
-        crow, col = csr.crow_indices().to(torch.int32), csr.col_indices().to(torch.int32)
-        sparse = _quiet(torch.sparse_csr_tensor, crow, col, csr.values(), csr.shape)
-        nbytes = csr.values().numel() * w.element_size() + 4 * (crow.numel() + col.numel())
+        sparse, nbytes = torch_csr(linear.weight.detach())
         return _TorchSparseLinear(sparse, linear, nbytes), "torch-csr"
+
+
+def torch_csr(weight: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """PyTorch CSR tensor of `weight` with int32 indices, and the bytes a matmul reads (values + indices)."""
+    csr = _quiet(weight.to_sparse_csr)
+    crow, col = csr.crow_indices().to(torch.int32), csr.col_indices().to(torch.int32)
+    sparse = _quiet(torch.sparse_csr_tensor, crow, col, csr.values(), csr.shape)
+    return sparse, csr.values().numel() * weight.element_size() + 4 * (crow.numel() + col.numel())
 
 
 class TorchBSR(KernelBackend):

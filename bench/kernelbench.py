@@ -14,8 +14,9 @@ rounds of the paired ratio (the two calls of a round share the machine's state: 
 with other tenants drifts by 2x within seconds on some machines), with p10/p90 of the ratio against our
 dense kernel, and the ideal speedup: dense bytes / bytes this format reads.
 
-Weights are random normal with magnitude masks (unstructured: the smallest |w| of the whole matrix; N:M:
-the smallest in each group). Only the zeros matter to the kernels, not where the values came from.
+Weights are random normal with magnitude masks from `bench.patterns` (unstructured: the smallest |w| of
+the whole matrix; N:M: the smallest in each group), one mask per shape for every dtype. Only the zeros
+matter to the kernels, not where the values came from.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from bench.latency import interleave, read_bandwidth
+from bench.latency import interleave
+from bench.patterns import NM, Dense, Pattern, Unstructured
 from bench.stats import Summary
 
 LLM_SHAPES = ((4096, 4096), (11008, 4096), (4096, 11008), (14336, 4096))
@@ -57,21 +59,6 @@ class Config:
     def quick() -> "Config":
         return Config(shapes=QUICK_SHAPES, batches=(1, 8), sparsities=(0.5, 0.9), nm=((2, 4),), warmup=1,
                       repeats=3, footprint_mib=16)
-
-
-def _unstructured(w: torch.Tensor, sparsity: float) -> torch.Tensor:
-    k = int(round(sparsity * w.numel()))
-    if k == 0:
-        return w.clone()
-    threshold = w.abs().flatten().kthvalue(k).values
-    return torch.where(w.abs() > threshold, w, torch.zeros((), dtype=w.dtype))
-
-
-def _nm(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
-    rows, cols = w.shape
-    g = w.reshape(rows, cols // m, m)
-    drop = g.abs().topk(m - n, dim=-1, largest=False).indices
-    return g.scatter(-1, drop, 0).reshape(rows, cols)
 
 
 def _copies(nbytes: int, footprint: int) -> int:
@@ -108,24 +95,19 @@ def _torch_dense_candidate(w, x, footprint) -> _Candidate:
 
 
 def _torch_csr_candidate(w, x, footprint) -> _Candidate | None:
-    if w.dtype != torch.float32:  # PyTorch's CPU CSR matmul has no bfloat16 kernel
-        return None
-    import warnings
+    from bench.backends import TorchCSR, torch_csr
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        csr = w.to_sparse_csr()
-        crow, col = csr.crow_indices().int(), csr.col_indices().int()
-        nbytes = csr.values().numel() * 4 + 4 * (crow.numel() + col.numel())
-        mats = [torch.sparse_csr_tensor(crow.clone(), col.clone(), csr.values().clone(), csr.shape)
-                for _ in range(_copies(nbytes, footprint))]
+    if str(w.dtype).removeprefix("torch.") not in TorchCSR.dtypes:  # no bfloat16 CSR matmul on CPU
+        return None
+    first, nbytes = torch_csr(w)
+    mats = [first] + [first.clone() for _ in range(_copies(nbytes, footprint) - 1)]
     xt = x.T.contiguous()  # (K, B)
     return _Candidate("torch-csr", "csr (int32)", [lambda m=m: m @ xt for m in mats], nbytes)
 
 
 def run(config: Config, bandwidth: float | None = None, log: Callable[[str], None] | None = None) -> Iterator[dict[str, Any]]:
     """Yields one row per (shape, dtype, batch, pattern, kernel)."""
-    from bench.backends import CSR16_FROM_SPARSITY
+    from bench.backends import choose_format
 
     threads = config.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -133,14 +115,14 @@ def run(config: Config, bandwidth: float | None = None, log: Callable[[str], Non
     gen = torch.Generator().manual_seed(config.seed)
     for (n, k) in config.shapes:
         base = torch.randn(n, k, generator=gen)
+        # Keep-masks by magnitude, from the project's own patterns; computed once per shape, for every dtype.
+        patterns: dict[str, Pattern] = {"dense": Dense()}
+        patterns.update({f"{s * 100:g}%": Unstructured(s) for s in config.sparsities})
+        patterns.update({f"{nn_}:{mm}": NM(nn_, mm) for (nn_, mm) in config.nm if k % mm == 0})
+        masks = {label: p.mask(base.abs()) for label, p in patterns.items()}
         for dtype_name in config.dtypes:
             dtype = getattr(torch, dtype_name)
-            weights = {"dense": base.to(dtype)}
-            for s in config.sparsities:
-                weights[f"{s * 100:g}%"] = _unstructured(base, s).to(dtype)
-            for (nn_, mm) in config.nm:
-                if k % mm == 0:
-                    weights[f"{nn_}:{mm}"] = _nm(base, nn_, mm).to(dtype)
+            weights = {label: base.masked_fill(~m, 0).to(dtype) for label, m in masks.items()}
             for b in config.batches:
                 t0 = time.perf_counter()
                 x = torch.randn(b, k, generator=gen)
@@ -151,9 +133,9 @@ def run(config: Config, bandwidth: float | None = None, log: Callable[[str], Non
                 for pat, w in weights.items():
                     if pat == "dense":
                         continue
-                    if ":" in pat:
-                        nn_, mm = map(int, pat.split(":"))
-                        cands[(pat, "native")] = _native_candidate("native", "nm", w, x, footprint, threads, nm=(nn_, mm))
+                    if isinstance(patterns[pat], NM):
+                        fmt, kw = choose_format(w, patterns[pat])
+                        cands[(pat, "native")] = _native_candidate("native", fmt, w, x, footprint, threads, **kw)
                     else:
                         for fmt in ("bitmask", "csr16"):
                             cands[(pat, f"native:{fmt}")] = _native_candidate("native", fmt, w, x, footprint, threads)
@@ -163,11 +145,8 @@ def run(config: Config, bandwidth: float | None = None, log: Callable[[str], Non
                 names = {f"{p}|{c}": cand for (p, c), cand in cands.items()}
                 times = interleave(names, config.warmup, config.repeats)
 
-                def paired(ref_key: str | None, key: str) -> Summary | None:
-                    """Per-round ratios reference / candidate: both timed in the same round."""
-                    if ref_key is None or ref_key not in times:
-                        return None
-                    return Summary.from_values([r / c for r, c in zip(times[ref_key], times[key])])
+                def paired(ref_key: str, key: str) -> Summary | None:
+                    return Summary.paired_ratios(times[ref_key], times[key]) if ref_key in times else None
 
                 dense_bytes = cands[("dense", "native-dense")].weight_bytes
                 for (pat, cname), cand in cands.items():
@@ -176,10 +155,8 @@ def run(config: Config, bandwidth: float | None = None, log: Callable[[str], Non
                     vs_ours = paired("dense|native-dense", key)
                     vs_torch = paired("dense|torch-dense", key)
                     vs_csr = paired(f"{pat}|torch-csr", key)
-                    sparsity = 0.0 if pat == "dense" else (1 - int(pat.split(":")[0]) / int(pat.split(":")[1]) if ":" in pat
-                                                           else float(pat.rstrip("%")) / 100)
-                    chosen = (cand.name == "native" and (cand.format == "nm" or
-                              cand.format == ("csr16" if sparsity >= CSR16_FROM_SPARSITY else "bitmask")))
+                    sparsity = patterns[pat].sparsity
+                    chosen = cand.name == "native" and cand.format == choose_format(weights[pat], patterns[pat])[0]
                     gbps = cand.weight_bytes / summ.median / 1e9
                     yield {
                         "N": n, "K": k, "dtype": dtype_name, "batch": b, "pattern": pat, "sparsity": sparsity,

@@ -110,7 +110,7 @@ def measure(candidate, reference, spec: LatencySpec, vocab_size: int, seed: int 
 
     def summarise(regime: str, extra: dict[str, Any]) -> tuple[Summary, dict[str, Any]]:
         cand_t, ref_t = times[("candidate", regime)], times[("reference", regime)]
-        ratios = Summary.from_values([r / c for r, c in zip(ref_t, cand_t)])
+        ratios = Summary.paired_ratios(ref_t, cand_t)
         cand = Summary.from_values(cand_t)
         details = {"candidate_s": cand.to_dict(), "reference_s": Summary.from_values(ref_t).to_dict(),
                    "speedup_paired": ratios.to_dict(), **extra}
@@ -179,7 +179,7 @@ def measure_layers(candidate: torch.nn.Module, reference: torch.nn.Module, kerne
     gen = torch.Generator().manual_seed(seed)
     rows = []
     for key, shape in kernel.get("shapes", {}).items():
-        names = [n for n in cand if n in ref and tuple(ref[n].weight.shape) == (shape["N"], shape["K"])]
+        names = [n for n in ref if tuple(ref[n].weight.shape) == (shape["N"], shape["K"])]
         if not names:
             continue
         per_layer = max(shape["dense_weight_bytes"], 1)
@@ -190,7 +190,7 @@ def measure_layers(candidate: torch.nn.Module, reference: torch.nn.Module, kerne
             t = interleave({"candidate": _rotating([cand[n] for n in names], x),
                             "reference": _rotating([ref[n] for n in names], x)}, warmup, repeats)
             cand_s, ref_s = Summary.from_values(t["candidate"]), Summary.from_values(t["reference"])
-            ratios = Summary.from_values([r / c for r, c in zip(t["reference"], t["candidate"])])
+            ratios = Summary.paired_ratios(t["reference"], t["candidate"])
             gbps = shape["weight_bytes"] / cand_s.median
             details = {"shape": key, "batch": b, "format": shape["format"], "layers_rotated": len(names),
                        "weight_bytes": shape["weight_bytes"], "dense_weight_bytes": shape["dense_weight_bytes"],

@@ -35,5 +35,11 @@ class Summary:
             mean=statistics.fmean(v), stdev=statistics.stdev(v) if len(v) > 1 else 0.0, min=v[0], max=v[-1],
         )
 
+    @staticmethod
+    def paired_ratios(reference: list[float], candidate: list[float]) -> "Summary":
+        """Per-round ratios reference / candidate (speedup): the two timings of a round share the machine's
+        state, so drift that moves both cancels in their ratio."""
+        return Summary.from_values([r / c for r, c in zip(reference, candidate, strict=True)])
+
     def to_dict(self) -> dict:
         return asdict(self)

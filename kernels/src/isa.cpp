@@ -74,7 +74,6 @@ struct V {
     for (int i = 0; i < 16 && j < 8; ++i) if (m >> i & 1) v.r[j++] = x[i];
     return v;
   }
-  static V gather16(const float* x, const uint16_t* c) { V v; for (int i = 0; i < 8; ++i) v.r[i] = x[c[i]]; return v; }
   static V quads(const float* x, const int32_t* bc) {
     V v;
     for (int q = 0; q < 2; ++q) for (int i = 0; i < 4; ++i) v.r[q * 4 + i] = x[4 * static_cast<int64_t>(bc[q]) + i];
@@ -119,10 +118,6 @@ struct V {
     __m256 b = _mm256_permutevar8x32_ps(_mm256_loadu_ps(x + 8), idx);
     return {_mm256_blend_ps(a, b, 0xF0)};
   }
-  static V gather16(const float* x, const uint16_t* c) {
-    __m256i i = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c)));
-    return {_mm256_i32gather_ps(x, i, 4)};
-  }
   static V quads(const float* x, const int32_t* bc) {
     __m128 lo = _mm_loadu_ps(x + 4 * static_cast<int64_t>(bc[0]));
     __m128 hi = _mm_loadu_ps(x + 4 * static_cast<int64_t>(bc[1]));
@@ -163,10 +158,6 @@ struct V {
     __m512i idx = _mm512_inserti32x4(_mm512_castsi128_si512(q0), q1, 1);
     idx = _mm512_inserti32x4(_mm512_inserti32x4(idx, q2, 2), q3, 3);
     return {_mm512_permutex2var_ps(_mm512_loadu_ps(x), idx, _mm512_loadu_ps(x + 16))};
-  }
-  static V gather16(const float* x, const uint16_t* c) {
-    __m512i i = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(c)));
-    return {_mm512_i32gather_ps(i, x, 4)};
   }
   static V quads(const float* x, const int32_t* bc) {
     __m512 v = _mm512_castps128_ps512(_mm_loadu_ps(x + 4 * static_cast<int64_t>(bc[0])));

@@ -295,7 +295,6 @@ class Packed {
   }
 
   int64_t weight_bytes() const { return bytes_; }
-  int format() const { return a_.format; }
 
  private:
   static uint16_t to_bf16(float f) {  // round to nearest even
@@ -417,6 +416,5 @@ NB_MODULE(_native, m) {
            nb::arg("ptr").none() = nb::none(), nb::arg("cols").none() = nb::none(),
            nb::arg("bcols").none() = nb::none(), nb::arg("tile") = 65536, nb::arg("bh") = 1, nb::arg("bw") = 1)
       .def("mm", &Packed::mm, nb::arg("x"), nb::arg("y"), nb::arg("nthreads"))
-      .def_prop_ro("weight_bytes", &Packed::weight_bytes)
-      .def_prop_ro("format", &Packed::format);
+      .def_prop_ro("weight_bytes", &Packed::weight_bytes);
 }
