@@ -298,6 +298,11 @@ def cmd_kernels(args) -> int:
         "dtypes": _csv(args.dtype, "dtype", str), "repeats": args.repeats, "threads": args.threads or None,
     }
     config = dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None})
+    for field, values in (("shapes", config.shapes), ("batch", config.batches), ("dtype", config.dtypes)):
+        if not values:
+            raise BenchError(f"--{field}: give at least one value; see bench kernels --help for the format")
+    if args.threads < 0:
+        raise BenchError("--threads: must be a positive number (0 or absent: PyTorch's thread count)")
     if any(not 1 <= b <= 32 for b in config.batches):
         raise BenchError("--batch: the native kernels take batches of 1 to 32 rows; larger batches run dense")
     if any(not 0 < s < 1 for s in config.sparsities):

@@ -51,6 +51,7 @@ def test_kernels_table_and_save(tmp_path, capsys):
 @pytest.mark.parametrize("args, field", [
     (["--batch", "64"], "--batch"), (["--nm", "2:8"], "--nm"), (["--shapes", "4096"], "--shapes"),
     (["--sparsity", "1.5"], "--sparsity"), (["--dtype", "float16"], "--dtype"),
+    (["--threads", "-1"], "--threads"), (["--batch", ""], "--batch"), (["--shapes", " , "], "--shapes"),
 ])
 def test_kernels_bad_options(args, field, capsys, tmp_path):
     assert main(["kernels", "--quick", *args, "--save", str(tmp_path)]) == 2
