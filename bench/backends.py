@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.patterns import NM, Block, Dense, Pattern
+from bench.prune import weight_view
 
 
 class KernelBackend:
@@ -59,8 +60,9 @@ class KernelBackend:
         fallbacks: Counter = Counter()
         shapes: dict[str, dict[str, Any]] = {}
         read = dense = 0
-        for name, linear in layers.items():
-            w = linear.weight
+        for name, layer in layers.items():
+            linear = as_linear(layer)
+            w = linear.weight  # (N, K) = (out_features, in_features)
             layer_dense = w.numel() * w.element_size()
             dense += layer_dense
             try:
@@ -69,10 +71,10 @@ class KernelBackend:
                 module, fmt = self.convert(linear, pattern)
             except Unsupported as why:
                 fallbacks[str(why)] += 1
-                module, fmt, layer_read = linear, "dense (PyTorch fallback)", layer_dense
+                module, fmt, layer_read = layer, "dense (PyTorch fallback)", layer_dense
             else:
                 layer_read = _read_bytes(module, layer_dense)
-                if module is not linear:
+                if module is not linear and module is not layer:
                     parent, _, child = name.rpartition(".")
                     setattr(model.get_submodule(parent) if parent else model, child, module)
             formats[fmt] += 1
@@ -94,6 +96,19 @@ class KernelBackend:
             "fallbacks": dict(fallbacks), "max_batch": self.max_batch, "shapes": shapes,
             "note": "" if status != "mask only" else "zeros are multiplied by a dense kernel",
         }
+
+
+def as_linear(layer: torch.nn.Module) -> torch.nn.Module:
+    """`layer` as an nn.Linear: itself, or for GPT-2's Conv1D (weight stored as (in, out)) an nn.Linear
+    holding the transposed weight and the same bias, so that every backend sees (out, in) weights."""
+    if isinstance(layer, torch.nn.Linear):
+        return layer
+    w = weight_view(layer)  # (out, in)
+    linear = torch.nn.Linear(w.shape[1], w.shape[0], bias=layer.bias is not None, device=w.device, dtype=w.dtype)
+    linear.weight = torch.nn.Parameter(w.detach().contiguous(), requires_grad=False)
+    if layer.bias is not None:
+        linear.bias = layer.bias
+    return linear
 
 
 class Unsupported(Exception):

@@ -243,3 +243,25 @@ def test_torch_bsr_runs_block_pattern_on_cuda():
     x = torch.randn(16, 256, device="cuda")
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_transposed_conv1d_layers(backend):
+    """GPT-2 stores its linear weights as (in, out) in Conv1D modules: every backend sees them as (out, in),
+    the logits match the dense model with the same zeros, and the per-shape stage times the right layers."""
+    from bench.latency import measure_layers
+    from bench.prune import weight_view
+    from bench.zoo import builtin_path
+
+    pattern = parse_pattern("2:4")
+    candidate, reference = pruned_pair(builtin_path("tiny-gpt2"), pattern)
+    layers = {name: module for name, _, module in target_layers(candidate)}
+    assert {type(m).__name__ for m in layers.values()} == {"Conv1D"}
+    with torch.no_grad():
+        prov = kernel_registry().get(backend)().prepare(candidate, layers, pattern)
+    assert set(prov["shapes"]) == {"x".join(map(str, weight_view(m).shape)) for m in layers.values()}
+    ids = torch.randint(0, candidate.config.vocab_size, (2, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(candidate(ids).logits, reference(ids).logits, atol=1e-4, rtol=0)
+    rows = measure_layers(candidate, reference, prov, (1,), warmup=1, repeats=2, bandwidth=1e10)
+    assert {r["details"]["shape"] for r in rows} == set(prov["shapes"])
