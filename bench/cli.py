@@ -8,6 +8,7 @@
     bench methods                                registered pruning methods
     bench check-method NAME                      the conformance suite for one method
     bench zoo train NAME [--out DIR]             train a small model of the project's own zoo
+    bench dashboard [--port N] [--address A]     the Streamlit leaderboard on the store (read-only)
 
 Exit codes: 0 success; 1 a job failed; 2 bad input (one line on stderr, nothing written); 130 interrupted.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -64,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("path", type=Path, help="a folder; one file per table is written into it")
 
     sub.add_parser("methods", help="list registered pruning methods")
+
+    s = sub.add_parser("dashboard", help="browse the store in the Streamlit dashboard (read-only)")
+    db(s)
+    s.add_argument("--port", type=int, default=8501, help="port to serve on (default: 8501)")
+    s.add_argument("--address", default="localhost",
+                   help="interface to listen on (default: localhost; 0.0.0.0 for every interface)")
 
     s = sub.add_parser("kernels", help="benchmark the native sparse kernels against dense and PyTorch CSR")
     s.add_argument("--json", action="store_true", help="print one JSON object per row instead of a table")
@@ -243,6 +251,32 @@ def cmd_export(args) -> int:
     return 0
 
 
+def dashboard_command(db: Path, port: int, address: str) -> tuple[list[str], dict[str, str]]:
+    """The Streamlit command line and environment that serve dashboard/app.py on `db`."""
+    import dashboard
+
+    if not 0 < port < 65536:
+        raise BenchError(f"--port: {port} is not a port number; give one in 1-65535, e.g. --port 8501")
+    if db.exists() and not db.is_file():
+        raise BenchError(f"--db: {db} is not a file; pass the DuckDB file that `bench submit --db` wrote")
+    app = Path(dashboard.__file__).parent / "app.py"
+    argv = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port),
+            "--server.address", address, "--server.headless", "true", "--browser.gatherUsageStats", "false",
+            "--server.fileWatcherType", "none", "--global.developmentMode", "false",
+            "--client.toolbarMode", "viewer"]
+    return argv, {**os.environ, "SPARSEBENCH_DB": str(db.resolve())}
+
+
+def cmd_dashboard(args) -> int:
+    argv, env = dashboard_command(args.db, args.port, args.address)
+    if not args.db.exists():
+        print(f"bench: note: no store at {args.db} yet; the dashboard shows first steps until `bench submit` "
+              "writes it", file=sys.stderr)
+    print(f"SparseBench dashboard on http://{args.address}:{args.port} (store: {args.db}, read-only)", flush=True)
+    os.execve(argv[0], argv, env)  # Streamlit takes over this process: Ctrl-C and signals reach it directly
+    return 0
+
+
 def cmd_methods(args) -> int:
     from bench.registry import method_registry
 
@@ -354,7 +388,7 @@ def cmd_zoo(args) -> int:
     return 0
 
 
-COMMANDS = {"submit": cmd_submit, "ls": cmd_ls, "show": cmd_show, "leaderboard": cmd_leaderboard,
+COMMANDS = {"dashboard": cmd_dashboard, "submit": cmd_submit, "ls": cmd_ls, "show": cmd_show, "leaderboard": cmd_leaderboard,
             "export": cmd_export, "methods": cmd_methods, "kernels": cmd_kernels, "check-method": cmd_check_method, "zoo": cmd_zoo}
 
 if __name__ == "__main__":

@@ -27,9 +27,12 @@ import pandas as pd
 
 from bench.errors import BenchError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_DB = Path("results") / "bench.duckdb"
 
+# One row per finished job. "vs dense" compares with the dense job of the same model, hardware, kernel and
+# seed measured under the same perplexity protocol (dataset, context, stride, tokens); when several match
+# (the same dense job re-run), the latest one.
 LEADERBOARD_SQL = """
 CREATE OR REPLACE VIEW leaderboard AS
 WITH wide AS (
@@ -51,16 +54,23 @@ WITH wide AS (
                FILTER (WHERE m.name = 'prefill_speedup') AS prefill_speedup_p90,
            avg(m.value) FILTER (WHERE m.stage = 'lm_eval' AND m.name LIKE '%/acc') AS task_acc_mean,
            count(m.value) FILTER (WHERE m.stage = 'lm_eval' AND m.name LIKE '%/acc') AS tasks,
-           j.warnings, j.finished_at
+           j.warnings, j.finished_at,
+           max(m.details) FILTER (WHERE m.name = 'perplexity') AS perplexity_protocol
     FROM jobs j LEFT JOIN metrics m USING (job_key)
     WHERE j.status = 'done'
     GROUP BY ALL
+), dense AS (
+    SELECT model, hardware, kernel, seed, perplexity_protocol, perplexity, task_acc_mean
+    FROM wide WHERE method = 'dense'
+    QUALIFY row_number() OVER (PARTITION BY model, hardware, kernel, seed, perplexity_protocol
+                               ORDER BY finished_at DESC, job_key) = 1
 )
-SELECT w.*, w.perplexity / d.perplexity - 1 AS perplexity_change_vs_dense,
+SELECT w.* EXCLUDE (perplexity_protocol), w.perplexity / d.perplexity - 1 AS perplexity_change_vs_dense,
        w.task_acc_mean - d.task_acc_mean AS task_acc_change_vs_dense
 FROM wide w
-LEFT JOIN wide d
-  ON d.method = 'dense' AND d.model = w.model AND d.hardware = w.hardware AND d.kernel = w.kernel AND d.seed = w.seed
+LEFT JOIN dense d
+  ON d.model = w.model AND d.hardware = w.hardware AND d.kernel = w.kernel AND d.seed = w.seed
+ AND d.perplexity_protocol IS NOT DISTINCT FROM w.perplexity_protocol
 """
 
 MIGRATIONS: dict[int, list[str]] = {
@@ -88,6 +98,9 @@ MIGRATIONS: dict[int, list[str]] = {
             PRIMARY KEY (job_key, layer))""",
         LEADERBOARD_SQL,
     ],
+    # 2: a second dense job for the same model, hardware, kernel and seed (another grid's protocol) no
+    # longer duplicates the leaderboard's rows; see LEADERBOARD_SQL.
+    2: [LEADERBOARD_SQL],
 }
 
 
@@ -258,9 +271,17 @@ class Store:
         with self.read() as con:
             board = con.execute("SELECT * FROM leaderboard ORDER BY model, hardware, kernel, method = 'dense' DESC, "
                                 "target_sparsity, pattern, perplexity").df()
-            tasks = con.execute("SELECT job_key, name, value FROM metrics WHERE stage = 'lm_eval' AND name LIKE '%/acc' "
-                                "AND job_key IN (SELECT job_key FROM leaderboard)").df()
-        if tasks.empty:
-            return board
-        wide = tasks.pivot(index="job_key", columns="name", values="value").reset_index()
-        return board.merge(wide[["job_key", *sorted(c for c in wide.columns if c != "job_key")]], on="job_key", how="left")
+            return with_task_columns(con, board)
+
+
+def with_task_columns(con: duckdb.DuckDBPyConnection, board: pd.DataFrame) -> pd.DataFrame:
+    """`board` (rows of the leaderboard view) with one column per lm-eval task accuracy, `<task>/acc`."""
+    if board.empty:
+        return board
+    keys = board[["job_key"]]  # noqa: F841  (read by DuckDB's replacement scan below)
+    tasks = con.execute("SELECT m.job_key, m.name, m.value FROM metrics m SEMI JOIN keys k ON m.job_key = k.job_key "
+                        "WHERE m.stage = 'lm_eval' AND m.name LIKE '%/acc'").df()
+    if tasks.empty:
+        return board
+    wide = tasks.pivot(index="job_key", columns="name", values="value").reset_index()
+    return board.merge(wide[["job_key", *sorted(c for c in wide.columns if c != "job_key")]], on="job_key", how="left")

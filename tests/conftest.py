@@ -51,3 +51,58 @@ def write_grid(folder: Path, body: str, name: str = "grid.toml") -> Path:
     path = folder / name
     path.write_text(textwrap.dedent(body))
     return path
+
+
+DASHBOARD_GRID = """
+name = "dashboard"
+methods = ["dense", "magnitude", "wanda"]
+patterns = ["50%", "2:4"]
+kernels = ["torch-dense", "native"]
+
+[[models]]
+name = "tiny"
+path = "{model}"
+
+[calibration]
+dataset = "builtin:synthetic"
+samples = 8
+seq_len = 64
+
+[evaluation.tasks]
+names = ["synthetic_add", "synthetic_recall"]
+limit = 20
+""" + FAST_PPL + FAST_LATENCY
+
+BROKEN_GRID = """
+name = "dashboard-broken"
+dense_baseline = false
+methods = ["magnitude"]
+patterns = ["50%"]
+
+[[models]]
+name = "broken"
+path = "{model}"
+""" + FAST_PPL
+
+
+@pytest.fixture(scope="session")
+def dashboard_store(tiny_model, tmp_path_factory) -> Path:
+    """A real store for the dashboard tests, written by `bench submit` on a local Ray instance: one grid of
+    3 methods x 2 patterns x 2 kernels on the tiny Llama with lm-eval tasks and per-shape latency (10 jobs),
+    then a second run whose model file is corrupt (one failed job)."""
+    import shutil
+    import subprocess
+    import sys
+
+    folder = tmp_path_factory.mktemp("dashboard")
+    broken = folder / "broken-model"
+    shutil.copytree(tiny_model, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    db = folder / "bench.duckdb"
+    for name, body, model, code in (("grid.toml", DASHBOARD_GRID, tiny_model, 0),
+                                    ("broken.toml", BROKEN_GRID, broken, 1)):
+        grid = write_grid(folder, body.format(model=model), name=name)
+        proc = subprocess.run([sys.executable, "-m", "bench.cli", "submit", str(grid), "--db", str(db),
+                               "--no-progress"], capture_output=True, text=True, timeout=900)
+        assert proc.returncode == code, proc.stdout + proc.stderr
+    return db

@@ -61,6 +61,42 @@ def test_round_trip_and_leaderboard(tmp_path, jobs):
     assert store.query("SELECT count(*) AS n FROM layers")["n"][0] == 2
 
 
+def test_dense_reference_follows_the_perplexity_protocol(tmp_path, untrained_model):
+    """Two grids on one model with different perplexity protocols: each pruned row is compared with the
+    dense row measured the same way, and no row is duplicated by the second dense job."""
+    store = Store(tmp_path / "b.duckdb")
+    for run_id, context in (("r1", 64), ("r2", 128)):
+        body = (f'models = [{{ path = "{untrained_model}" }}]\nmethods = ["magnitude"]\npatterns = ["50%"]\n'
+                f'[evaluation.perplexity]\ncontext_length = {context}\nstride = {context}\n')
+        spec = parse_grid(body)
+        dense, mag = expand(spec)
+        store.begin_run(run_row(spec, run_id), [dense, mag], skipped=0)
+        for job, ppl in ((dense, 4.0 * context / 64), (mag, 5.0 * context / 64)):
+            result = done(ppl, 0.0 if job is dense else 0.5, 100.0)
+            result["metrics"][0]["details"] = {"context_length": context}
+            store.record_result(job.key, result)
+    board = store.leaderboard()
+    assert len(board) == 4 and board["job_key"].is_unique
+    assert board.loc[board.method == "magnitude", "perplexity_change_vs_dense"].tolist() == [0.25, 0.25]
+
+
+def test_a_version_1_store_is_migrated(tmp_path):
+    from bench.store import LEADERBOARD_SQL, MIGRATIONS
+
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE schema_version (version INTEGER, applied_at TIMESTAMPTZ)")
+    for stmt in MIGRATIONS[1]:
+        con.execute(stmt)
+    con.execute("INSERT INTO schema_version VALUES (1, now())")
+    con.close()
+    with Store(path).write():
+        pass
+    store = Store(path)
+    assert store.query("SELECT max(version) AS v FROM schema_version")["v"][0] == SCHEMA_VERSION == 2
+    assert MIGRATIONS[2] == [LEADERBOARD_SQL] and store.leaderboard().empty
+
+
 def test_requeue_replaces_old_results(tmp_path, jobs):
     spec, js = jobs
     store = Store(tmp_path / "b.duckdb")
@@ -78,8 +114,8 @@ def test_schema_version_is_recorded_once(tmp_path, jobs):
     store = Store(tmp_path / "b.duckdb")
     store.begin_run(run_row(spec), js, 0)
     store.begin_run(run_row(spec, "r2"), js, 0)
-    rows = store.query("SELECT version FROM schema_version")
-    assert rows["version"].tolist() == [SCHEMA_VERSION]
+    rows = store.query("SELECT version FROM schema_version ORDER BY version")
+    assert rows["version"].tolist() == list(range(1, SCHEMA_VERSION + 1))  # each migration once
 
 
 def test_newer_schema_is_refused(tmp_path):

@@ -1,0 +1,136 @@
+"""The SparseBench dashboard: widgets only (SQL is in queries.py, figures in charts.py).
+
+    bench dashboard [--db results/bench.duckdb] [--port 8501]
+    SPARSEBENCH_DB=results/bench.duckdb streamlit run dashboard/app.py      # the same, by hand
+
+Run as Streamlit's main script this file builds the navigation and the sidebar filters shared by every
+page (one file per page under views/); imported, it provides those shared widgets to the pages. The store
+is only ever opened read-only, one short connection per query, so `bench submit` can write while people
+browse. Query results are cached on the store's size and modification time: a refresh shows new rows.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from bench.errors import BenchError
+from bench.store import DEFAULT_DB, Store
+from dashboard import queries
+
+HERE = Path(__file__).parent
+PAGES = [("views/leaderboard.py", "Leaderboard", ":material/leaderboard:"),
+         ("views/tradeoffs.py", "Trade-offs", ":material/scatter_plot:"),
+         ("views/kernels.py", "Kernels", ":material/memory:"),
+         ("views/runs.py", "Runs", ":material/history:"),
+         ("views/compare.py", "Compare", ":material/compare_arrows:")]
+FILTER_LABELS = {"models": "Model", "methods": "Method", "patterns": "Pattern", "hardware": "Hardware",
+                 "kernels": "Kernel"}
+
+
+def store_path() -> Path:
+    return Path(os.environ.get("SPARSEBENCH_DB") or DEFAULT_DB)
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def _cached(name: str, path: str, token: tuple, kwargs: tuple) -> Any:
+    with Store(path).read() as con:
+        return getattr(queries, name)(con, **dict(kwargs))
+
+
+def load(name: str, **kwargs) -> Any:
+    """`queries.<name>(con, **kwargs)` on the store, cached until the store file changes."""
+    path = store_path()
+    return _cached(name, str(path), queries.store_token(path), tuple(sorted(kwargs.items())))
+
+
+def first_steps(reason: str) -> None:
+    st.info(reason)
+    st.markdown(
+        "**First steps**\n\n"
+        "1. Run the quickstart grid (two tiny models shipped with SparseBench, every built-in method, five "
+        "sparsity patterns, two kernel backends; nothing to download):\n\n"
+        "   ```bash\n   bench submit examples/quickstart.toml\n   ```\n"
+        "2. Reload this page: rows appear as jobs finish, while the grid is still running.\n"
+        "3. Point the dashboard at another store with `bench dashboard --db PATH`.\n\n"
+        "Grid files are described in `docs/grid-format.md`.")
+
+
+def open_store(need_results: bool = True) -> pd.DataFrame | None:
+    """The store's job counts, or None after explaining on the page why there is nothing to show yet."""
+    path = store_path()
+    if not path.exists():
+        first_steps(f"No results store at `{path}` yet.")
+        return None
+    try:
+        if load("schema_version") == 0:
+            first_steps(f"`{path}` holds no SparseBench results yet.")
+            return None
+        counts = load("status_counts")
+    except BenchError as err:
+        st.error(str(err))
+        return None
+    done = int(counts.loc[counts["status"] == "done", "jobs"].sum())
+    if need_results and done == 0:
+        first_steps(f"`{path}` has no finished job yet" + (" (a run is in progress)." if running(counts) else "."))
+        return None
+    return counts
+
+
+def running(counts: pd.DataFrame) -> int:
+    return int(counts.loc[counts["status"] == "runs running", "jobs"].sum())
+
+
+def count(counts: pd.DataFrame, status: str) -> int:
+    return int(counts.loc[counts["status"] == status, "jobs"].sum())
+
+
+def filters() -> queries.Filters:
+    """The sidebar's current selection (set by `sidebar_filters` on every page)."""
+    return st.session_state.get("filters", queries.Filters())
+
+
+def sidebar_filters() -> None:
+    """Multiselects for model, method, pattern, hardware and kernel, and a target-sparsity range; an empty
+    multiselect means all. Kept in session state, so a selection follows the user from page to page."""
+    st.sidebar.caption(f"store: `{store_path()}`")
+    if st.sidebar.button("Reload", icon=":material/refresh:", help="read the store again (new rows appear)"):
+        st.rerun()
+    try:
+        if not store_path().exists() or load("schema_version") == 0:
+            return
+        options = load("filter_options")
+    except BenchError:
+        return
+    chosen: dict[str, Any] = {}
+    for field, label in FILTER_LABELS.items():
+        values = options.loc[options["field"] == field]
+        values = values.sort_values(["number", "value"]) if field == "patterns" else values
+        choices = values["value"].dropna().tolist()
+        picked = st.sidebar.multiselect(label, choices, key=f"filter_{field}", placeholder="all")
+        chosen[field] = tuple(v for v in picked if v in choices)
+    # A fixed 0-1 range rather than the levels in the store: a selection then keeps its meaning when a
+    # running grid adds a new sparsity (the full range, the default, filters nothing).
+    lo, hi = st.sidebar.slider("Target sparsity", 0.0, 1.0, (0.0, 1.0), step=0.05, key="filter_sparsity")
+    if (lo, hi) != (0.0, 1.0):
+        chosen["sparsity"] = (lo, hi)
+    st.session_state["filters"] = queries.Filters(**chosen)
+
+
+def main() -> None:
+    st.set_page_config(page_title="SparseBench", page_icon=":material/speed:", layout="wide")
+    nav = st.navigation([st.Page(str(HERE / f), title=t, icon=i, default=(k == 0)) for k, (f, t, i) in enumerate(PAGES)])
+    sidebar_filters()
+    nav.run()
+
+
+if __name__ == "__main__":
+    # Streamlit runs this file as __main__; run the imported module instead, so that the pages and the
+    # sidebar share one module (and one query cache).
+    from dashboard import app
+
+    app.main()

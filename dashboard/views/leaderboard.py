@@ -1,0 +1,64 @@
+"""Leaderboard: finished jobs under the sidebar filters, ranked within each model, with the trade-off
+between accuracy and measured speed at a glance."""
+
+import streamlit as st
+
+from dashboard import app, charts, queries
+
+st.title("Leaderboard")
+counts = app.open_store()
+if counts is None:
+    st.stop()
+
+board = app.load("leaderboard", filters=app.filters())
+cols = st.columns(4)
+cols[0].metric("results", len(board))
+cols[1].metric("failed jobs", app.count(counts, "failed"), help="their errors are on the Runs page")
+cols[2].metric("runs", app.count(counts, "runs"))
+cols[3].metric("runs in progress", app.running(counts), help="reload to see their new rows")
+if board.empty:
+    st.warning("No finished job matches the filters in the sidebar.")
+    st.stop()
+
+tasks = sorted(c for c in board.columns if c.endswith("/acc"))
+metrics = [m for m in charts.ACCURACY if board[m].notna().any()] + tasks
+rank_by = st.selectbox("Rank by", metrics, format_func=lambda m: charts.accuracy_axis(m).label, key="rank_by")
+axis = charts.accuracy_axis(rank_by)
+board = queries.ranked(board, rank_by, bool(axis.higher_is_better))
+
+mask_only = int((board["kernel_status"] == "mask only").sum())
+if mask_only:
+    st.caption(f"{mask_only} row(s) are **mask only**: their kernel runs the pruned weights as dense, so the "
+               "zeros buy no speed; their speedup is measurement noise around 1.")
+
+shown = ["rank", "model", "method", "pattern", "target_sparsity", "measured_sparsity", "hardware", "kernel",
+         "kernel_status", "perplexity", "perplexity_change_vs_dense", "task_acc_mean", "task_acc_change_vs_dense",
+         "decode_speedup_b1", "decode_speedup_b1_p10", "decode_speedup_b1_p90", "prefill_speedup",
+         "prefill_speedup_p10", "prefill_speedup_p90", "decode_tok_s_b1", "prefill_ms", *tasks, "seed", "run_id",
+         "job_key"]
+number = st.column_config.NumberColumn
+st.dataframe(
+    board[[c for c in shown if c in board.columns]], hide_index=True, height=420, key="leaderboard_table",
+    column_config={
+        "target_sparsity": number("target", format="%.2f"),
+        "measured_sparsity": number("measured sparsity", format="%.4f"),
+        "kernel_status": st.column_config.TextColumn("kernel status", help="accelerated, mask only or dense"),
+        "perplexity": number("perplexity", format="%.4f"),
+        "perplexity_change_vs_dense": number("ppl vs dense", format="percent",
+                                             help="perplexity / dense perplexity - 1 (same model, hardware, kernel, seed)"),
+        "task_acc_mean": number("task acc", format="%.4f"),
+        "task_acc_change_vs_dense": number("acc vs dense", format="%+.4f"),
+        "decode_speedup_b1": number("decode speedup", format="%.3fx",
+                                    help="median of paired per-round ratios against the dense model, same process"),
+        "decode_speedup_b1_p10": number("p10", format="%.3f"), "decode_speedup_b1_p90": number("p90", format="%.3f"),
+        "prefill_speedup": number("prefill speedup", format="%.3fx"),
+        "prefill_speedup_p10": number("p10 ", format="%.3f"), "prefill_speedup_p90": number("p90 ", format="%.3f"),
+        "decode_tok_s_b1": number("decode tok/s", format="%.1f"), "prefill_ms": number("prefill ms", format="%.2f"),
+        **{t: number(t.removesuffix("/acc"), format="%.3f") for t in tasks},
+    })
+st.download_button("Download CSV", board.to_csv(index=False).encode(), file_name="leaderboard.csv",
+                   mime="text/csv", icon=":material/download:", help="every column at full precision")
+st.caption("The table rounds for display only; the CSV and the store keep every digit.")
+
+st.subheader("Accuracy against measured speed")
+st.plotly_chart(charts.tradeoff_figure(board, rank_by, "decode_speedup_b1"), key="leaderboard_pareto")

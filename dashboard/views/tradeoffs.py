@@ -1,0 +1,40 @@
+"""Trade-offs: the Pareto front of accuracy against measured speedup per hardware, and accuracy against
+sparsity per method."""
+
+import streamlit as st
+
+from dashboard import app, charts
+
+st.title("Trade-offs")
+if app.open_store() is None:
+    st.stop()
+
+board = app.load("leaderboard", filters=app.filters())
+if board.empty:
+    st.warning("No finished job matches the filters in the sidebar.")
+    st.stop()
+
+tasks = sorted(c for c in board.columns if c.endswith("/acc"))
+accuracies = [m for m in charts.ACCURACY if board[m].notna().any()] + tasks
+left, right = st.columns(2)
+accuracy = left.selectbox("Accuracy", accuracies, format_func=lambda m: charts.accuracy_axis(m).label,
+                          key="tradeoff_accuracy")
+speeds = [s for s in charts.SPEED if board[s].notna().any()]
+if not speeds:
+    st.warning("No finished job in the selection has a latency measurement (the grid has no [latency] table).")
+    st.stop()
+speed = right.selectbox("Speed", speeds, format_func=lambda s: charts.SPEED[s].label, key="tradeoff_speed")
+
+st.plotly_chart(charts.tradeoff_figure(board, accuracy, speed), key="tradeoff_pareto")
+st.caption("One panel per model and hardware: every kernel measured there competes. Horizontal bars are the "
+           "p10-p90 of the paired per-round speedups; a point left of the dotted line is slower than dense.")
+
+st.subheader("Accuracy against sparsity")
+st.plotly_chart(charts.sparsity_figure(board, accuracy), key="tradeoff_sparsity")
+st.caption("Solid lines join unstructured sparsities of a method; N:M patterns are dotted. Accuracy does not "
+           "depend on the kernel, so each pruned model counts once.")
+
+front = charts.pareto_rows(board, accuracy, speed)
+with st.expander(f"The {len(front)} configurations on the Pareto fronts"):
+    st.dataframe(front[["model", "hardware", "method", "pattern", "kernel", "kernel_status", accuracy, speed,
+                        "measured_sparsity", "job_key"]], hide_index=True)

@@ -1,0 +1,177 @@
+"""dashboard.queries on a real store written by `bench submit`, and dashboard.charts as pure functions."""
+
+import math
+
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+
+from bench.store import Store
+from dashboard import charts, queries
+from dashboard.queries import Filters
+
+pytestmark = pytest.mark.slow  # the store comes from a real grid on Ray
+
+
+@pytest.fixture(scope="module")
+def con(dashboard_store):
+    with Store(dashboard_store).read() as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def board(con):
+    return queries.leaderboard(con)
+
+
+def test_leaderboard_has_every_finished_job_with_tasks_and_provenance(con, board):
+    done = con.execute("SELECT count(*) FROM jobs WHERE status = 'done'").fetchone()[0]
+    assert len(board) == done == 10  # dense x 2 kernels + 2 methods x 2 patterns x 2 kernels
+    assert {"synthetic_add/acc", "synthetic_recall/acc"} <= set(board.columns)
+    assert board["task_acc_mean"].sub(board[["synthetic_add/acc", "synthetic_recall/acc"]].mean(axis=1)).abs().max() < 1e-12
+    assert set(board["pattern_kind"]) == {"dense", "unstructured", "nm"}
+    assert board["git_commit"].notna().all() and (board["grid_name"] == "dashboard").all()
+    dense = board[board["method"] == "dense"]
+    assert (dense["perplexity_change_vs_dense"] == 0).all()
+    # the speedup columns are the latency stage's figures, unrounded
+    metric = con.execute("SELECT value FROM metrics WHERE job_key = ? AND name = 'decode_speedup_b1'",
+                         [board["job_key"][0]]).fetchone()[0]
+    assert board["decode_speedup_b1"][0] == metric
+    assert (board["decode_speedup_b1_p10"] <= board["decode_speedup_b1"]).all()
+    assert (board["decode_speedup_b1"] <= board["decode_speedup_b1_p90"]).all()
+    assert set(board.loc[board["kernel"] == "torch-dense", "kernel_status"]) == {"dense", "mask only"}
+    assert set(board.loc[(board["kernel"] == "native") & (board["method"] != "dense"), "kernel_status"]) == {"accelerated"}
+
+
+def test_filters_are_bound_parameters(con, board):
+    picked = queries.leaderboard(con, Filters(methods=("wanda",), kernels=("native",)))
+    assert set(picked["method"]) == {"wanda"} and set(picked["kernel"]) == {"native"} and len(picked) == 2
+    assert len(queries.leaderboard(con, Filters(patterns=("2:4", "dense")))) == 6
+    assert len(queries.leaderboard(con, Filters(sparsity=(0.5, 0.5)))) == 8
+    assert len(queries.leaderboard(con, Filters(sparsity=(0.0, 0.0)))) == 2
+    # a value is data, never SQL
+    assert queries.leaderboard(con, Filters(methods=("x' OR '1'='1",))).empty
+    assert len(queries.leaderboard(con)) == len(board)
+
+
+def test_filter_options_and_counts(con):
+    opts = queries.filter_options(con)
+    by = {f: sorted(g["value"].dropna()) for f, g in opts.groupby("field")}
+    assert by["methods"] == ["dense", "magnitude", "wanda"]
+    assert by["patterns"] == ["2:4", "50%", "dense"]
+    assert by["kernels"] == ["native", "torch-dense"]
+    assert opts.loc[opts["field"] == "patterns"].sort_values("number")["value"].iloc[0] == "dense"
+    counts = dict(zip(*queries.status_counts(con).T.values))
+    assert counts == {"done": 10, "failed": 1, "runs": 2, "runs running": 0}
+
+
+def test_kernel_shapes_rows_match_the_stored_metrics(con):
+    shapes = queries.kernel_shapes(con)
+    n = con.execute("SELECT count(*) FROM metrics WHERE name LIKE 'layer_speedup_b%'").fetchone()[0]
+    assert len(shapes) == n > 0
+    assert set(shapes["kernel"]) == {"torch-dense", "native"} and set(shapes["batch"]) == {1}
+    native = shapes[(shapes["kernel"] == "native") & (shapes["method"] != "dense")]
+    assert set(native["format"]) <= {"nm", "bitmask", "csr16"} and not native.empty
+    assert (native["ideal_speedup"] > 1).all()
+    assert (shapes.loc[shapes["kernel"] == "torch-dense", "ideal_speedup"] == 1).all()
+    row = shapes.iloc[0]
+    n_out, k_in = map(int, row["shape"].split("x"))
+    assert row["dense_weight_bytes"] == n_out * k_in * 4  # fp32
+    assert row["speedup_p10"] <= row["speedup"] <= row["speedup_p90"]
+    assert math.isclose(row["GBps"] * row["bandwidth_fraction"] ** -1, row["read_bandwidth_GBps"], rel_tol=1e-9)
+    only_wanda = queries.kernel_shapes(con, Filters(methods=("wanda",)))
+    assert set(only_wanda["method"]) == {"wanda"}
+
+
+def test_runs_jobs_and_run_detail(con, dashboard_store):
+    runs = queries.runs(con)
+    assert list(runs["grid_name"]) == ["dashboard-broken", "dashboard"]  # newest first
+    assert runs.set_index("grid_name").loc["dashboard", ["done", "failed", "pending"]].tolist() == [10, 0, 0]
+    assert runs.set_index("grid_name").loc["dashboard-broken", ["done", "failed"]].tolist() == [0, 1]
+    failed = queries.jobs(con, statuses=("failed",))
+    assert len(failed) == 1 and "cannot load model 'broken'" in failed["error"][0]
+    assert "Traceback" in failed["traceback"][0]
+    run_id = runs["run_id"][1]
+    assert len(queries.jobs(con, run_id=run_id)) == 10
+    detail = queries.run_detail(con, run_id)
+    assert detail["grid_text"] == (dashboard_store.parent / "grid.toml").read_text()
+    assert detail["packages"]["torch"] and detail["hardware"]
+    assert queries.run_detail(con, "no-such-run") == {}
+
+
+def test_compare_methods_and_runs(con, board):
+    long = queries.compare(con, "method", "magnitude", "wanda")
+    # 2 patterns x 2 kernels experiments, each with every compared metric
+    assert long.groupby("metric", observed=True).size().unique().tolist() == [4]
+    ppl = long[long["metric"] == "perplexity"].iloc[0]
+    pick = board[(board["pattern"] == ppl["pattern"]) & (board["kernel"] == ppl["kernel"])].set_index("method")
+    assert ppl["A"] == pick.at["magnitude", "perplexity"] and ppl["B"] == pick.at["wanda", "perplexity"]
+    assert ppl["B - A"] == ppl["B"] - ppl["A"] and ppl["higher_is_better"] is False
+    run_ids = queries.runs(con)["run_id"].tolist()
+    assert queries.compare(con, "run_id", run_ids[0], run_ids[1]).empty  # the failed run finished nothing
+    with pytest.raises(ValueError, match="compare by"):
+        queries.compare(con, "model", "a", "b")
+
+
+def test_ranked_is_within_model_with_ties_and_missing_last():
+    board = pd.DataFrame({"model": ["a", "a", "a", "b", "b"], "method": ["x", "y", "z", "x", "y"],
+                          "pattern": ["p"] * 5, "kernel": ["k"] * 5, "ppl": [3.0, 2.0, float("nan"), 9.0, 9.0]})
+    out = queries.ranked(board, "ppl", higher_is_better=False)
+    assert list(zip(out["model"], out["method"])) == [("a", "y"), ("a", "x"), ("a", "z"), ("b", "x"), ("b", "y")]
+    assert out["rank"].fillna(0).tolist() == [1, 2, 0, 1, 1] and out["rank"].isna().tolist()[2]
+
+
+def test_store_token_changes_with_the_store(tmp_path):
+    path = tmp_path / "s.duckdb"
+    assert queries.store_token(path) == (None, None)
+    with Store(path).write() as c:
+        c.execute("CREATE TABLE t (x INT)")
+    first = queries.store_token(path)
+    with Store(path).write() as c:
+        c.execute("INSERT INTO t SELECT range FROM range(100000)")
+    assert queries.store_token(path) != first
+
+
+# ---- charts: pure functions of DataFrames -------------------------------------------------------------
+
+def test_pareto_mask_by_hand():
+    df = pd.DataFrame({"speed": [1.0, 2.0, 1.5, 0.9, 2.0, float("nan")],
+                       "ppl": [5.0, 9.0, 6.0, 5.0, 8.0, 1.0]})
+    # lower ppl and higher speed are better: (1.0,5.0), (1.5,6.0) and (2.0,8.0) are not beaten
+    assert charts.pareto_mask(df, "speed", "ppl", True, False).tolist() == [True, False, True, False, True, False]
+    # higher accuracy is better; (2.0, 0.4) twice: neither beats the other, both are on the front
+    acc = df.assign(acc=[0.5, 0.4, 0.6, 0.7, 0.4, 0.9])
+    assert charts.pareto_mask(acc, "speed", "acc", True, True).tolist() == [False, True, True, True, True, False]
+
+
+def test_tradeoff_figure_draws_every_method_and_the_front(board):
+    fig = charts.tradeoff_figure(board, "perplexity", "decode_speedup_b1")
+    assert isinstance(fig, go.Figure)
+    legend = {t.name for t in fig.data if t.showlegend is not False}
+    assert {"dense", "magnitude", "wanda", "Pareto front", "pattern 50%", "pattern 2:4"} <= legend
+    points = [t for t in fig.data if t.mode == "markers" and t.x is not None and t.x[0] is not None]
+    assert sum(len(t.x) for t in points) == len(board)
+    front = [t for t in fig.data if t.name == "Pareto front"]
+    assert len(front) == 1 and len(front[0].x) == charts.pareto_rows(board, "perplexity", "decode_speedup_b1").shape[0]
+    assert fig.layout.yaxis.type == "log"
+    wanda = next(t for t in points if t.name == "wanda")
+    assert "commit" in wanda.hovertemplate and wanda.error_x.array is not None
+    assert charts.tradeoff_figure(board, "perplexity", "decode_speedup_b1").to_json() == fig.to_json()  # pure
+    assert charts.tradeoff_figure(board.iloc[0:0]).layout.annotations[0].text.startswith("no finished job")
+
+
+def test_sparsity_kernel_status_and_compare_figures(con, board):
+    fig = charts.sparsity_figure(board, "task_acc_mean")
+    # accuracy is counted once per pruned model, not once per kernel
+    assert sum(len(t.x) for t in fig.data) == len(board.drop_duplicates(["model", "method", "pattern", "seed"]))
+    shapes = queries.kernel_shapes(con)
+    kf = charts.kernel_figure(shapes)
+    measured = [t for t in kf.data if t.name != "ideal (bytes)"]
+    assert sum(len(t.x) for t in measured) == len(shapes)
+    assert any(t.name == "ideal (bytes)" for t in kf.data) and kf.layout.scattermode == "group"
+    sf = charts.status_figure(queries.runs(con))
+    assert [t.name for t in sf.data] == ["done", "failed", "cancelled", "pending"]
+    long = queries.compare(con, "method", "magnitude", "wanda")
+    cf = charts.compare_figure(long, "perplexity", "magnitude", "wanda")
+    assert [t.name for t in cf.data] == ["A: magnitude", "B: wanda"] and len(cf.data[0].x) == 4
+    assert charts.kernel_figure(shapes.iloc[0:0]).layout.annotations
