@@ -35,30 +35,34 @@ DEFAULT_DB = Path("results") / "bench.duckdb"
 # (the same dense job re-run), the latest one.
 LEADERBOARD_SQL = """
 CREATE OR REPLACE VIEW leaderboard AS
-WITH wide AS (
+WITH per_job AS (      -- metrics pivoted per job first: grouping by the key alone keeps 100k jobs fast
+    SELECT job_key,
+           max(value) FILTER (WHERE name = 'perplexity') AS perplexity,
+           max(value) FILTER (WHERE name = 'measured_sparsity') AS measured_sparsity,
+           max(value) FILTER (WHERE name = 'decode_tok_s_b1') AS decode_tok_s_b1,
+           max(value) FILTER (WHERE name = 'decode_speedup_b1') AS decode_speedup_b1,
+           max(CAST(json_extract(details, '$.speedup_paired.p10') AS DOUBLE))
+               FILTER (WHERE name = 'decode_speedup_b1') AS decode_speedup_b1_p10,
+           max(CAST(json_extract(details, '$.speedup_paired.p90') AS DOUBLE))
+               FILTER (WHERE name = 'decode_speedup_b1') AS decode_speedup_b1_p90,
+           max(value) FILTER (WHERE name = 'prefill_ms') AS prefill_ms,
+           max(value) FILTER (WHERE name = 'prefill_speedup') AS prefill_speedup,
+           max(CAST(json_extract(details, '$.speedup_paired.p10') AS DOUBLE))
+               FILTER (WHERE name = 'prefill_speedup') AS prefill_speedup_p10,
+           max(CAST(json_extract(details, '$.speedup_paired.p90') AS DOUBLE))
+               FILTER (WHERE name = 'prefill_speedup') AS prefill_speedup_p90,
+           avg(value) FILTER (WHERE stage = 'lm_eval' AND name LIKE '%/acc') AS task_acc_mean,
+           count(value) FILTER (WHERE stage = 'lm_eval' AND name LIKE '%/acc') AS tasks,
+           max(details) FILTER (WHERE name = 'perplexity') AS perplexity_protocol
+    FROM metrics GROUP BY job_key
+), wide AS (
     SELECT j.job_key, j.run_id, j.model, j.method, j.pattern, j.target_sparsity, j.hardware, j.kernel,
-           j.seed, j.kernel_status,
-           max(m.value) FILTER (WHERE m.name = 'perplexity') AS perplexity,
-           max(m.value) FILTER (WHERE m.name = 'measured_sparsity') AS measured_sparsity,
-           max(m.value) FILTER (WHERE m.name = 'decode_tok_s_b1') AS decode_tok_s_b1,
-           max(m.value) FILTER (WHERE m.name = 'decode_speedup_b1') AS decode_speedup_b1,
-           max(CAST(json_extract(m.details, '$.speedup_paired.p10') AS DOUBLE))
-               FILTER (WHERE m.name = 'decode_speedup_b1') AS decode_speedup_b1_p10,
-           max(CAST(json_extract(m.details, '$.speedup_paired.p90') AS DOUBLE))
-               FILTER (WHERE m.name = 'decode_speedup_b1') AS decode_speedup_b1_p90,
-           max(m.value) FILTER (WHERE m.name = 'prefill_ms') AS prefill_ms,
-           max(m.value) FILTER (WHERE m.name = 'prefill_speedup') AS prefill_speedup,
-           max(CAST(json_extract(m.details, '$.speedup_paired.p10') AS DOUBLE))
-               FILTER (WHERE m.name = 'prefill_speedup') AS prefill_speedup_p10,
-           max(CAST(json_extract(m.details, '$.speedup_paired.p90') AS DOUBLE))
-               FILTER (WHERE m.name = 'prefill_speedup') AS prefill_speedup_p90,
-           avg(m.value) FILTER (WHERE m.stage = 'lm_eval' AND m.name LIKE '%/acc') AS task_acc_mean,
-           count(m.value) FILTER (WHERE m.stage = 'lm_eval' AND m.name LIKE '%/acc') AS tasks,
-           j.warnings, j.finished_at,
-           max(m.details) FILTER (WHERE m.name = 'perplexity') AS perplexity_protocol
-    FROM jobs j LEFT JOIN metrics m USING (job_key)
+           j.seed, j.kernel_status, m.perplexity, m.measured_sparsity, m.decode_tok_s_b1, m.decode_speedup_b1,
+           m.decode_speedup_b1_p10, m.decode_speedup_b1_p90, m.prefill_ms, m.prefill_speedup,
+           m.prefill_speedup_p10, m.prefill_speedup_p90, m.task_acc_mean, coalesce(m.tasks, 0) AS tasks,
+           j.warnings, j.finished_at, m.perplexity_protocol
+    FROM jobs j LEFT JOIN per_job m USING (job_key)
     WHERE j.status = 'done'
-    GROUP BY ALL
 ), dense AS (
     SELECT model, hardware, kernel, seed, perplexity_protocol, perplexity, task_acc_mean
     FROM wide WHERE method = 'dense'
@@ -279,9 +283,11 @@ def with_task_columns(con: duckdb.DuckDBPyConnection, board: pd.DataFrame) -> pd
     if board.empty:
         return board
     keys = board[["job_key"]]  # noqa: F841  (read by DuckDB's replacement scan below)
-    tasks = con.execute("SELECT m.job_key, m.name, m.value FROM metrics m SEMI JOIN keys k ON m.job_key = k.job_key "
-                        "WHERE m.stage = 'lm_eval' AND m.name LIKE '%/acc'").df()
-    if tasks.empty:
+    names = [r[0] for r in con.execute("SELECT DISTINCT name FROM metrics WHERE stage = 'lm_eval' AND name LIKE '%/acc' "
+                                       "ORDER BY name").fetchall()]
+    if not names:
         return board
-    wide = tasks.pivot(index="job_key", columns="name", values="value").reset_index()
-    return board.merge(wide[["job_key", *sorted(c for c in wide.columns if c != "job_key")]], on="job_key", how="left")
+    wide = con.execute("PIVOT (SELECT m.job_key, m.name, m.value FROM metrics m SEMI JOIN keys k ON m.job_key = k.job_key "
+                       "WHERE m.stage = 'lm_eval' AND m.name LIKE '%/acc') ON name USING first(value) GROUP BY job_key").df()
+    present = [n for n in names if n in wide.columns]  # tasks of other jobs than these are left out
+    return board.merge(wide[["job_key", *present]], on="job_key", how="left")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
@@ -19,6 +20,13 @@ from plotly.subplots import make_subplots
 SYMBOLS = ["circle", "diamond", "square", "triangle-up", "x", "star", "cross", "triangle-down", "pentagon",
            "hexagon", "triangle-left", "triangle-right", "hourglass", "bowtie"]
 WEBGL_ABOVE = 2000  # points per chart above which scatter traces are drawn with WebGL
+# Above this many points a trade-off chart marks (colour, symbol, hover) only the configurations on a Pareto
+# front and draws the others as one grey WebGL cloud per panel: a figure with per-point hover for 100k
+# configurations takes tens of seconds to build and is unreadable anyway.
+MARKED_UP_TO = 5000
+# Up to this many (panel, method) pairs a trade-off chart draws one trace per method in each panel, so the
+# legend toggles a method; beyond, one trace per panel with a colour per point (Plotly's cost is per trace).
+TRACES_UP_TO = 120
 
 
 @dataclass(frozen=True)
@@ -64,19 +72,20 @@ def _pattern_order(label: str):
 
 
 def pareto_mask(df: pd.DataFrame, x: str, y: str, x_higher: bool = True, y_higher: bool = True) -> pd.Series:
-    """True for the rows no other row beats on both columns (at least as good on both, better on one).
-    Rows with a missing value are never on the front."""
-    xs = df[x].astype(float) * (1 if x_higher else -1)
-    ys = df[y].astype(float) * (1 if y_higher else -1)
-    ok = xs.notna() & ys.notna()
-    order = sorted(df.index[ok], key=lambda i: (-xs[i], -ys[i]))  # best x first, then best y
-    on_front = pd.Series(False, index=df.index)
-    best_x, best_y = None, float("-inf")
-    for i in order:  # on the front when it beats on y every point with a better (or equal) x
-        if ys[i] > best_y or (ys[i] == best_y and xs[i] == best_x):  # (equal points are both on it)
-            on_front[i] = True
-            best_x, best_y = xs[i], ys[i]
-    return on_front
+    """True for the rows no other row beats on both columns (at least as good on both, better on one);
+    equal rows are both on the front. Rows with a missing value are never on it."""
+    xs = df[x].to_numpy(dtype=float) * (1 if x_higher else -1)
+    ys = df[y].to_numpy(dtype=float) * (1 if y_higher else -1)
+    ok = ~(np.isnan(xs) | np.isnan(ys))
+    on_front = np.zeros(len(df), dtype=bool)
+    if ok.any():
+        pairs, inverse = np.unique(np.column_stack([xs[ok], ys[ok]]), axis=0, return_inverse=True)
+        order = np.lexsort((-pairs[:, 1], -pairs[:, 0]))  # best x first, then best y
+        best_before = np.concatenate([[-np.inf], np.maximum.accumulate(pairs[order, 1])[:-1]])
+        front = np.zeros(len(pairs), dtype=bool)
+        front[order] = pairs[order, 1] > best_before  # beats on y every (distinct) point with a better x
+        on_front[ok] = front[inverse.ravel()]
+    return pd.Series(on_front, index=df.index)
 
 
 def pareto_rows(board: pd.DataFrame, accuracy: str, speed: str) -> pd.DataFrame:
@@ -123,38 +132,63 @@ def tradeoff_figure(board: pd.DataFrame, accuracy: str = "perplexity", speed: st
     if frame.empty:
         return empty_figure(f"no finished job has both {accuracy} and {speed}")
     fig, models, hardware = _grid(frame, "model", "hardware", lambda m, h: f"{m} · {h}")
-    colour, symbol = colours(frame["method"]), symbols(frame["pattern"])
-    Scatter = _scatter(len(frame))
+    colour, symbol = colours(frame["method"].unique()), symbols(frame["pattern"].unique())
+    cloud = len(frame) > MARKED_UP_TO
+    per_method = not cloud and len(models) * len(hardware) * frame["method"].nunique() <= TRACES_UP_TO
+    Scatter = go.Scatter if cloud else _scatter(len(frame))
     shown = set()
+    panels = dict(iter(frame.groupby(["model", "hardware"], sort=False)))
     for r, model in enumerate(models, start=1):
         for c, hw in enumerate(hardware, start=1):
-            panel = frame[(frame["model"] == model) & (frame["hardware"] == hw)]
-            for method, g in panel.groupby("method", sort=True):
+            panel = panels.get((model, hw))
+            if panel is None:
+                continue
+            on_front = pareto_mask(panel, speed, accuracy, True, bool(acc.higher_is_better))
+            marked = panel[on_front] if cloud else panel
+            if cloud:
+                rest = panel[~on_front]
+                fig.add_trace(go.Scattergl(
+                    x=rest[speed].to_numpy(), y=rest[accuracy].to_numpy(), mode="markers", hoverinfo="skip",
+                    name="off the fronts (no hover)", legendgroup="cloud", showlegend="cloud" not in shown,
+                    marker=dict(color="#c4c4c4", size=4)), row=r, col=c)
+                shown.add("cloud")
+            groups = marked.groupby("method", sort=True) if per_method else [(None, marked)]
+            for method, g in groups:
                 custom, hover = _hover(g, [(accuracy, acc.label), (speed, spd.label), *PROVENANCE])
                 error = None
                 if spd.p10 in g.columns and spd.p90 in g.columns:
                     error = dict(type="data", symmetric=False, array=(g[spd.p90] - g[speed]).clip(lower=0),
                                  arrayminus=(g[speed] - g[spd.p10]).clip(lower=0), thickness=1, width=0)
                 fig.add_trace(Scatter(
-                    x=g[speed], y=g[accuracy], mode="markers", name=method, legendgroup=method,
-                    showlegend=method not in shown, error_x=error, customdata=custom, hovertemplate=hover,
-                    marker=dict(color=colour[method], symbol=[symbol[p] for p in g["pattern"]], size=11,
+                    x=g[speed], y=g[accuracy], mode="markers", name=method or "configurations",
+                    legendgroup=method, showlegend=method is not None and method not in shown, error_x=error,
+                    customdata=custom, hovertemplate=hover,
+                    marker=dict(color=colour[method] if method else [colour[m] for m in g["method"]],
+                                symbol=[symbol[p] for p in g["pattern"]], size=11,
                                 line=dict(width=1, color="white"))), row=r, col=c)
                 shown.add(method)
-            front = panel[pareto_mask(panel, speed, accuracy, True, bool(acc.higher_is_better))]
-            front = front.sort_values(speed)
+            front = panel[on_front].sort_values(speed)
             fig.add_trace(Scatter(x=front[speed], y=front[accuracy], mode="lines", name="Pareto front",
                                   legendgroup="front", showlegend="front" not in shown, hoverinfo="skip",
                                   line=dict(color="#888888", dash="dash", width=1.5, shape="linear")), row=r, col=c)
             shown.add("front")
-            fig.update_xaxes(title_text=spd.label, row=r, col=c)
-            fig.update_yaxes(title_text=acc.label, type="log" if acc.log else None, row=r, col=c)
+    fig.update_xaxes(title_text=spd.label)  # every panel, in one call (Plotly's cost is per call)
+    fig.update_yaxes(title_text=acc.label, type="log" if acc.log else None)
+    if not per_method:  # one legend entry per method colour (the points are in per-panel traces)
+        present = set(frame["method"].unique())
+        for method in sorted(colour):
+            if method in present:
+                fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=method, legendgroup="methods",
+                                         marker=dict(color=colour[method], size=10)))
     for label, sym in symbol.items():  # a legend entry per pattern symbol
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=f"pattern {label}", legendgroup="patterns",
                                  marker=dict(symbol=sym, color="#999999", size=10)))
-    fig.add_vline(x=1.0, line=dict(color="#bbbbbb", width=1, dash="dot"))  # dense speed
+    n_panels = len(models) * len(hardware)  # a dotted line at the dense model's speed in every panel
+    dense_speed = [dict(type="line", x0=1, x1=1, y0=0, y1=1, xref=f"x{i if i > 1 else ''}",
+                        yref=f"y{i if i > 1 else ''} domain", line=dict(color="#bbbbbb", width=1, dash="dot"))
+                   for i in range(1, n_panels + 1)]
     fig.update_layout(title=title, height=max(380, 340 * len(models)), legend=dict(groupclick="togglegroup"),
-                      margin=dict(t=60, l=10, r=10, b=10))
+                      margin=dict(t=60, l=10, r=10, b=10), shapes=dense_speed)
     return fig
 
 
@@ -172,7 +206,7 @@ def sparsity_figure(board: pd.DataFrame, accuracy: str = "perplexity") -> go.Fig
              .agg(measured_sparsity=("measured_sparsity", "mean"), value=(accuracy, "mean"), seeds=("seed", "nunique")))
     models = sorted(frame["model"].unique())
     fig = make_subplots(rows=1, cols=len(models), subplot_titles=models, horizontal_spacing=0.06)
-    colour, symbol = colours(frame["method"]), symbols(frame["pattern"])
+    colour, symbol = colours(frame["method"].unique()), symbols(frame["pattern"].unique())
     shown = set()
     for c, model in enumerate(models, start=1):
         for (method, pkind), g in frame[frame["model"] == model].groupby(["method", "pattern_kind"], sort=True):

@@ -83,11 +83,13 @@ def status_counts(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
 def filter_options(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """Every (field, value) the filters can offer, from finished jobs; `number` orders the patterns."""
     return con.execute("""
-        SELECT DISTINCT 'models' AS field, model AS value, NULL::DOUBLE AS number FROM leaderboard
-        UNION ALL SELECT DISTINCT 'methods', method, NULL FROM leaderboard
-        UNION ALL SELECT DISTINCT 'patterns', pattern, max(target_sparsity) FROM leaderboard GROUP BY pattern
-        UNION ALL SELECT DISTINCT 'hardware', hardware, NULL FROM leaderboard
-        UNION ALL SELECT DISTINCT 'kernels', kernel, NULL FROM leaderboard
+        WITH done AS (SELECT DISTINCT model, method, pattern, target_sparsity, hardware, kernel
+                      FROM jobs WHERE status = 'done')
+        SELECT DISTINCT 'models' AS field, model AS value, NULL::DOUBLE AS number FROM done
+        UNION ALL SELECT DISTINCT 'methods', method, NULL FROM done
+        UNION ALL SELECT 'patterns', pattern, max(target_sparsity) FROM done GROUP BY pattern
+        UNION ALL SELECT DISTINCT 'hardware', hardware, NULL FROM done
+        UNION ALL SELECT DISTINCT 'kernels', kernel, NULL FROM done
         ORDER BY field, number, value""").df()
 
 
@@ -96,8 +98,8 @@ def leaderboard(con: duckdb.DuckDBPyConnection, filters: Filters = Filters()) ->
     per lm-eval task accuracy. Speedups are against the dense model timed in the same process."""
     where, params = filters.where("l.")
     board = con.execute(f"""
-        SELECT l.*, json_extract_string(j.pattern_spec, '$.kind') AS pattern_kind, j.method_params,
-               j.kernel_version, j.model_fingerprint, j.duration_s, r.grid_name, r.git_commit, r.git_dirty
+        SELECT l.*, json_extract_string(j.pattern_spec, '$.kind') AS pattern_kind, r.grid_name, r.git_commit,
+               r.git_dirty
         FROM leaderboard l JOIN jobs j USING (job_key) LEFT JOIN runs r ON r.run_id = l.run_id
         WHERE {where}
         ORDER BY l.model, l.hardware, l.kernel, l.method = 'dense' DESC, l.target_sparsity, l.pattern, l.method""",

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
@@ -142,6 +143,34 @@ def test_pareto_mask_by_hand():
     # higher accuracy is better; (2.0, 0.4) twice: neither beats the other, both are on the front
     acc = df.assign(acc=[0.5, 0.4, 0.6, 0.7, 0.4, 0.9])
     assert charts.pareto_mask(acc, "speed", "acc", True, True).tolist() == [False, True, True, True, True, False]
+
+
+@pytest.mark.parametrize("x_higher,y_higher", [(True, True), (True, False), (False, False)])
+def test_pareto_mask_matches_the_definition(x_higher, y_higher):
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"x": rng.integers(0, 12, 300).astype(float), "y": rng.integers(0, 12, 300).astype(float)})
+    df.loc[::37, "y"] = np.nan  # (coarse values: many ties and duplicates)
+    sx, sy = (1 if x_higher else -1), (1 if y_higher else -1)
+
+    def beaten(i):
+        xi, yi = df.at[i, "x"] * sx, df.at[i, "y"] * sy
+        xs, ys = df["x"] * sx, df["y"] * sy
+        return bool(((xs >= xi) & (ys >= yi) & ((xs > xi) | (ys > yi))).any())
+
+    want = [not (np.isnan(df.at[i, "y"]) or beaten(i)) for i in df.index]
+    assert charts.pareto_mask(df, "x", "y", x_higher, y_higher).tolist() == want
+    assert sum(want) >= 1
+
+
+def test_large_boards_mark_the_fronts_and_draw_the_rest_as_a_cloud(board):
+    big = pd.concat([board.assign(seed=s) for s in range(charts.MARKED_UP_TO // len(board) + 1)], ignore_index=True)
+    fig = charts.tradeoff_figure(big, "perplexity", "decode_speedup_b1")
+    cloud = [t for t in fig.data if t.name == "off the fronts (no hover)"]
+    marked = [t for t in fig.data if t.name == "configurations"]
+    front = charts.pareto_rows(big, "perplexity", "decode_speedup_b1")
+    assert sum(len(t.x) for t in cloud) + sum(len(t.x) for t in marked) == len(big)
+    assert sum(len(t.x) for t in marked) == len(front)
+    assert {"dense", "magnitude", "wanda"} <= {t.name for t in fig.data}  # legend entries per method
 
 
 def test_tradeoff_figure_draws_every_method_and_the_front(board):

@@ -56,9 +56,12 @@ st.dataframe(
         "decode_tok_s_b1": number("decode tok/s", format="%.1f"), "prefill_ms": number("prefill ms", format="%.2f"),
         **{t: number(t.removesuffix("/acc"), format="%.3f") for t in tasks},
     })
-st.download_button("Download CSV", board.to_csv(index=False).encode(), file_name="leaderboard.csv",
+st.download_button("Download CSV", lambda: board.to_csv(index=False), file_name="leaderboard.csv",
                    mime="text/csv", icon=":material/download:", help="every column at full precision")
 st.caption("The table rounds for display only; the CSV and the store keep every digit.")
 
 st.subheader("Accuracy against measured speed")
 st.plotly_chart(charts.tradeoff_figure(board, rank_by, "decode_speedup_b1"), key="leaderboard_pareto")
+if len(board) > charts.MARKED_UP_TO:
+    st.caption(f"{len(board)} configurations: those on a Pareto front are marked by method and pattern, the others "
+               "are the grey cloud (narrow the filters to mark every point).")

@@ -26,6 +26,9 @@ if not speeds:
 speed = right.selectbox("Speed", speeds, format_func=lambda s: charts.SPEED[s].label, key="tradeoff_speed")
 
 st.plotly_chart(charts.tradeoff_figure(board, accuracy, speed), key="tradeoff_pareto")
+if len(board) > charts.MARKED_UP_TO:
+    st.caption(f"{len(board)} configurations: those on a Pareto front are marked by method and pattern, the others "
+               "are the grey cloud (narrow the filters to mark every point).")
 st.caption("One panel per model and hardware: every kernel measured there competes. Horizontal bars are the "
            "p10-p90 of the paired per-round speedups; a point left of the dotted line is slower than dense.")
 
