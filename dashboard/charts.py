@@ -295,7 +295,9 @@ def compare_figure(long: pd.DataFrame, metric: str, label_a: str, label_b: str) 
     x = g[keys].astype(str).agg(" · ".join, axis=1)
     fig = go.Figure([go.Bar(x=x, y=g["A"], name=f"A: {label_a}", marker_color="#1f77b4"),
                      go.Bar(x=x, y=g["B"], name=f"B: {label_b}", marker_color="#ff7f0e")])
-    fig.update_layout(barmode="group", yaxis_title=metric, height=380, margin=dict(t=30, l=10, r=10, b=10))
+    axis = ACCURACY.get(metric)
+    fig.update_layout(barmode="group", yaxis_title=axis.label if axis else metric, height=380,
+                      yaxis_type="log" if axis and axis.log else None, margin=dict(t=30, l=10, r=10, b=10))
     return fig
 
 
