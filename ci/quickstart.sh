@@ -7,3 +7,4 @@ bash ci/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 bench submit examples/quickstart.toml
 bench leaderboard
+echo "Browse the results: .venv/bin/bench dashboard   (then open http://localhost:8501)"

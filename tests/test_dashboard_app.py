@@ -148,6 +148,21 @@ def test_no_results_shows_first_steps_on_every_page(state, tmp_path, monkeypatch
     assert not db.exists() if state == "missing" else db.exists()  # the dashboard never creates a store
 
 
+def test_a_store_from_a_newer_sparsebench_is_an_error_not_a_traceback(tmp_path, monkeypatch):
+    import duckdb
+
+    from bench.store import SCHEMA_VERSION
+
+    db = tmp_path / "bench.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE schema_version (version INTEGER, applied_at TIMESTAMPTZ)")
+    con.execute("INSERT INTO schema_version VALUES (?, now())", [SCHEMA_VERSION + 1])
+    con.close()
+    at = app_on(db, monkeypatch)
+    assert not at.exception
+    assert any("newer than this sparsebench" in e.value for e in at.error)
+
+
 def test_browsing_while_bench_submit_writes(dashboard_store, tiny_model, tmp_path, monkeypatch):
     """A real `bench submit` writes the store while the pages are re-run in a loop: no lock error reaches
     the page, and its new row is there after a refresh."""
