@@ -1,7 +1,10 @@
 """End to end in a real browser: `bench dashboard` serves a real store and headless Chromium (Debian's
 chromium and chromium-driver, driven by Selenium) opens every page; the leaderboard's table and Pareto
 chart must render with every method in the chart's legend. Screenshots go to $SPARSEBENCH_SCREENSHOTS
-(default: the test's temporary folder).
+(default: the test's temporary folder). $SPARSEBENCH_BROWSER_DB points the test at an existing store (the
+quickstart's, say) instead of the small grid it otherwise runs:
+
+    SPARSEBENCH_BROWSER_DB=results/bench.duckdb SPARSEBENCH_SCREENSHOTS=shots pytest tests/test_dashboard_browser.py
 
 Without Chromium the test is skipped, unless SPARSEBENCH_REQUIRE_BROWSER=1 (set by CI), where it fails.
 """
@@ -54,10 +57,12 @@ def browser(tmp_path):
 
 
 @pytest.fixture()
-def served(dashboard_store, tmp_path):
+def served(request, tmp_path):
+    given = os.environ.get("SPARSEBENCH_BROWSER_DB")
+    store = Path(given).resolve() if given else request.getfixturevalue("dashboard_store")
     port = _free_port()
     log = open(tmp_path / "streamlit.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "dashboard", "--db", str(dashboard_store),
+    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "dashboard", "--db", str(store),
                              "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://localhost:{port}"
     deadline = time.monotonic() + 60
