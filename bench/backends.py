@@ -34,7 +34,9 @@ class KernelBackend:
 
     @classmethod
     def supports_device(cls, hardware: str) -> bool:
-        return hardware.split(":")[0] in cls.devices
+        from bench.hardware import Hardware
+
+        return Hardware.parse(hardware).device in cls.devices
 
     @classmethod
     def describe(cls) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from bench.errors import BenchError
+from bench.errors import Interrupted
 from bench.store import DEFAULT_DB, Store
 
 LEADERBOARD_COLUMNS = ["model", "method", "pattern", "hardware", "kernel", "seed", "measured_sparsity", "perplexity",
@@ -46,6 +47,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--address", help="join an existing Ray cluster (host:port, auto, ray://...) instead of a local one")
     s.add_argument("--max-in-flight", type=int, default=None, help="tasks outstanding at once (default: 2 x cluster CPUs)")
     s.add_argument("--no-progress", action="store_true", help="no progress output")
+    s.add_argument("--artifacts", type=Path, default=None,
+                   help="folder of pruned-model artifacts, shared by every node on a cluster "
+                        "(default: $SPARSEBENCH_ARTIFACTS, else 'artifacts' beside the store)")
+    s.add_argument("--wait", action="store_true",
+                   help="if another bench submit is writing the same store, wait for it instead of refusing")
+
+    s = sub.add_parser("gc", help="remove pruned-model artifacts that no stored stage refers to")
+    db(s)
+    s.add_argument("--artifacts", type=Path, default=None, help="artifact folder (default: as for submit)")
+    s.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
 
     s = sub.add_parser("ls", help="list jobs in the store")
     db(s)
@@ -121,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nbench: interrupted; finished jobs are stored, submit again to resume", file=sys.stderr)
         return 130
+    except Interrupted as err:
+        print(f"\nbench: {err} received: outstanding stages cancelled and recorded; finished work is stored, "
+              "submit again to resume", file=sys.stderr)
+        return 128 + err.signum
 
 
 def cmd_submit(args) -> int:
@@ -146,16 +161,41 @@ def cmd_submit(args) -> int:
     for pair in skipped_pairs:
         print(f"bench: not run: {pair} (the method does not support that pattern)", file=sys.stderr)
     command = "bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    summary = run_grid(spec, jobs, store, address=args.address, force=args.force,
-                       max_in_flight=args.max_in_flight, progress=not args.no_progress, command=command)
+    summary = run_grid(spec, jobs, store, artifacts=_artifacts(args), address=args.address, force=args.force,
+                       max_in_flight=args.max_in_flight, progress=not args.no_progress, command=command,
+                       wait=args.wait)
     done = summary.counts.get("done", 0)
     print(f"run {summary.run_id}: {summary.total} jobs · {summary.skipped} already done · {done} done · "
           f"{len(summary.failed)} failed · {summary.elapsed_s:.1f} s · store {args.db}")
+    if summary.stages:
+        st = summary.stages
+        print(f"stages: {st['ran']} ran · {st['reused']} reused from the store · {st['failed']} failed"
+              + (f" · {st['cancelled']} cancelled" if st.get("cancelled") else ""))
     for job, error in summary.failed:
         print(f"  failed: {job.describe()} [{job.key}]: {error}")
     for warning in summary.warnings:
         print(f"  WARNING: {warning}")
     return 0 if summary.ok else 1
+
+
+def _artifacts(args):
+    from bench.artifacts import Artifacts, default_root
+
+    return Artifacts(args.artifacts if args.artifacts is not None else default_root(args.db))
+
+
+def cmd_gc(args) -> int:
+    artifacts = _artifacts(args)
+    store = Store(args.db)
+    with store.submit_lock(command="bench gc"):  # never while a submit may be making artifacts
+        keep = store.referenced_artifacts()
+        removed = artifacts.gc(keep, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for name, size in removed:
+        print(f"{verb} {artifacts.root / name} ({size / 1e6:.1f} MB)")
+    print(f"{verb} {len(removed)} artifacts, {sum(s for _, s in removed) / 1e6:.1f} MB; "
+          f"kept {len(set(artifacts.keys()) & keep)} referenced by {store.path}")
+    return 0
 
 
 def cmd_ls(args) -> int:
@@ -389,7 +429,8 @@ def cmd_zoo(args) -> int:
 
 
 COMMANDS = {"dashboard": cmd_dashboard, "submit": cmd_submit, "ls": cmd_ls, "show": cmd_show, "leaderboard": cmd_leaderboard,
-            "export": cmd_export, "methods": cmd_methods, "kernels": cmd_kernels, "check-method": cmd_check_method, "zoo": cmd_zoo}
+            "export": cmd_export, "methods": cmd_methods, "kernels": cmd_kernels, "check-method": cmd_check_method, "zoo": cmd_zoo,
+            "gc": cmd_gc}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -24,3 +24,13 @@ def did_you_mean(name: str, known) -> str:
 
     close = difflib.get_close_matches(str(name), sorted(known), n=1, cutoff=0.5)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+class Interrupted(Exception):
+    """`bench submit` got SIGINT or SIGTERM: outstanding stages were cancelled and recorded as such."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum

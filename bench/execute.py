@@ -1,22 +1,39 @@
-"""One job, start to finish, inside a worker: load, prune, verify, evaluate, measure.
+"""One stage of one job, inside a Ray worker: prune, evaluate or time.
 
-    result = run_job(job.to_dict())      # never raises: a failure comes back as {"status": "failed", ...}
+    result = run_stage({"kind": "prune", "key": ..., "job": job.to_dict(), "artifacts": "/shared/artifacts",
+                        "timeout_s": 600})      # never raises: a failure comes back as {"status": "failed", ...}
 
-Workers hold no state from the driver and never touch the store; they return a plain dict that the
-driver writes. A deterministic error (bad weights, a pattern a layer cannot take) is returned as a failed
-result, so Ray does not retry it; only a lost worker is retried.
+- prune: load the dense model, calibrate, prune, verify every layer, save the artifact (bench.artifacts)
+  under the stage's key. If a sound artifact with that key is already there (another store, or a store that
+  was lost), it is reused and its manifest's figures are returned.
+- evaluate: load the dense model, apply the artifact (checksums verified), perplexity under the recorded
+  protocol, the dense sanity gate, lm-eval tasks.
+- latency: load the dense model twice (one copy gets the artifact and the kernel backend, the other is the
+  dense reference), time both interleaved, then per layer shape.
+
+Workers hold no state from the driver and never touch the store; they return a plain dict that the driver
+writes. A deterministic error (bad weights, a pattern a layer cannot take, a stage over its timeout) is
+returned as a failed result, so Ray does not retry it; only a lost worker is retried by Ray.
 """
 
 from __future__ import annotations
 
 import os
 import resource
+import signal
+import threading
 import time
 import traceback
 from datetime import datetime, timezone
 from typing import Any
 
 import torch
+
+STAGES = ("prune", "evaluate", "latency")
+
+
+class StageTimeout(Exception):
+    pass
 
 
 def _metric(name, value, unit, higher_is_better, stage, details=None, stderr=None):
@@ -36,7 +53,45 @@ def _rss_bytes() -> int | None:
         return None
 
 
-def run_job(job_dict: dict[str, Any]) -> dict[str, Any]:
+def _where() -> dict[str, Any]:
+    """Which process on which Ray node ran the stage."""
+    where: dict[str, Any] = {"pid": os.getpid()}
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ctx = ray.get_runtime_context()
+            where["node_id"] = ctx.get_node_id()
+            where["node_ip"] = ray.util.get_node_ip_address()
+    except Exception as err:  # provenance must never hide the stage's own outcome
+        where["ray_error"] = repr(err)
+    return where
+
+
+class _Deadline:
+    """Raise StageTimeout in the stage after `seconds` (SIGALRM; only where the stage runs on the main thread,
+    as Ray runs tasks). Python code is interrupted at once; a single long native call when it returns."""
+
+    def __init__(self, seconds: float | None):
+        self.seconds = seconds if seconds and threading.current_thread() is threading.main_thread() else None
+
+    def _fire(self, signum, frame):
+        raise StageTimeout(f"the stage ran past its timeout of {self.seconds:g} s (stage_timeout_s)")
+
+    def __enter__(self):
+        if self.seconds:
+            self.previous = signal.signal(signal.SIGALRM, self._fire)
+            signal.setitimer(signal.ITIMER_REAL, self.seconds)
+        return self
+
+    def __exit__(self, *exc):
+        if self.seconds:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self.previous)
+        return False
+
+
+def run_stage(stage: dict[str, Any]) -> dict[str, Any]:
     from bench import hub
     from bench.provenance import hardware_fingerprint
 
@@ -44,44 +99,67 @@ def run_job(job_dict: dict[str, Any]) -> dict[str, Any]:
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
-    result: dict[str, Any] = {"key": job_dict.get("key"), "started_at": started.isoformat()}
+    result: dict[str, Any] = {"key": stage.get("key"), "kind": stage.get("kind"), "started_at": started.isoformat()}
     try:
-        result.update(_run(job_dict, timings))
+        with _Deadline(stage.get("timeout_s")):
+            result.update(RUNNERS[stage["kind"]](stage, timings))
         result["status"] = "done"
     except Exception as err:
         message = " ".join(str(err).split()) or type(err).__name__
+        if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
+            message = f"out of memory in the {stage.get('kind')} stage: {message}"
         result.update(status="failed", error=f"{type(err).__name__}: {message}", traceback=traceback.format_exc())
     result["timings"] = timings
     result["duration_s"] = time.perf_counter() - t0
     result["finished_at"] = datetime.now(timezone.utc).isoformat()
     result["peak_rss_bytes"] = _peak_rss_bytes()
     try:
-        result["worker"] = hardware_fingerprint()
-    except Exception as err:  # provenance must never hide the job's own outcome
+        result["worker"] = {**hardware_fingerprint(), **_where()}
+    except Exception as err:
         result["worker"] = {"error": repr(err)}
     return result
 
 
-def _run(job_dict: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
-    from bench.evaluate import PerplexitySpec, perplexity
+def _setup(stage: dict[str, Any], timings: dict[str, float]):
+    """The job, its device and its dense model, with threads and seed set as the hardware says."""
     from bench.jobs import Job
-    from bench.latency import LatencySpec, measure
     from bench.models import device_for, load_model, threads_for
-    from bench.patterns import pattern_from_dict
-    from bench.prune import LayerFilter, prune_model, target_layers
-    from bench.registry import kernel_registry, method_registry
 
-    job = Job.from_dict(job_dict)
-    torch.set_num_threads(threads_for(job.hardware))
+    job = Job.from_dict(stage["job"])
+    torch.set_num_threads(threads_for(stage.get("hardware") or job.hardware))
     torch.manual_seed(job.seed)
-    device = device_for(job.hardware)
-    pattern = pattern_from_dict(job.pattern)
-    metrics = []
-
+    device = device_for(stage.get("hardware") or job.hardware)
     t = time.perf_counter()
     model, tokenizer = load_model(job.model, device)
     timings["load_s"] = time.perf_counter() - t
+    return job, device, model, tokenizer
 
+
+def _pruned(stage: dict[str, Any], timings: dict[str, float]):
+    """`_setup`, then the prune stage's artifact applied to the model."""
+    from bench.artifacts import Artifacts
+
+    job, device, model, tokenizer = _setup(stage, timings)
+    t = time.perf_counter()
+    manifest = Artifacts(stage["artifacts"]).load_into(model, job.prune_key)
+    timings["artifact_load_s"] = time.perf_counter() - t
+    return job, device, model, tokenizer, manifest
+
+
+def _prune(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
+    from bench.artifacts import Artifacts
+    from bench.patterns import pattern_from_dict
+    from bench.prune import LayerFilter, prune_model
+    from bench.registry import method_registry
+
+    artifacts = Artifacts(stage["artifacts"])
+    key = stage["key"]
+    if not stage.get("rebuild") and artifacts.check(key, deep=True) is None:
+        manifest = artifacts.manifest(key)
+        return {**manifest["result"], "artifact": {"key": key, "bytes": artifacts.size(key), "reused": True,
+                                                   "created_at": manifest["created_at"]}}
+    job, device, model, tokenizer = _setup(stage, timings)
+    pattern = pattern_from_dict(job.pattern)
     method = method_registry().get(job.method)(seed=job.seed, **job.method_params)
     calibration = None
     if method.needs_calibration or pattern.needs_calibration or job.refine:
@@ -92,21 +170,40 @@ def _run(job_dict: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
     rss_before = _rss_bytes()
     report = prune_model(model, method, pattern, layer_filter, calibration=calibration, refine=job.refine)
     timings["prune_s"] = report.seconds
-    metrics.append(_metric("measured_sparsity", report.measured_sparsity, "fraction", None, "prune",
-                           {"target": pattern.sparsity, "layers": len(report.layers)}))
-    metrics.append(_metric("prune_s", report.seconds, "s", False, "prune",
-                           {"calibration_tokens": int(calibration.numel()) if calibration is not None else 0}))
-    metrics.append(_metric("prune_peak_rss_bytes", _peak_rss_bytes(), "bytes", False, "prune",
-                           {"rss_before_prune_bytes": rss_before,
-                            "cuda_peak_bytes": torch.cuda.max_memory_allocated() if device.type == "cuda" else None,
-                            "note": "peak resident memory of the worker process up to the end of pruning"}))
+    metrics = [
+        _metric("measured_sparsity", report.measured_sparsity, "fraction", None, "prune",
+                {"target": pattern.sparsity, "layers": len(report.layers)}),
+        _metric("prune_s", report.seconds, "s", False, "prune",
+                {"calibration_tokens": int(calibration.numel()) if calibration is not None else 0,
+                 "hardware": stage.get("hardware") or job.hardware}),
+        _metric("prune_peak_rss_bytes", _peak_rss_bytes(), "bytes", False, "prune",
+                {"rss_before_prune_bytes": rss_before,
+                 "cuda_peak_bytes": torch.cuda.max_memory_allocated() if device.type == "cuda" else None,
+                 "note": "peak resident memory of the worker process up to the end of pruning"}),
+    ]
+    modules = dict(model.named_modules())
+    weights = {name: modules[name].weight.detach().to("cpu", copy=True) for name in report.masks}
+    t = time.perf_counter()
+    result = {"metrics": metrics, "layers": report.layers}
+    manifest = artifacts.save(key, weights, report.masks, {
+        "model": job.model.identity(), "model_name": job.model.name, "prune": job.prune_identity(),
+        "made_on": stage.get("hardware") or job.hardware, "result": result})
+    timings["artifact_save_s"] = time.perf_counter() - t
+    return {**result, "artifact": {"key": key, "bytes": artifacts.size(key), "reused": False,
+                                   "created_at": manifest["created_at"]}}
 
+
+def _evaluate(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
+    from bench.evaluate import PerplexitySpec, perplexity
+
+    job, device, model, tokenizer, _ = _pruned(stage, timings)
+    metrics = []
     t = time.perf_counter()
     ppl = perplexity(model, tokenizer, PerplexitySpec(**job.perplexity))
     timings["perplexity_s"] = time.perf_counter() - t
+    # the protocol alone: the leaderboard matches dense references on it (where it ran is in the stage row)
     metrics.append(_metric("perplexity", ppl["perplexity"], "ppl", False, "perplexity", ppl["protocol"]))
     warnings = _dense_gate(job, ppl["perplexity"])
-
     if job.tasks is not None:
         from bench.lmeval import TasksSpec, run_tasks
 
@@ -114,35 +211,86 @@ def _run(job_dict: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
         spec = TasksSpec.from_dict({k: v for k, v in job.tasks.items() if k in TasksSpec.__dataclass_fields__})
         metrics += run_tasks(model, tokenizer, spec, seed=job.seed)
         timings["lm_eval_s"] = time.perf_counter() - t
+    return {"metrics": metrics, "warnings": warnings}
 
-    kernel = None
-    if job.latency is not None:
-        t = time.perf_counter()
-        backend = kernel_registry().get(job.kernel)()
-        layers = {name: module for name, _, module in target_layers(model)}
-        kernel = backend.prepare(model, layers, pattern)
-        reference, _ = load_model(job.model, device)
-        spec = LatencySpec.from_dict(job.latency)
-        rows = measure(model, reference, spec, model.config.vocab_size, seed=job.seed)
-        if device.type == "cpu":  # the probe and the per-shape stage time CPU kernels
-            from bench.latency import measure_layers, read_bandwidth
 
-            bandwidth = read_bandwidth()
-            metrics.append(_metric("read_bandwidth_GBps", bandwidth.median / 1e9, "GB/s", True, "latency",
-                                   {"bytes_per_s": bandwidth.to_dict(), "threads": torch.get_num_threads(),
-                                    "probe": "native vector sum over 256 MiB"}))
-            rows += measure_layers(model, reference, kernel, spec.decode_batch, spec.warmup, spec.repeats,
-                                   bandwidth.median, seed=job.seed)
-        from bench.backends import call_counts
+def _latency(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
+    from bench.backends import call_counts
+    from bench.latency import LatencySpec, measure
+    from bench.models import load_model
+    from bench.patterns import pattern_from_dict
+    from bench.prune import target_layers
+    from bench.registry import kernel_registry
 
-        kernel["calls"] = call_counts(model)
-        for row in rows:
-            row["details"] = {**row["details"], "threads": torch.get_num_threads(), "kernel": kernel["backend"],
-                              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
-        metrics += rows
-        del reference
-        timings["latency_s"] = time.perf_counter() - t
-    return {"metrics": metrics, "layers": report.layers, "kernel": kernel, "warnings": warnings}
+    job, device, model, tokenizer, _ = _pruned(stage, timings)
+    t = time.perf_counter()
+    backend = kernel_registry().get(job.kernel)()
+    layers = {name: module for name, _, module in target_layers(model)}
+    kernel = backend.prepare(model, layers, pattern_from_dict(job.pattern))
+    reference, _ = load_model(job.model, device)
+    spec = LatencySpec.from_dict(job.latency)
+    rows = measure(model, reference, spec, model.config.vocab_size, seed=job.seed)
+    metrics = []
+    if device.type == "cpu":  # the probe and the per-shape stage time CPU kernels
+        from bench.latency import measure_layers, read_bandwidth
+
+        bandwidth = read_bandwidth()
+        metrics.append(_metric("read_bandwidth_GBps", bandwidth.median / 1e9, "GB/s", True, "latency",
+                               {"bytes_per_s": bandwidth.to_dict(), "threads": torch.get_num_threads(),
+                                "probe": "native vector sum over 256 MiB"}))
+        rows += measure_layers(model, reference, kernel, spec.decode_batch, spec.warmup, spec.repeats,
+                               bandwidth.median, seed=job.seed)
+    kernel["calls"] = call_counts(model)
+    for row in rows:
+        row["details"] = {**row["details"], "threads": torch.get_num_threads(), "kernel": kernel["backend"],
+                          "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+    metrics += rows
+    del reference
+    timings["latency_s"] = time.perf_counter() - t
+    return {"metrics": metrics, "kernel": kernel}
+
+
+RUNNERS = {"prune": _prune, "evaluate": _evaluate, "latency": _latency}
+
+
+def run_job(job_dict: dict[str, Any], artifacts: str) -> dict[str, Any]:
+    """Every stage of one job in this process, in order, as the runner would assemble them (for tests and
+    the serial baseline of the runner benchmark)."""
+    from bench.jobs import Job
+
+    job = Job.from_dict(job_dict)
+    parts = {}
+    for kind, key in job.stage_keys().items():
+        parts[kind] = run_stage({"kind": kind, "key": key, "job": job_dict, "artifacts": artifacts,
+                                 "hardware": job.hardware})
+        if parts[kind]["status"] != "done":
+            break
+    return assemble(parts)
+
+
+def assemble(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A job's record from its stages' results: every stage's metrics, the prune stage's layers, the latency
+    stage's kernel provenance, the evaluation's warnings; failed if any stage failed (the first, by name)."""
+    failed = [(kind, r) for kind, r in parts.items() if r["status"] != "done"]
+    result: dict[str, Any] = {
+        "metrics": [m for r in parts.values() for m in r.get("metrics", [])],
+        "layers": parts.get("prune", {}).get("layers", []),
+        "kernel": parts.get("latency", {}).get("kernel"),
+        "warnings": [w for r in parts.values() for w in r.get("warnings") or []],
+        "timings": {f"{kind}.{k}": v for kind, r in parts.items() for k, v in (r.get("timings") or {}).items()},
+        "duration_s": sum(r.get("duration_s") or 0 for r in parts.values()),
+        "started_at": min((r["started_at"] for r in parts.values() if r.get("started_at")), default=None),
+        "finished_at": max((r["finished_at"] for r in parts.values() if r.get("finished_at")), default=None),
+        "peak_rss_bytes": max((r.get("peak_rss_bytes") or 0 for r in parts.values()), default=None),
+        "worker": {kind: r.get("worker") for kind, r in parts.items()},
+        "artifact": parts.get("prune", {}).get("artifact"),
+    }
+    if failed:
+        kind, r = failed[0]
+        result.update(status="failed", error=f"{kind} stage: {r.get('error')}", traceback=r.get("traceback"))
+    else:
+        result["status"] = "done"
+    return result
 
 
 def _dense_gate(job, measured: float) -> list[str]:

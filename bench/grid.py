@@ -24,7 +24,6 @@ from bench.lmeval import TasksSpec
 from bench.patterns import Dense, Pattern, parse_pattern
 from bench.registry import kernel_registry, method_registry
 
-HARDWARE_RE = re.compile(r"^(cpu(:[1-9][0-9]*)?|cuda(:[A-Za-z0-9_.-]+)?)$")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -69,6 +68,8 @@ class GridSpec:
     excludes: list[dict[str, str]] = field(default_factory=list)
     dense_baseline: bool = True
     layers: dict[str, list[str]] | None = None
+    stage_timeout_s: float | None = None  # [runner] stage_timeout_s: a stage running longer fails (not retried)
+    max_retries: int = 2  # [runner] max_retries: re-runs of a stage whose worker or node was lost
 
 
 class _Table:
@@ -239,6 +240,12 @@ def parse_grid(text: str, source: str = "grid.toml") -> GridSpec:
             except ValueError as err:
                 t.fail("pattern", err.args[1])
         excludes.append(r)
+
+    run = _Table(source, "runner", top.take("runner", dict, {}))
+    timeout = run.take("stage_timeout_s", (int, float), None,
+                       check=lambda v: None if v > 0 else f"must be a positive number of seconds, got {v!r}")
+    max_retries = run.take("max_retries", int, 2, check=_nonnegative)
+    run.finish()
     top.finish()
 
     return GridSpec(
@@ -246,6 +253,7 @@ def parse_grid(text: str, source: str = "grid.toml") -> GridSpec:
         hardware=hardware, kernels=kernels, seeds=list(seeds), calibration=calibration,
         perplexity=perplexity, latency=latency if enabled else None, tasks=tasks, excludes=excludes,
         dense_baseline=dense_baseline, layers=layers,
+        stage_timeout_s=float(timeout) if timeout is not None else None, max_retries=max_retries,
     )
 
 
@@ -385,9 +393,13 @@ def _patterns(source: str, items: list) -> list[Pattern]:
 
 
 def _hardware(source: str, items: list) -> list[str]:
+    from bench.hardware import Hardware
+
     for i, h in enumerate(items):
-        if not isinstance(h, str) or not HARDWARE_RE.match(h):
-            raise GridError(source, f"hardware[{i}]", f"{h!r} is not a hardware target; write 'cpu', 'cpu:N' (N threads), 'cuda' or 'cuda:<accelerator type>'")
+        try:
+            Hardware.parse(h)
+        except ValueError as err:
+            raise GridError(source, f"hardware[{i}]", str(err)) from None
     if len(set(items)) != len(items) or not items:
         raise GridError(source, "hardware", "must list each target once, and at least one")
     return list(items)

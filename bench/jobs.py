@@ -102,6 +102,32 @@ class Job:
             "hardware": self.hardware, "kernel": [self.kernel, self.kernel_version],
         })
 
+    # The stage graph (see bench.runner): one prune stage per pruned model, shared by every job that needs
+    # it; one evaluation per pruned model and accuracy protocol (hardware-independent); one latency stage
+    # per pruned model x hardware x kernel. Each stage's key covers exactly what determines its output.
+    @property
+    def prune_key(self) -> str:
+        return content_key({"prune": self.prune_identity()}, length=24)
+
+    @property
+    def eval_key(self) -> str:
+        return content_key({"evaluate": self.prune_key, "perplexity": [self.perplexity, STAGE_VERSIONS["perplexity"]],
+                            "tasks": [self.tasks, STAGE_VERSIONS["lm_eval"]] if self.tasks else None}, length=24)
+
+    @property
+    def latency_key(self) -> str | None:
+        if self.latency is None:
+            return None
+        return content_key({"time": self.prune_key, "latency": [self.latency, STAGE_VERSIONS["latency"]],
+                            "hardware": self.hardware, "kernel": [self.kernel, self.kernel_version]}, length=24)
+
+    def stage_keys(self) -> dict[str, str]:
+        """{"prune": key, "evaluate": key[, "latency": key]}: the stages this job's record is made of."""
+        keys = {"prune": self.prune_key, "evaluate": self.eval_key}
+        if self.latency is not None:
+            keys["latency"] = self.latency_key
+        return keys
+
     @property
     def pattern_label(self) -> str:
         from bench.patterns import pattern_from_dict

@@ -26,8 +26,9 @@ def load_model(spec: ModelSpec, device: str | torch.device = "cpu"):
 
 
 def device_for(hardware: str) -> torch.device:
-    kind = hardware.split(":")[0]
-    if kind == "cuda":
+    from bench.hardware import Hardware
+
+    if Hardware.parse(hardware).device == "cuda":
         if not torch.cuda.is_available():
             raise BenchError(f"hardware '{hardware}' asks for CUDA but torch sees no CUDA device on this worker")
         return torch.device("cuda")
@@ -36,5 +37,6 @@ def device_for(hardware: str) -> torch.device:
 
 def threads_for(hardware: str) -> int:
     """Intra-op threads: N for `cpu:N`, 1 for `cpu`, and 1 host thread for CUDA targets."""
-    kind, _, arg = hardware.partition(":")
-    return int(arg) if kind == "cpu" and arg else 1
+    from bench.hardware import Hardware
+
+    return Hardware.parse(hardware).threads

@@ -49,6 +49,8 @@ class LayerFilter:
 class PruneReport:
     layers: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    # layer name -> keep-mask (out, in), bool, on the CPU; only layers that pruning changed
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def measured_sparsity(self) -> float:
@@ -295,6 +297,8 @@ def _prune_layer(report: PruneReport, method: Method, pattern: Pattern, name: st
         measured = pattern.verify(new_w)
     except PatternViolation as err:
         raise BenchError(f"layer {name} breaks the {pattern.label} pattern after '{method.name}': {err}") from None
+    if not bool(mask.all()) or not torch.equal(new_w, w):  # what an artifact must hold (dense layers stay out)
+        report.masks[name] = mask.to("cpu", copy=True)
     w.copy_(new_w)
     report.layers.append({
         "layer": name, "block": block, "out_features": w.shape[0], "in_features": w.shape[1],

@@ -1,26 +1,38 @@
-"""Run a grid's jobs on Ray and write each result to the store as it arrives.
+"""Run a grid's stage graph on Ray and write each result to the store as it arrives.
 
-    summary = run_grid(spec, jobs, Store(path), address=None)
+    summary = run_grid(spec, jobs, Store(path), artifacts=Artifacts(root), address=None)
 
-`ray.init()` starts a local instance unless `address` names a cluster to join. Each job is one Ray task
-with the resources its hardware needs (`cpu:N` -> N CPUs, `cuda` -> 1 GPU, `cuda:TYPE` -> 1 GPU of that
-accelerator type). At most `max_in_flight` tasks are outstanding; `ray.wait` hands back whichever finishes
-first. A lost worker is retried by Ray (`max_retries`); an exception inside a job comes back as a failed
-result and is not retried. Only this driver writes to the store. Ctrl-C cancels what is outstanding and
-records it as cancelled; a later submit of the same grid runs only what is not done.
+A job's record is made of up to three stages (bench.execute): `prune` (one per pruned model: model, method,
+pattern, calibration, seed), `evaluate` (one per pruned model and accuracy protocol, whatever the hardware)
+and `latency` (one per pruned model x hardware x kernel). Stages are keyed by content and shared: a pruned
+model is made once, stored as an artifact, and used by its evaluation and by every latency stage. Only
+stages missing from the store run; a job's record is written when its last stage finishes.
+
+`ray.init()` starts a local instance unless `address` names a cluster to join. Each stage is one Ray task
+with the resources of its hardware target (bench.hardware); a target no alive node can ever run fails its
+jobs before anything starts, with the cluster's resources in the message. At most `max_in_flight` tasks
+are outstanding; `ray.wait` hands back whichever finishes first. A lost worker or node is retried by Ray
+(`max_retries`), an exception inside a stage is not (it comes back as a failed result), a stage killed by
+Ray's memory monitor is recorded as out of memory. Only this driver writes to the store, and only one
+driver at a time (Store.submit_lock). SIGINT or SIGTERM cancels what is outstanding, records it as
+cancelled and leaves the store consistent; a later submit runs only what is missing.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.errors import BenchError
+from bench.artifacts import Artifacts
+from bench.errors import BenchError, Interrupted
+from bench.hardware import Hardware
 from bench.jobs import Job
 from bench.store import Store
 
@@ -33,6 +45,8 @@ class RunSummary:
     counts: dict[str, int] = field(default_factory=dict)
     failed: list[tuple[Job, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    stages: dict[str, int] = field(default_factory=dict)  # ran, reused, failed, cancelled
+    notes: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
 
     @property
@@ -42,22 +56,7 @@ class RunSummary:
 
 def resources_for(hardware: str) -> dict[str, Any]:
     """Ray task options for a hardware target."""
-    kind, _, arg = hardware.partition(":")
-    if kind == "cpu":
-        return {"num_cpus": int(arg) if arg else 1}
-    opts: dict[str, Any] = {"num_cpus": 1, "num_gpus": 1}
-    if arg:
-        opts["accelerator_type"] = arg
-    return opts
-
-
-def _node_can_run(node_resources: dict[str, float], opts: dict[str, Any]) -> bool:
-    if node_resources.get("CPU", 0) < opts.get("num_cpus", 0):
-        return False
-    if node_resources.get("GPU", 0) < opts.get("num_gpus", 0):
-        return False
-    acc = opts.get("accelerator_type")
-    return acc is None or f"accelerator_type:{acc}" in node_resources
+    return Hardware.parse(hardware).ray_options()
 
 
 def unschedulable(hardware: list[str]) -> dict[str, str]:
@@ -67,10 +66,13 @@ def unschedulable(hardware: list[str]) -> dict[str, str]:
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     out = {}
     for hw in hardware:
-        opts = resources_for(hw)
-        if not any(_node_can_run(r, opts) for r in nodes):
-            have = "; ".join(", ".join(f"{k}={v:g}" for k, v in sorted(r.items()) if not k.startswith(("node:", "memory", "object_store"))) for r in nodes)
-            out[hw] = f"no node of the Ray cluster can run hardware '{hw}' (needs {opts}; nodes have: {have or 'none'})"
+        target = Hardware.parse(hw)
+        if not any(target.fits(r) for r in nodes):
+            have = "; ".join("{" + ", ".join(f"{k}={v:g}" for k, v in sorted(r.items())
+                                             if not k.startswith(("node:", "memory", "object_store"))) + "}"
+                             for r in nodes)
+            out[hw] = (f"no node of the Ray cluster can run hardware '{hw}' (needs {target.ray_options()}; "
+                       f"nodes have: {have or 'none'})")
     return out
 
 
@@ -110,7 +112,7 @@ class Progress:
         filled = int(width * finished / self.total) if self.total else width
         bar = "#" * filled + "." * (width - filled)
         return (f"[{bar}] {finished}/{self.total} · {self.done} done · {self.failed} failed · "
-                f"{self.running} running · {self._clock(elapsed)} elapsed · ETA {eta}")
+                f"{self.running} stages running · {self._clock(elapsed)} elapsed · ETA {eta}")
 
     def update(self, running: int, finished: tuple[Job, dict[str, Any]] | None = None) -> None:
         self.running = running
@@ -137,13 +139,16 @@ class Progress:
             self.stream.flush()
 
 
-def init_ray(address: str | None) -> bool:
+def init_ray(address: str | None, oom_retries: int = 2) -> bool:
     """Connect to `address` or start a local instance; True if this call started Ray."""
     import logging
 
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray re-runs a task its memory monitor killed without limit by default: a stage that never fits would
+    # be retried forever. The owner (this driver) reads the limit when it starts.
+    os.environ.setdefault("RAY_task_oom_retries", str(oom_retries))
     if ray.is_initialized():
         return False
     if address:
@@ -153,13 +158,123 @@ def init_ray(address: str | None) -> bool:
                  logging_level=logging.ERROR, configure_logging=True,
                  # workers import torch after this is set: see bench.cli.OMP_WAIT_POLICY
                  runtime_env={"env_vars": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}})
-    except ConnectionError as err:
-        raise BenchError(f"--address: could not join the Ray cluster at {address}: {err}") from None
+    except Exception as err:
+        if not address or not isinstance(err, (ConnectionError, RuntimeError, ray.exceptions.RayError)):
+            raise
+        message = " ".join(str(err).split())
+        if "Authentication" in message or "auth" in message.lower():
+            raise BenchError(f"--address: the Ray cluster at {address} wants token authentication: set "
+                             "RAY_AUTH_MODE=token and make its token readable (RAY_AUTH_TOKEN or ~/.ray/auth_token)") from None
+        raise BenchError(f"--address: could not join the Ray cluster at {address}: {message[:500]}") from None
     return True
 
 
-def run_grid(spec, jobs: list[Job], store: Store, *, address: str | None = None, force: bool = False,
-             max_in_flight: int | None = None, progress: bool = True, command: str = "") -> RunSummary:
+# ---- the stage graph ----------------------------------------------------------------------------------
+
+@dataclass
+class Stage:
+    kind: str  # prune, evaluate, latency
+    key: str
+    job: Job  # the job whose spec it runs (the first in grid order that can be scheduled)
+    needs: str | None  # the prune stage an evaluate or latency stage reads the artifact of
+    jobs: list[Job] = field(default_factory=list)  # every job whose record includes this stage
+    state: str = "todo"  # todo, running, done, failed, cancelled
+    result: dict[str, Any] | None = None
+    rebuild: bool = False  # prune: make the artifact even if a sound one is on disk
+    artifact_retried: bool = False  # evaluate/latency: already re-run once after a bad artifact
+
+    @property
+    def hardware(self) -> str:
+        return self.job.hardware
+
+    def payload(self, artifacts: Artifacts, timeout_s: float | None) -> dict[str, Any]:
+        return {"kind": self.kind, "key": self.key, "job": self.job.to_dict(), "hardware": self.hardware,
+                "artifacts": str(artifacts.root), "timeout_s": timeout_s, "rebuild": self.rebuild}
+
+
+def plan(jobs: list[Job], stored: dict[str, dict[str, Any]], artifacts: Artifacts, blocked: set[str],
+         force: bool = False) -> tuple[dict[str, Stage], list[str]]:
+    """The stages `jobs` are made of, each once, with the stored ones marked done. A stored prune stage whose
+    artifact is missing or truncated is planned again when a stage that still has to run needs it."""
+    stages: dict[str, Stage] = {}
+    for job in jobs:
+        for kind, key in job.stage_keys().items():
+            stage = stages.get(key)
+            if stage is None:
+                stage = stages[key] = Stage(kind, key, job, None if kind == "prune" else job.prune_key, rebuild=force)
+            elif stage.job.hardware in blocked and job.hardware not in blocked:
+                stage.job = job  # shared stages run on a target some node can run
+            stage.jobs.append(job)
+    for stage in stages.values():
+        if stage.key in stored:
+            stage.state, stage.result = "done", stored[stage.key]
+    notes = []
+    for stage in stages.values():
+        if stage.kind == "prune" and stage.state == "done":
+            if any(s.needs == stage.key and s.state != "done" for s in stages.values()):
+                problem = artifacts.check(stage.key)
+                if problem:
+                    notes.append(f"{problem}: pruning again")
+                    stage.state, stage.result, stage.rebuild = "todo", None, True
+    return stages, notes
+
+
+def _lost(err: Exception) -> dict[str, Any]:
+    """A failed result for a stage whose worker, node or memory Ray gave up on."""
+    import ray
+
+    message = " ".join(str(err).split())[:2000]
+    if isinstance(err, ray.exceptions.OutOfMemoryError):
+        error = f"out of memory: Ray's memory monitor killed the worker ({message})"
+    elif isinstance(err, ray.exceptions.TaskCancelledError):
+        error = f"cancelled: {message}"
+    else:
+        error = f"{type(err).__name__}: the worker or its node was lost and retries are spent: {message}"
+    return {"status": "failed", "error": error}
+
+
+class _Signals:
+    """SIGINT and SIGTERM set a flag that the scheduling loop checks between store writes, so an interrupt
+    never lands in the middle of a transaction."""
+
+    def __init__(self):
+        self.received: int | None = None
+
+    def __enter__(self):
+        self.previous = {}
+        if sys.platform != "win32" and _main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._set)
+        return self
+
+    def _set(self, signum, frame):
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop waiting for the cleanup
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def run_grid(spec, jobs: list[Job], store: Store, *, artifacts: Artifacts, address: str | None = None,
+             force: bool = False, max_in_flight: int | None = None, progress: bool = True, command: str = "",
+             wait: bool = False) -> RunSummary:
+    def waiting(holder: str) -> None:
+        print(f"bench: waiting for the other bench process writing {store.path} ({holder})", file=sys.stderr, flush=True)
+
+    with store.submit_lock(wait=wait, command=command, on_wait=waiting):
+        return _run_locked(spec, jobs, store, artifacts, address, force, max_in_flight, progress, command)
+
+
+def _run_locked(spec, jobs, store, artifacts, address, force, max_in_flight, progress, command) -> RunSummary:
     from bench.provenance import git_state, hardware_fingerprint, package_versions
 
     statuses = {} if force else store.statuses([j.key for j in jobs])
@@ -171,67 +286,162 @@ def run_grid(spec, jobs: list[Job], store: Store, *, address: str | None = None,
 
     import ray
 
-    started_ray = init_ray(address)
+    started_ray = init_ray(address, oom_retries=spec.max_retries)
     try:
         blocked = unschedulable(sorted({j.hardware for j in todo}))
+        stored = {} if force else store.stage_results(sorted({k for j in todo for k in j.stage_keys().values()}))
+        stages, summary.notes = plan(todo, stored, artifacts, set(blocked), force)
+        for note in summary.notes:
+            print(f"bench: {note}", file=sys.stderr, flush=True)
         run = {
             "run_id": summary.run_id, "grid_name": spec.name, "grid_file": spec.source, "grid_text": spec.text,
             "command": command, "git": git_state(), "packages": package_versions(), "hardware": hardware_fingerprint(),
             "ray_address": address or "local",
         }
         store.begin_run(run, todo, summary.skipped)
-        counts = {"done": 0, "failed": 0, "cancelled": 0}
-        for job in [j for j in todo if j.hardware in blocked]:
-            store.record_result(job.key, {"status": "failed", "error": f"Unschedulable: {blocked[job.hardware]}"})
-            counts["failed"] += 1
-            summary.failed.append((job, blocked[job.hardware]))
-        queue = [j for j in todo if j.hardware not in blocked]
+        sched = _Scheduler(spec, todo, stages, blocked, store, artifacts, summary, progress)
+        store.queue_stages(summary.run_id, [{"key": s.key, "kind": s.kind, "prune_key": s.needs or s.key,
+                                             "hardware": s.hardware} for s in sched.to_run])
         if max_in_flight is None:
             max_in_flight = max(2, int(2 * ray.cluster_resources().get("CPU", 1)))
-        bar = Progress(len(todo), enabled=progress)
-        bar.failed = counts["failed"]
-        from bench.execute import run_job
-
-        remote = ray.remote(run_job)
-        pending: dict[Any, Job] = {}
-        try:
-            while queue or pending:
-                while queue and len(pending) < max_in_flight:
-                    job = queue.pop(0)
-                    ref = remote.options(max_retries=2, retry_exceptions=False, **resources_for(job.hardware)).remote(job.to_dict())
-                    pending[ref] = job
-                bar.update(len(pending))
-                ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
-                for ref in ready:
-                    job = pending.pop(ref)
-                    try:
-                        result = ray.get(ref)
-                    except ray.exceptions.RayError as err:  # the worker or node died, retries spent
-                        message = " ".join(str(err).split())
-                        result = {"status": "failed", "error": f"{type(err).__name__}: {message[:2000]}"}
-                    store.record_result(job.key, result)
-                    for warning in result.get("warnings") or []:
-                        summary.warnings.append(warning)
-                        print(f"\nWARNING: {warning}", file=sys.stderr, flush=True)
-                    counts[result["status"]] += 1
-                    if result["status"] != "done":
-                        summary.failed.append((job, result.get("error", "")))
-                    bar.update(len(pending), (job, result))
-        except KeyboardInterrupt:
-            for ref in pending:
-                ray.cancel(ref, force=True)
-            cancelled = [j.key for j in pending.values()] + [j.key for j in queue]
-            store.mark(cancelled, "cancelled", "cancelled by the user (Ctrl-C)")
-            counts["cancelled"] = len(cancelled)
-            summary.counts = counts
-            store.finish_run(summary.run_id, "cancelled", counts)
-            bar.close()
-            raise
-        bar.close()
-        summary.counts = counts
-        store.finish_run(summary.run_id, "failed" if counts["failed"] else "done", counts)
+        sched.run(max_in_flight)
     finally:
         if started_ray:
             ray.shutdown()
     summary.elapsed_s = time.monotonic() - started
     return summary
+
+
+class _Scheduler:
+    def __init__(self, spec, todo: list[Job], stages: dict[str, Stage], blocked: dict[str, str], store: Store,
+                 artifacts: Artifacts, summary: RunSummary, progress: bool):
+        self.spec, self.stages, self.store, self.artifacts, self.summary = spec, stages, store, artifacts, summary
+        self.todo, self.blocked = todo, blocked
+        self.counts = {"done": 0, "failed": 0, "cancelled": 0}
+        self.stage_counts = {"ran": 0, "reused": sum(s.state == "done" for s in stages.values()), "failed": 0,
+                             "cancelled": 0}
+        self.finished_jobs: set[str] = set()
+        self.bar = Progress(len(todo), enabled=progress)
+        self.to_run = [s for s in stages.values() if s.state == "todo"]
+        self.unschedulable = [s for s in self.to_run if s.hardware in blocked]
+
+    def run(self, max_in_flight: int) -> None:
+        import ray
+
+        from bench.execute import run_stage
+
+        remote = ray.remote(run_stage)
+        for hw, why in self.blocked.items():
+            print(f"bench: {why}: its stages are failed now", file=sys.stderr, flush=True)
+        for stage in self.unschedulable:  # no node can ever run them: fail now, never leave them pending
+            self._finish(stage, {"status": "failed", "error": f"Unschedulable: {self.blocked[stage.hardware]}"})
+        for job in self.todo:  # jobs whose every stage is already stored
+            self._maybe_finish_job(job)
+        self.ready = ready = deque(s for s in self.to_run if s.state == "todo" and self._deps_done(s))
+        pending: dict[Any, Stage] = {}
+        with _Signals() as signals:
+            while (ready or pending) and signals.received is None:
+                while ready and len(pending) < max_in_flight:
+                    stage = ready.popleft()
+                    if stage.state != "todo":
+                        continue
+                    opts = resources_for(stage.hardware)
+                    ref = remote.options(max_retries=self.spec.max_retries, retry_exceptions=False,
+                                         name=f"bench:{stage.kind}", **opts).remote(
+                        stage.payload(self.artifacts, self.spec.stage_timeout_s))
+                    stage.state = "running"
+                    pending[ref] = stage
+                self.bar.update(len(pending))
+                done_refs, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+                for ref in done_refs:
+                    stage = pending.pop(ref)
+                    try:
+                        result = ray.get(ref)
+                    except ray.exceptions.RayError as err:  # the worker or node died, retries spent; or OOM
+                        result = _lost(err)
+                    self._finish(stage, result)
+                    if result["status"] == "done":
+                        ready.extend(s for s in self.to_run if s.needs == stage.key and s.state == "todo")
+            if signals.received is not None:
+                self._cancel(pending, signals.received)
+        self.bar.close()
+        self.summary.counts, self.summary.stages = self.counts, self.stage_counts
+        self.store.finish_run(self.summary.run_id, "failed" if self.counts["failed"] else "done", self.counts)
+
+    def _note(self, note: str) -> None:
+        self.summary.notes.append(note)
+        print(f"{chr(10) if self.bar.tty else ''}bench: {note}", file=sys.stderr, flush=True)
+
+    def _deps_done(self, stage: Stage) -> bool:
+        return stage.needs is None or self.stages[stage.needs].state == "done"
+
+    def _finish(self, stage: Stage, result: dict[str, Any]) -> None:
+        """Record a stage's outcome, fail what depended on a failed prune stage, and write every job that is
+        now complete."""
+        stage.state, stage.result = result["status"], result
+        self.store.record_stage(stage.key, result)
+        if result["status"] != "done" and "ArtifactError" in (result.get("error") or "") and stage.needs \
+                and not stage.artifact_retried:
+            # The artifact went bad after it was made (altered, truncated, deleted): make it again, once,
+            # then run this stage again.
+            prune = self.stages[stage.needs]
+            self._note(f"{result['error']}: pruning again")
+            stage.state, stage.artifact_retried = "todo", True
+            if prune.state == "done":
+                prune.state, prune.rebuild = "todo", True
+                if prune not in self.to_run:
+                    self.to_run.append(prune)
+                self.ready.append(prune)
+            return
+        self.stage_counts["ran" if result["status"] == "done" else "failed"] += 1
+        if stage.kind == "prune" and result["status"] == "done" and (result.get("artifact") or {}).get("reused"):
+            self._note(f"artifact {stage.key} was already on disk: reused, not pruned again")
+        affected = list(stage.jobs)
+        if result["status"] != "done":
+            skipped = [s for s in self.to_run if s.needs == stage.key and s.state == "todo"]
+            for s in skipped:
+                s.state = "failed"
+                s.result = {"status": "failed", "error": f"not run: its prune stage failed ({result.get('error')})"}
+                affected += s.jobs
+            self.store.mark_stages([s.key for s in skipped], "failed", "not run: its prune stage failed")
+        for job in affected:
+            self._maybe_finish_job(job)
+
+    def _maybe_finish_job(self, job: Job) -> None:
+        if job.key in self.finished_jobs:
+            return
+        parts = {kind: self.stages[key] for kind, key in job.stage_keys().items()}
+        if any(s.state in ("todo", "running") for s in parts.values()):
+            return
+        from bench.execute import assemble
+
+        result = assemble({kind: s.result for kind, s in parts.items()})
+        self.finished_jobs.add(job.key)
+        self.store.record_result(job.key, result)
+        for warning in result.get("warnings") or []:
+            if warning not in self.summary.warnings:
+                self.summary.warnings.append(warning)
+                print(f"\nWARNING: {warning}", file=sys.stderr, flush=True)
+        self.counts[result["status"]] += 1
+        if result["status"] != "done":
+            self.summary.failed.append((job, result.get("error", "")))
+        self.bar.update(self.bar.running, (job, result))
+
+    def _cancel(self, pending: dict[Any, Stage], signum: int) -> None:
+        import ray
+
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        why = f"cancelled: bench submit received {signal.Signals(signum).name}"
+        cancelled = [s for s in self.to_run if s.state in ("todo", "running")]
+        for s in cancelled:
+            s.state = "cancelled"
+        self.stage_counts["cancelled"] = len(cancelled)
+        self.store.mark_stages([s.key for s in cancelled], "cancelled", why)
+        jobs = [j.key for j in self.todo if j.key not in self.finished_jobs]
+        self.store.mark(jobs, "cancelled", why)
+        self.counts["cancelled"] = len(jobs)
+        self.summary.counts, self.summary.stages = self.counts, self.stage_counts
+        self.store.finish_run(self.summary.run_id, "cancelled", self.counts)
+        self.bar.close()
+        raise Interrupted(signum)

@@ -27,7 +27,7 @@ import pandas as pd
 
 from bench.errors import BenchError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFAULT_DB = Path("results") / "bench.duckdb"
 
 # One row per finished job. "vs dense" compares with the dense job of the same model, hardware, kernel and
@@ -105,6 +105,20 @@ MIGRATIONS: dict[int, list[str]] = {
     # 2: a second dense job for the same model, hardware, kernel and seed (another grid's protocol) no
     # longer duplicates the leaderboard's rows; see LEADERBOARD_SQL.
     2: [LEADERBOARD_SQL],
+    # 3: the stage graph. A job's record is assembled from its stages (prune, evaluate, latency); a stage is
+    # stored once under its own content key and shared by every job that needs it, so a resubmitted grid
+    # reruns only the stages that are missing.
+    3: [
+        """CREATE TABLE stages (
+            stage_key VARCHAR PRIMARY KEY, kind VARCHAR, prune_key VARCHAR, hardware VARCHAR, run_id VARCHAR,
+            status VARCHAR, error VARCHAR, traceback VARCHAR, attempts INTEGER,
+            queued_at TIMESTAMPTZ, started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ, duration_s DOUBLE,
+            peak_rss_bytes BIGINT, node_id VARCHAR, worker VARCHAR, result VARCHAR)""",
+        "ALTER TABLE jobs ADD COLUMN prune_key VARCHAR",
+        "ALTER TABLE jobs ADD COLUMN eval_key VARCHAR",
+        "ALTER TABLE jobs ADD COLUMN latency_key VARCHAR",
+        "ALTER TABLE jobs ADD COLUMN artifact VARCHAR",
+    ],
 }
 
 
@@ -188,6 +202,36 @@ class Store:
             con.execute("INSERT INTO schema_version VALUES (?, now())", [v])
         con.execute("COMMIT")
 
+    @contextmanager
+    def submit_lock(self, wait: bool = False, command: str = "", on_wait=None) -> Iterator[None]:
+        """Held by the one `bench submit` (or `bench gc`) that writes this store. A second one refuses at
+        once, naming the holder, or with `wait` queues behind it. An advisory lock on `<store>.lock` (fcntl),
+        released by the kernel when its process ends, so a killed driver never leaves the store locked."""
+        import fcntl
+        import os
+        import socket
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown process"
+                if not wait:
+                    raise BenchError(f"{self.path} is being written by another bench process ({holder}); wait for it "
+                                     "to finish, pass --wait to queue behind it, or use another --db") from None
+                if on_wait:
+                    on_wait(holder)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
+                          f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {command or 'bench'}".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
     # ---- writes (driver only) -------------------------------------------------------------------
 
     def begin_run(self, run: dict[str, Any], jobs: list, skipped: int) -> None:
@@ -207,11 +251,12 @@ class Store:
             con.executemany(
                 "INSERT INTO jobs (job_key, run_id, model, model_source, model_location, model_fingerprint, method, "
                 "method_version, method_params, pattern, pattern_spec, target_sparsity, hardware, kernel, "
-                "kernel_version, seed, spec, status, attempts, queued_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, now())",
+                "kernel_version, seed, spec, status, attempts, queued_at, prune_key, eval_key, latency_key) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, now(), ?, ?, ?)",
                 [[j.key, run["run_id"], j.model.name, j.model.source, j.model.location, j.model.fingerprint,
                   j.method_label, j.method_version, _j(j.method_params), j.pattern_label, _j(j.pattern), j.sparsity,
-                  j.hardware, j.kernel, j.kernel_version, j.seed, _j(j.to_dict())] for j in jobs],
+                  j.hardware, j.kernel, j.kernel_version, j.seed, _j(j.to_dict()), j.prune_key, j.eval_key,
+                  j.latency_key] for j in jobs],
             )
 
     def record_result(self, key: str, result: dict[str, Any]) -> None:
@@ -220,11 +265,11 @@ class Store:
             con.execute(
                 "UPDATE jobs SET status = ?, error = ?, traceback = ?, attempts = attempts + 1, started_at = ?, "
                 "finished_at = ?, duration_s = ?, peak_rss_bytes = ?, timings = ?, worker = ?, kernel_status = ?, "
-                "kernel_provenance = ?, warnings = ? WHERE job_key = ?",
+                "kernel_provenance = ?, warnings = ?, artifact = ? WHERE job_key = ?",
                 [result["status"], result.get("error"), result.get("traceback"), result.get("started_at"),
                  result.get("finished_at"), result.get("duration_s"), result.get("peak_rss_bytes"),
                  _j(result.get("timings")), _j(result.get("worker")), kernel.get("status"), _j(kernel or None),
-                 "\n".join(result.get("warnings") or []) or None, key],
+                 "\n".join(result.get("warnings") or []) or None, _j(result.get("artifact")), key],
             )
             if result["status"] == "done":
                 con.executemany(
@@ -239,6 +284,63 @@ class Store:
                         [[key, x["layer"], x["block"], x["out_features"], x["in_features"], x["numel"], x["zeros"],
                           x["target_sparsity"], x["measured_sparsity"]] for x in layers],
                     )
+
+    def queue_stages(self, run_id: str, stages: list[dict[str, Any]]) -> None:
+        """Stages about to run: (re)queued under this run, any earlier outcome of theirs dropped."""
+        if not stages:
+            return
+        with self.write() as con:
+            con.execute("DELETE FROM stages WHERE stage_key IN (SELECT unnest(?))", [[s["key"] for s in stages]])
+            con.executemany(
+                "INSERT INTO stages (stage_key, kind, prune_key, hardware, run_id, status, attempts, queued_at) "
+                "VALUES (?, ?, ?, ?, ?, 'queued', 0, now())",
+                [[s["key"], s["kind"], s["prune_key"], s["hardware"], run_id] for s in stages])
+
+    def record_stage(self, key: str, result: dict[str, Any]) -> None:
+        """A stage's outcome. A done stage keeps its whole result (metrics, layers, kernel provenance), from
+        which later runs assemble the records of other jobs that share it."""
+        worker = result.get("worker") or {}
+        kept = {k: result.get(k) for k in ("metrics", "layers", "kernel", "warnings", "artifact", "timings",
+                                            "started_at", "finished_at", "duration_s", "peak_rss_bytes", "worker")}
+        with self.write() as con:
+            con.execute(
+                "UPDATE stages SET status = ?, error = ?, traceback = ?, attempts = attempts + 1, started_at = ?, "
+                "finished_at = ?, duration_s = ?, peak_rss_bytes = ?, node_id = ?, worker = ?, result = ? "
+                "WHERE stage_key = ?",
+                [result["status"], result.get("error"), result.get("traceback"), result.get("started_at"),
+                 result.get("finished_at"), result.get("duration_s"), result.get("peak_rss_bytes"),
+                 worker.get("node_id"), _j(worker or None), _j(kept) if result["status"] == "done" else None, key])
+
+    def stage_results(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        """{stage key: its stored result (status "done")} for the done ones among `keys`."""
+        if not self.path.exists() or not keys:
+            return {}
+        with self.read() as con:
+            if self._version(con) < 3:
+                return {}
+            rows = con.execute("SELECT stage_key, result FROM stages WHERE status = 'done' AND "
+                               "stage_key IN (SELECT unnest(?))", [keys]).fetchall()
+        return {k: {**json.loads(r), "status": "done"} for k, r in rows}
+
+    def referenced_artifacts(self) -> set[str]:
+        """Prune keys of every done prune stage: the artifacts `bench gc` keeps."""
+        if not self.path.exists():
+            return set()
+        with self.read() as con:
+            if self._version(con) < 3:
+                return set()
+            return {r[0] for r in con.execute("SELECT stage_key FROM stages WHERE kind = 'prune' AND status = 'done'").fetchall()}
+
+    def forget_stage(self, key: str) -> None:
+        with self.write() as con:
+            con.execute("DELETE FROM stages WHERE stage_key = ?", [key])
+
+    def mark_stages(self, keys: list[str], status: str, error: str | None = None) -> None:
+        if not keys:
+            return
+        with self.write() as con:
+            con.execute("UPDATE stages SET status = ?, error = coalesce(?, error), finished_at = now() "
+                        "WHERE stage_key IN (SELECT unnest(?))", [status, error, keys])
 
     def mark(self, keys: list[str], status: str, error: str | None = None) -> None:
         if not keys:

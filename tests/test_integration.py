@@ -143,7 +143,7 @@ def test_hardware_no_node_can_run_is_failed_at_once(tiny_model, tmp_path):
     assert proc.returncode == 1
     assert "no node of the Ray cluster can run hardware 'cuda:H100'" in proc.stdout
     row = Store(db).query("SELECT status, error FROM jobs").iloc[0]
-    assert row.status == "failed" and row.error.startswith("Unschedulable:")
+    assert row.status == "failed" and row.error.startswith("prune stage: Unschedulable:")
 
 
 def test_lm_eval_scores_equal_a_direct_lm_eval_run(tmp_path):

@@ -81,7 +81,7 @@ def test_job_on_native_kernels_records_layers_and_provenance(tiny_model, tmp_pat
         {FAST_LATENCY.replace("prefill_length = 32", "prefill_length = 40")}
     """)
     [job] = expand(load_grid(grid))
-    result = run_job(job.to_dict())
+    result = run_job(job.to_dict(), artifacts=str(tmp_path / "artifacts"))
     assert result["status"] == "done", result.get("error")
     kernel = result["kernel"]
     assert kernel["backend"] == "native" and kernel["status"] == "accelerated"

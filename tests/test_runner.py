@@ -5,7 +5,8 @@ import io
 import pytest
 
 from bench.errors import BenchError
-from bench.runner import Progress, _node_can_run, check_address, resources_for
+from bench.hardware import Hardware
+from bench.runner import Progress, check_address, resources_for
 
 
 def test_hardware_maps_to_ray_resources():
@@ -13,16 +14,31 @@ def test_hardware_maps_to_ray_resources():
     assert resources_for("cpu:4") == {"num_cpus": 4}
     assert resources_for("cuda") == {"num_cpus": 1, "num_gpus": 1}
     assert resources_for("cuda:H100") == {"num_cpus": 1, "num_gpus": 1, "accelerator_type": "H100"}
+    assert resources_for("cpu:2+epyc") == {"num_cpus": 2, "resources": {"epyc": 1.0}}
+    assert resources_for("cuda:A100+nvlink=2+rack_7") == {"num_cpus": 1, "num_gpus": 1, "accelerator_type": "A100",
+                                                          "resources": {"nvlink": 2.0, "rack_7": 1.0}}
+    assert Hardware.parse("cpu:3+x").threads == 3 and Hardware.parse("cuda+x").threads == 1
+
+
+@pytest.mark.parametrize("bad", ["gpu", "cpu:0", "cpu+", "cpu+CPU", "cpu+x+x", "cpu+x=0", "cpu+x=-1", "cuda+1x",
+                                 "cpu+node:10.0.0.1", ""])
+def test_bad_hardware_is_refused_with_the_reason(bad):
+    with pytest.raises(ValueError) as info:
+        Hardware.parse(bad)
+    assert repr(bad) in str(info.value) and "\n" not in str(info.value)
 
 
 def test_feasibility_against_node_resources():
-    cpu_node = {"CPU": 2.0, "memory": 1e9}
-    gpu_node = {"CPU": 16.0, "GPU": 1.0, "accelerator_type:H100": 1.0}
-    assert _node_can_run(cpu_node, resources_for("cpu:2"))
-    assert not _node_can_run(cpu_node, resources_for("cpu:4"))
-    assert not _node_can_run(cpu_node, resources_for("cuda"))
-    assert _node_can_run(gpu_node, resources_for("cuda:H100"))
-    assert not _node_can_run(gpu_node, resources_for("cuda:A100"))
+    cpu_node = {"CPU": 2.0, "memory": 1e9, "epyc": 1.0}
+    gpu_node = {"CPU": 16.0, "GPU": 1.0, "accelerator_type:H100": 1.0, "nvlink": 4.0}
+    assert Hardware.parse("cpu:2").fits(cpu_node)
+    assert not Hardware.parse("cpu:4").fits(cpu_node)
+    assert not Hardware.parse("cuda").fits(cpu_node)
+    assert Hardware.parse("cuda:H100").fits(gpu_node)
+    assert not Hardware.parse("cuda:A100").fits(gpu_node)
+    assert Hardware.parse("cpu+epyc").fits(cpu_node) and not Hardware.parse("cpu+epyc").fits(gpu_node)
+    assert not Hardware.parse("cpu+epyc=2").fits(cpu_node)
+    assert Hardware.parse("cuda+nvlink=4").fits(gpu_node) and not Hardware.parse("cuda+nvlink=5").fits(gpu_node)
 
 
 def test_unreachable_address_fails_fast_in_one_line():
@@ -46,7 +62,7 @@ def test_progress_counts_and_log_lines():
     bar.update(1, (Done(), {"status": "done", "duration_s": 1.5}))
     bar.update(0, (Done(), {"status": "failed", "error": "RuntimeError: boom"}))
     line = bar.line()
-    assert "2/3" in line and "1 done" in line and "1 failed" in line and "0 running" in line and "ETA" in line
+    assert "2/3" in line and "1 done" in line and "1 failed" in line and "0 stages running" in line and "ETA" in line
     assert out.getvalue().splitlines() == [
         "[1/3] done m · magnitude · 50% · cpu · torch-dense · seed 0 (1.5 s)",
         "[2/3] failed m · magnitude · 50% · cpu · torch-dense · seed 0: RuntimeError: boom",

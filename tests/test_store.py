@@ -93,8 +93,35 @@ def test_a_version_1_store_is_migrated(tmp_path):
     with Store(path).write():
         pass
     store = Store(path)
-    assert store.query("SELECT max(version) AS v FROM schema_version")["v"][0] == SCHEMA_VERSION == 2
+    assert store.query("SELECT max(version) AS v FROM schema_version")["v"][0] == SCHEMA_VERSION == 3
     assert MIGRATIONS[2] == [LEADERBOARD_SQL] and store.leaderboard().empty
+    assert store.query("SELECT count(*) AS n FROM stages")["n"][0] == 0  # v3: the stage graph
+    assert {"prune_key", "eval_key", "latency_key", "artifact"} <= set(store.query("SELECT * FROM jobs").columns)
+
+
+def test_a_version_2_store_keeps_its_results_when_migrated(tmp_path, jobs):
+    """A store written before the stage graph: its done jobs stay done (a resubmit skips them) and its
+    leaderboard is unchanged after the migration to version 3."""
+    from bench.store import MIGRATIONS
+
+    spec, js = jobs
+    path = tmp_path / "v2.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE schema_version (version INTEGER, applied_at TIMESTAMPTZ)")
+    for v in (1, 2):
+        for stmt in MIGRATIONS[v]:
+            con.execute(stmt)
+        con.execute("INSERT INTO schema_version VALUES (?, now())", [v])
+    con.execute("INSERT INTO jobs (job_key, model, method, pattern, hardware, kernel, seed, status) "
+                "VALUES (?, 'm', 'dense', 'dense', 'cpu', 'torch-dense', 0, 'done')", [js[0].key])
+    con.execute("INSERT INTO metrics VALUES (?, 'perplexity', 4.0, 'ppl', false, NULL, 'perplexity', '{}')", [js[0].key])
+    con.close()
+    store = Store(path)
+    before = store.leaderboard()
+    store.begin_run(run_row(spec), js[1:2], skipped=1)  # the first write migrates
+    assert store.statuses([js[0].key]) == {js[0].key: "done"}
+    assert store.leaderboard().equals(before)
+    assert store.query("SELECT max(version) AS v FROM schema_version")["v"][0] == 3
 
 
 def test_requeue_replaces_old_results(tmp_path, jobs):

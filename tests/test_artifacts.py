@@ -1,0 +1,110 @@
+"""Pruned-model artifacts on their own: a real pruned model saved, checked, damaged and loaded back."""
+
+import json
+
+import pytest
+import torch
+
+from bench.artifacts import ArtifactError, Artifacts
+from bench.patterns import parse_pattern
+from bench.prune import prune_model
+
+
+@pytest.fixture()
+def pruned(tiny_model):
+    """(dense model, pruned copy, prune report) for magnitude 2:4 on the tiny Llama."""
+    from transformers import AutoModelForCausalLM
+
+    from bench.registry import method_registry
+
+    dense = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    report = prune_model(model, method_registry().get("magnitude")(seed=0), parse_pattern("2:4"))
+    return dense, model, report
+
+
+def save(root, key, model, report):
+    modules = dict(model.named_modules())
+    weights = {name: modules[name].weight.detach().clone() for name in report.masks}
+    return Artifacts(root).save(key, weights, report.masks, {"note": "test"})
+
+
+def test_round_trip_restores_the_pruned_weights_exactly(pruned, tmp_path, tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    dense, model, report = pruned
+    manifest = save(tmp_path, "k1", model, report)
+    assert manifest["key"] == "k1" and manifest["note"] == "test" and len(manifest["layers"]) == len(report.layers)
+    art = Artifacts(tmp_path)
+    assert art.check("k1") is None and art.check("k1", deep=True) is None
+    fresh = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    art.load_into(fresh, "k1")
+    for (name, a), (_, b) in zip(model.state_dict().items(), fresh.state_dict().items()):
+        assert torch.equal(a, b), name
+    masks = art.masks("k1")
+    for name, mask in masks.items():
+        w = dict(fresh.named_modules())[name].weight
+        assert mask.dtype == torch.bool and not bool(w[~mask].any())  # zeros wherever the mask prunes
+    assert json.loads((tmp_path / "k1" / "manifest.json").read_text())["files"]["weights.safetensors"]["bytes"] > 0
+    assert not any(p.name.startswith(".staging") for p in tmp_path.iterdir())
+
+
+def test_unchanged_layers_stay_out_of_the_artifact(tiny_model, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from bench.registry import method_registry
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    report = prune_model(model, method_registry().get("dense")(seed=0), parse_pattern("dense"))
+    assert report.layers and not report.masks  # the dense method changes nothing: nothing to store
+    save(tmp_path, "dense", model, report)
+    assert Artifacts(tmp_path).size("dense") < 10_000
+
+
+def test_truncation_and_alteration_are_detected(pruned, tmp_path):
+    dense, model, report = pruned
+    save(tmp_path, "k", model, report)
+    art = Artifacts(tmp_path)
+    weights = tmp_path / "k" / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # same size, different bytes
+    weights.write_bytes(bytes(data))
+    assert art.check("k") is None  # the cheap check sees sizes only
+    assert "does not match its SHA-256" in art.check("k", deep=True)
+    with pytest.raises(ArtifactError, match="submit the grid again to rebuild it"):
+        art.load_into(dense, "k")
+    weights.write_bytes(bytes(data[:1000]))
+    assert "has 1000 bytes, its manifest says" in art.check("k")
+    (tmp_path / "k" / "manifest.json").unlink()
+    assert "no readable manifest" in art.check("k")
+    assert "is missing" in art.check("nope")
+
+
+def test_a_layer_that_does_not_fit_the_model_is_refused(pruned, tmp_path):
+    dense, model, report = pruned
+    name = next(iter(report.masks))
+    art = Artifacts(tmp_path)
+    art.save("odd", {name: torch.zeros(3, 3)}, {name: torch.ones(3, 3, dtype=torch.bool)}, {})
+    with pytest.raises(ArtifactError, match=f"layer {name} \\(3, 3\\) does not fit this model"):
+        art.load_into(dense, "odd")
+
+
+def test_gc_removes_only_unreferenced_artifacts_and_stale_staging(pruned, tmp_path):
+    import os
+    import time
+
+    dense, model, report = pruned
+    for key in ("keep", "drop"):
+        save(tmp_path, key, model, report)
+    stale = tmp_path / ".staging-x-1-abc"
+    stale.mkdir()
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    fresh = tmp_path / ".staging-y-2-def"  # a writer may still be busy with this one
+    fresh.mkdir()
+    art = Artifacts(tmp_path)
+    would = art.gc({"keep"}, dry_run=True)
+    assert sorted(n for n, _ in would) == [".staging-x-1-abc", "drop"] and (tmp_path / "drop").exists()
+    removed = art.gc({"keep"})
+    assert sorted(n for n, _ in removed) == [".staging-x-1-abc", "drop"]
+    assert art.keys() == ["keep"] and fresh.exists() and art.check("keep", deep=True) is None
+    assert dict(removed)["drop"] > 0
