@@ -333,10 +333,11 @@ class _Scheduler:
         remote = ray.remote(run_stage)
         for hw, why in self.blocked.items():
             print(f"bench: {why}: its stages are failed now", file=sys.stderr, flush=True)
-        for stage in self.unschedulable:  # no node can ever run them: fail now, never leave them pending
-            self._finish(stage, {"status": "failed", "error": f"Unschedulable: {self.blocked[stage.hardware]}"})
-        for job in self.todo:  # jobs whose every stage is already stored
-            self._maybe_finish_job(job)
+        with self.store.write() as con:
+            for stage in self.unschedulable:  # no node can ever run them: fail now, never leave them pending
+                self._finish(stage, {"status": "failed", "error": f"Unschedulable: {self.blocked[stage.hardware]}"}, con)
+            for job in self.todo:  # jobs whose every stage is already stored
+                self._maybe_finish_job(job, con)
         self.ready = ready = deque(s for s in self.to_run if s.state == "todo" and self._deps_done(s))
         pending: dict[Any, Stage] = {}
         with _Signals() as signals:
@@ -353,13 +354,21 @@ class _Scheduler:
                     pending[ref] = stage
                 self.bar.update(len(pending))
                 done_refs, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+                if done_refs:  # and whatever else is finished by now: one store transaction for all of them
+                    done_refs, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
+                finished = []
                 for ref in done_refs:
                     stage = pending.pop(ref)
                     try:
                         result = ray.get(ref)
                     except ray.exceptions.RayError as err:  # the worker or node died, retries spent; or OOM
                         result = _lost(err)
-                    self._finish(stage, result)
+                    finished.append((stage, result))
+                if finished:
+                    with self.store.write() as con:
+                        for stage, result in finished:
+                            self._finish(stage, result, con)
+                for stage, result in finished:
                     if result["status"] == "done":
                         ready.extend(s for s in self.to_run if s.needs == stage.key and s.state == "todo")
             if signals.received is not None:
@@ -375,11 +384,11 @@ class _Scheduler:
     def _deps_done(self, stage: Stage) -> bool:
         return stage.needs is None or self.stages[stage.needs].state == "done"
 
-    def _finish(self, stage: Stage, result: dict[str, Any]) -> None:
+    def _finish(self, stage: Stage, result: dict[str, Any], con) -> None:
         """Record a stage's outcome, fail what depended on a failed prune stage, and write every job that is
-        now complete."""
+        now complete (all in the caller's transaction `con`)."""
         stage.state, stage.result = result["status"], result
-        self.store.record_stage(stage.key, result)
+        self.store.record_stage(stage.key, result, con)
         if result["status"] != "done" and "ArtifactError" in (result.get("error") or "") and stage.needs \
                 and not stage.artifact_retried:
             # The artifact went bad after it was made (altered, truncated, deleted): make it again, once,
@@ -403,11 +412,11 @@ class _Scheduler:
                 s.state = "failed"
                 s.result = {"status": "failed", "error": f"not run: its prune stage failed ({result.get('error')})"}
                 affected += s.jobs
-            self.store.mark_stages([s.key for s in skipped], "failed", "not run: its prune stage failed")
+            self.store.mark_stages([s.key for s in skipped], "failed", "not run: its prune stage failed", con)
         for job in affected:
-            self._maybe_finish_job(job)
+            self._maybe_finish_job(job, con)
 
-    def _maybe_finish_job(self, job: Job) -> None:
+    def _maybe_finish_job(self, job: Job, con) -> None:
         if job.key in self.finished_jobs:
             return
         parts = {kind: self.stages[key] for kind, key in job.stage_keys().items()}
@@ -417,7 +426,7 @@ class _Scheduler:
 
         result = assemble({kind: s.result for kind, s in parts.items()})
         self.finished_jobs.add(job.key)
-        self.store.record_result(job.key, result)
+        self.store.record_result(job.key, result, con)
         for warning in result.get("warnings") or []:
             if warning not in self.summary.warnings:
                 self.summary.warnings.append(warning)

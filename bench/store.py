@@ -126,6 +126,15 @@ def _j(obj: Any) -> str | None:
     return None if obj is None else json.dumps(obj, sort_keys=True, default=str)
 
 
+def _insert_rows(con, sql: str, width: int, rows: list[list[Any]], chunk: int = 500) -> None:
+    """`sql` (an INSERT ... VALUES) with many rows per statement: DuckDB's executemany costs a statement
+    per row, which made recording one job take about 80 ms."""
+    for i in range(0, len(rows), chunk):
+        part = rows[i:i + chunk]
+        placeholders = ", ".join(["(" + ", ".join(["?"] * width) + ")"] * len(part))
+        con.execute(f"{sql} {placeholders}", [v for row in part for v in row])
+
+
 def _is_lock_error(err: Exception) -> bool:
     text = str(err)
     return "lock" in text.lower() or "Conflicting lock" in text
@@ -135,6 +144,7 @@ class Store:
     def __init__(self, path: str | Path = DEFAULT_DB, lock_timeout_s: float = 30.0):
         self.path = Path(path)
         self.lock_timeout_s = lock_timeout_s
+        self._migrated = False  # this object already brought the file to SCHEMA_VERSION (skip the check)
 
     def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
         deadline = time.monotonic() + self.lock_timeout_s
@@ -154,7 +164,9 @@ class Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         con = self._connect(read_only=False)
         try:
-            self._migrate(con)
+            if not self._migrated:
+                self._migrate(con)
+                self._migrated = True
             con.execute("BEGIN TRANSACTION")
             try:
                 yield con
@@ -259,9 +271,18 @@ class Store:
                   j.latency_key] for j in jobs],
             )
 
-    def record_result(self, key: str, result: dict[str, Any]) -> None:
+    @contextmanager
+    def _in(self, con) -> Iterator[duckdb.DuckDBPyConnection]:
+        """`con` (a transaction the caller holds open), or a fresh short transaction of our own."""
+        if con is not None:
+            yield con
+        else:
+            with self.write() as own:
+                yield own
+
+    def record_result(self, key: str, result: dict[str, Any], con=None) -> None:
         kernel = result.get("kernel") or {}
-        with self.write() as con:
+        with self._in(con) as con:
             con.execute(
                 "UPDATE jobs SET status = ?, error = ?, traceback = ?, attempts = attempts + 1, started_at = ?, "
                 "finished_at = ?, duration_s = ?, peak_rss_bytes = ?, timings = ?, worker = ?, kernel_status = ?, "
@@ -272,18 +293,12 @@ class Store:
                  "\n".join(result.get("warnings") or []) or None, _j(result.get("artifact")), key],
             )
             if result["status"] == "done":
-                con.executemany(
-                    "INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [[key, m["name"], m["value"], m["unit"], m["higher_is_better"], m.get("stderr"), m["stage"],
-                      _j(m.get("details"))] for m in result.get("metrics", [])],
-                )
-                layers = result.get("layers", [])
-                if layers:
-                    con.executemany(
-                        "INSERT OR REPLACE INTO layers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [[key, x["layer"], x["block"], x["out_features"], x["in_features"], x["numel"], x["zeros"],
-                          x["target_sparsity"], x["measured_sparsity"]] for x in layers],
-                    )
+                _insert_rows(con, "INSERT OR REPLACE INTO metrics VALUES", 8,
+                             [[key, m["name"], m["value"], m["unit"], m["higher_is_better"], m.get("stderr"), m["stage"],
+                               _j(m.get("details"))] for m in result.get("metrics", [])])
+                _insert_rows(con, "INSERT OR REPLACE INTO layers VALUES", 9,
+                             [[key, x["layer"], x["block"], x["out_features"], x["in_features"], x["numel"], x["zeros"],
+                               x["target_sparsity"], x["measured_sparsity"]] for x in result.get("layers", [])])
 
     def queue_stages(self, run_id: str, stages: list[dict[str, Any]]) -> None:
         """Stages about to run: (re)queued under this run, any earlier outcome of theirs dropped."""
@@ -296,13 +311,13 @@ class Store:
                 "VALUES (?, ?, ?, ?, ?, 'queued', 0, now())",
                 [[s["key"], s["kind"], s["prune_key"], s["hardware"], run_id] for s in stages])
 
-    def record_stage(self, key: str, result: dict[str, Any]) -> None:
+    def record_stage(self, key: str, result: dict[str, Any], con=None) -> None:
         """A stage's outcome. A done stage keeps its whole result (metrics, layers, kernel provenance), from
         which later runs assemble the records of other jobs that share it."""
         worker = result.get("worker") or {}
         kept = {k: result.get(k) for k in ("metrics", "layers", "kernel", "warnings", "artifact", "timings",
                                             "started_at", "finished_at", "duration_s", "peak_rss_bytes", "worker")}
-        with self.write() as con:
+        with self._in(con) as con:
             con.execute(
                 "UPDATE stages SET status = ?, error = ?, traceback = ?, attempts = attempts + 1, started_at = ?, "
                 "finished_at = ?, duration_s = ?, peak_rss_bytes = ?, node_id = ?, worker = ?, result = ? "
@@ -335,10 +350,10 @@ class Store:
         with self.write() as con:
             con.execute("DELETE FROM stages WHERE stage_key = ?", [key])
 
-    def mark_stages(self, keys: list[str], status: str, error: str | None = None) -> None:
+    def mark_stages(self, keys: list[str], status: str, error: str | None = None, con=None) -> None:
         if not keys:
             return
-        with self.write() as con:
+        with self._in(con) as con:
             con.execute("UPDATE stages SET status = ?, error = coalesce(?, error), finished_at = now() "
                         "WHERE stage_key IN (SELECT unnest(?))", [status, error, keys])
 
