@@ -187,6 +187,9 @@ def _artifacts(args):
 def cmd_gc(args) -> int:
     artifacts = _artifacts(args)
     store = Store(args.db)
+    if not store.path.is_file():  # without its store, gc would take every artifact for unreferenced
+        raise BenchError(f"--db: no results store at {store.path}; gc keeps the artifacts a store refers to, "
+                         "so give it the store they were made for")
     with store.submit_lock(command="bench gc"):  # never while a submit may be making artifacts
         keep = store.referenced_artifacts()
         removed = artifacts.gc(keep, dry_run=args.dry_run)
@@ -230,8 +233,9 @@ def cmd_show(args) -> int:
     layers = store.query("SELECT layer, out_features, in_features, measured_sparsity FROM layers WHERE job_key = ? ORDER BY block, layer", [job["job_key"]])
     for col in ("job_key", "status", "model", "model_location", "model_fingerprint", "method", "method_version",
                 "method_params", "pattern", "hardware", "kernel", "kernel_version", "seed", "run_id", "started_at",
-                "finished_at", "duration_s", "kernel_status", "error"):
-        if job[col] is not None and str(job[col]) not in ("nan", "NaT", "None"):
+                "finished_at", "duration_s", "kernel_status", "prune_key", "eval_key", "latency_key", "artifact",
+                "error"):
+        if col in job and job[col] is not None and str(job[col]) not in ("nan", "NaT", "None"):
             print(f"{col:>18}: {job[col]}")
     if not run.empty:
         r = run.iloc[0]

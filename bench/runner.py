@@ -270,6 +270,8 @@ def run_grid(spec, jobs: list[Job], store: Store, *, artifacts: Artifacts, addre
     def waiting(holder: str) -> None:
         print(f"bench: waiting for the other bench process writing {store.path} ({holder})", file=sys.stderr, flush=True)
 
+    if address:
+        check_address(address)  # an unreachable cluster is refused before anything is written
     with store.submit_lock(wait=wait, command=command, on_wait=waiting):
         return _run_locked(spec, jobs, store, artifacts, address, force, max_in_flight, progress, command)
 

@@ -242,6 +242,10 @@ class Store:
                           f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {command or 'bench'}".encode(), 0)
             yield
         finally:
+            if not self.path.exists():  # nothing was written (e.g. the cluster refused us): leave nothing behind
+                # (a process queued with --wait on this file then holds a lock nobody else sees; it and a
+                # newcomer could both write. Only when no store exists yet, and DuckDB still lets one open it.)
+                lock_path.unlink(missing_ok=True)
             os.close(fd)  # releases the lock
 
     # ---- writes (driver only) -------------------------------------------------------------------

@@ -132,7 +132,7 @@ def test_unreachable_cluster_is_one_line_and_writes_nothing(grid_and_db, tmp_pat
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert "--address: no Ray cluster answers at 127.0.0.1:9" in proc.stderr
-    assert not db.exists()
+    assert not db.exists() and not list(tmp_path.iterdir())  # no store, no lock file
 
 
 def test_hardware_no_node_can_run_is_failed_at_once(tiny_model, tmp_path):

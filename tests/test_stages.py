@@ -107,6 +107,9 @@ def test_gc_removes_unreferenced_artifacts(tiny_model, tmp_path):
     real = bench("gc", "--db", db, "--artifacts", art)
     assert real.returncode == 0 and "removed 1 artifacts" in real.stdout and "kept 2 referenced" in real.stdout
     assert sorted(os.listdir(art)) == sorted(stages(db).query("kind == 'prune'").stage_key)
+    wrong = bench("gc", "--db", tmp_path / "typo.duckdb", "--artifacts", art)  # would see nothing referenced
+    assert wrong.returncode == 2 and "--db: no results store at" in wrong.stderr and len(os.listdir(art)) == 2
+    assert not (tmp_path / "typo.duckdb").exists() and not (tmp_path / "typo.duckdb.lock").exists()
 
 
 def test_one_writer_per_store_and_stage_timeouts(tiny_model, tmp_path):
