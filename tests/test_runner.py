@@ -67,3 +67,21 @@ def test_progress_counts_and_log_lines():
         "[1/3] done m · magnitude · 50% · cpu · torch-dense · seed 0 (1.5 s)",
         "[2/3] failed m · magnitude · 50% · cpu · torch-dense · seed 0: RuntimeError: boom",
     ]
+
+
+def test_sigint_and_sigterm_set_the_flag_instead_of_interrupting_a_write():
+    """The scheduling loop checks the flag between store transactions; a second Ctrl-C interrupts at once."""
+    import os
+    import signal
+
+    from bench.runner import _Signals
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with _Signals() as signals:
+            os.kill(os.getpid(), sig)
+            assert signals.received == sig  # delivered to the handler, no exception raised here
+            if sig == signal.SIGINT:
+                with pytest.raises(KeyboardInterrupt):
+                    os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored on the way out
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
