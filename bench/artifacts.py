@@ -6,9 +6,11 @@
     root.load_into(model, key)                        # verifies every checksum, then copies the weights in
     root.gc(keep)                                     # removes what no stored stage refers to
 
-An artifact holds only what pruning changed, relative to the model's own files: the pruned layers' weights
-(with zeros where the mask prunes, in the module's own layout; SparseGPT also updates the weights it
-keeps) and their keep-masks (bool, (out_features, in_features)). It lives in `ROOT/KEY/`, where KEY is the
+An artifact holds only what pruning changed, relative to the model's own files: the keep-mask of every
+pruned layer ((out_features, in_features), packed 8 per byte), and the weights of the layers whose kept
+weights the method also changed (SparseGPT's updates; in the module's own layout, zeros where the mask
+prunes). A layer whose pruned weights are its dense weights times its mask (magnitude, Wanda, random) is
+stored as its mask alone: 1 bit per weight. It lives in `ROOT/KEY/`, where KEY is the
 prune stage's content key (model contents, method, version and parameters, pattern, calibration, layer
 filter, refinement, seed, code version), so two grids or two stores that ask for the same pruned model share
 one artifact. `manifest.json` names the files with their sizes and SHA-256 and records how the artifact was
@@ -29,7 +31,7 @@ from typing import Any
 
 from bench.errors import BenchError
 
-FORMAT = 1
+FORMAT = 2  # 2: masks packed 8 per byte, weights only for rewritten layers
 FILES = ("weights.safetensors", "masks.safetensors")
 DEFAULT_ROOT_NAME = "artifacts"  # beside the store: results/bench.duckdb -> results/artifacts
 
@@ -68,8 +70,11 @@ class Artifacts:
     # ---- writing (prune stages, in workers) ------------------------------------------------------
 
     def save(self, key: str, weights: dict[str, Any], masks: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
-        """Write an artifact under `key`; returns its manifest. `weights` and `masks` map layer names to CPU
-        tensors. Safe against concurrent writers of the same key (the last rename wins; both are identical)."""
+        """Write an artifact under `key`; returns its manifest. `masks` maps every pruned layer to its bool
+        keep-mask (out, in) and `weights` the rewritten layers to their weights, CPU tensors. Safe against
+        concurrent writers of the same key (the last rename wins; both are identical)."""
+        import numpy as np
+        import torch
         from safetensors.torch import save_file
 
         self.root.mkdir(parents=True, exist_ok=True)
@@ -77,10 +82,12 @@ class Artifacts:
         staging.mkdir()
         try:
             save_file({k: v.contiguous() for k, v in weights.items()}, str(staging / FILES[0]))
-            save_file({k: v.contiguous() for k, v in masks.items()}, str(staging / FILES[1]))
+            packed = {k: torch.from_numpy(np.packbits(v.numpy(), axis=-1)) for k, v in masks.items()}
+            save_file(packed, str(staging / FILES[1]))
             files = {name: {"bytes": (staging / name).stat().st_size, "sha256": _sha256(staging / name)} for name in FILES}
-            manifest = {**manifest, "key": key, "format": FORMAT, "files": files,
-                        "layers": sorted(weights), "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            manifest = {**manifest, "key": key, "format": FORMAT, "files": files, "layers": sorted(masks),
+                        "mask_shapes": {k: list(v.shape) for k, v in masks.items()}, "rewritten": sorted(weights),
+                        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             (staging / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
             final = self.path(key)
             if final.exists():  # an unsound leftover (the runner rebuilds only those) or a concurrent twin
@@ -101,6 +108,8 @@ class Artifacts:
         manifest = self.manifest(key)
         if manifest is None or manifest.get("key") != key or "files" not in manifest:
             return f"artifact {key} has no readable manifest (an interrupted write?)"
+        if manifest.get("format") != FORMAT:
+            return f"artifact {key} has format {manifest.get('format')}, this sparsebench reads {FORMAT}"
         for name, want in manifest["files"].items():
             f = folder / name
             if not f.is_file():
@@ -113,28 +122,47 @@ class Artifacts:
         return None
 
     def load_into(self, model, key: str) -> dict[str, Any]:
-        """Copy the artifact's pruned weights into `model` (the dense model it was made from), in place,
-        after verifying every checksum. Returns the manifest."""
+        """Make `model` (the dense model the artifact was made from) the pruned model, in place, after
+        verifying every checksum: rewritten layers get their stored weights, every pruned layer its mask
+        applied. Returns the manifest."""
+        import torch
         from safetensors.torch import load_file
+
+        from bench.prune import weight_view
 
         problem = self.check(key, deep=True)
         if problem:
             raise ArtifactError(problem + "; submit the grid again to rebuild it")
         weights = load_file(str(self.path(key) / FILES[0]))
+        masks = self.masks(key)
         modules = dict(model.named_modules())
-        for name, w in weights.items():
-            module = modules.get(name)
-            if module is None or tuple(module.weight.shape) != tuple(w.shape):
-                raise ArtifactError(f"artifact {key}: layer {name} {tuple(w.shape)} does not fit this model "
-                                    f"({'no such layer' if module is None else tuple(module.weight.shape)})")
-            with _no_grad():
-                module.weight.copy_(w.to(module.weight.device, module.weight.dtype))
+        with torch.no_grad():
+            for name in sorted(set(weights) | set(masks)):
+                module = modules.get(name)
+                want = tuple(weights[name].shape) if name in weights else None
+                if module is None or (want is not None and tuple(module.weight.shape) != want):
+                    raise ArtifactError(f"artifact {key}: layer {name} {want or ''} does not fit this model "
+                                        f"({'no such layer' if module is None else tuple(module.weight.shape)})")
+                if name in weights:
+                    module.weight.copy_(weights[name].to(module.weight.device, module.weight.dtype))
+                if name in masks:
+                    view = weight_view(module)  # (out, in), as the mask
+                    if tuple(view.shape) != tuple(masks[name].shape):
+                        raise ArtifactError(f"artifact {key}: the mask of layer {name} {tuple(masks[name].shape)} "
+                                            f"does not fit this model ({tuple(view.shape)})")
+                    view.masked_fill_(~masks[name].to(view.device), 0)  # +0.0 where pruned, as the method wrote
         return self.manifest(key)
 
     def masks(self, key: str) -> dict[str, Any]:
+        """{layer: bool keep-mask (out, in)}, unpacked."""
+        import numpy as np
+        import torch
         from safetensors.torch import load_file
 
-        return load_file(str(self.path(key) / FILES[1]))
+        shapes = (self.manifest(key) or {}).get("mask_shapes", {})
+        packed = load_file(str(self.path(key) / FILES[1]))
+        return {name: torch.from_numpy(np.unpackbits(p.numpy(), axis=-1, count=shapes[name][-1]).astype(bool))
+                for name, p in packed.items()}
 
     # ---- housekeeping (driver) ---------------------------------------------------------------------
 
@@ -166,8 +194,3 @@ class Artifacts:
                     shutil.rmtree(p, ignore_errors=True)
         return removed
 
-
-def _no_grad():
-    import torch
-
-    return torch.no_grad()

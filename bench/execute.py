@@ -32,8 +32,9 @@ import torch
 STAGES = ("prune", "evaluate", "latency")
 
 
-class StageTimeout(Exception):
-    pass
+class StageTimeout(BaseException):
+    """Raised in a stage by its deadline. A BaseException, like KeyboardInterrupt, so that the `except
+    Exception` of a library (or of bench.models.load_model) does not turn it into another error."""
 
 
 def _metric(name, value, unit, higher_is_better, stage, details=None, stderr=None):
@@ -104,7 +105,7 @@ def run_stage(stage: dict[str, Any]) -> dict[str, Any]:
         with _Deadline(stage.get("timeout_s")):
             result.update(RUNNERS[stage["kind"]](stage, timings))
         result["status"] = "done"
-    except Exception as err:
+    except (Exception, StageTimeout) as err:
         message = " ".join(str(err).split()) or type(err).__name__
         if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
             message = f"out of memory in the {stage.get('kind')} stage: {message}"
@@ -182,7 +183,7 @@ def _prune(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
                  "note": "peak resident memory of the worker process up to the end of pruning"}),
     ]
     modules = dict(model.named_modules())
-    weights = {name: modules[name].weight.detach().to("cpu", copy=True) for name in report.masks}
+    weights = {name: modules[name].weight.detach().to("cpu", copy=True) for name in report.rewritten}
     t = time.perf_counter()
     result = {"metrics": metrics, "layers": report.layers}
     manifest = artifacts.save(key, weights, report.masks, {

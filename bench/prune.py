@@ -51,6 +51,9 @@ class PruneReport:
     seconds: float = 0.0
     # layer name -> keep-mask (out, in), bool, on the CPU; only layers that pruning changed
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    # layers whose kept weights the method also changed (SparseGPT's updates): their weights are not the
+    # dense weights times the mask, so an artifact must store them
+    rewritten: set[str] = field(default_factory=set)
 
     @property
     def measured_sparsity(self) -> float:
@@ -299,6 +302,8 @@ def _prune_layer(report: PruneReport, method: Method, pattern: Pattern, name: st
         raise BenchError(f"layer {name} breaks the {pattern.label} pattern after '{method.name}': {err}") from None
     if not bool(mask.all()) or not torch.equal(new_w, w):  # what an artifact must hold (dense layers stay out)
         report.masks[name] = mask.to("cpu", copy=True)
+        if not torch.equal(new_w, w * mask):
+            report.rewritten.add(name)
     w.copy_(new_w)
     report.layers.append({
         "layer": name, "block": block, "out_features": w.shape[0], "in_features": w.shape[1],

@@ -332,7 +332,9 @@ class _Scheduler:
 
         from bench.execute import run_stage
 
-        remote = ray.remote(run_stage)
+        # A stage stopped by its timeout was interrupted at an arbitrary point (an import half done, say), and
+        # its process must not run another stage: with a timeout, every stage gets a fresh worker process.
+        remote = ray.remote(max_calls=1)(run_stage) if self.spec.stage_timeout_s else ray.remote(run_stage)
         for hw, why in self.blocked.items():
             print(f"bench: {why}: its stages are failed now", file=sys.stderr, flush=True)
         with self.store.write() as con:

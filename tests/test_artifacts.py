@@ -24,8 +24,9 @@ def pruned(tiny_model):
 
 
 def save(root, key, model, report):
+    """As the prune stage saves: every mask, and the weights of the rewritten layers only."""
     modules = dict(model.named_modules())
-    weights = {name: modules[name].weight.detach().clone() for name in report.masks}
+    weights = {name: modules[name].weight.detach().clone() for name in report.rewritten}
     return Artifacts(root).save(key, weights, report.masks, {"note": "test"})
 
 
@@ -35,6 +36,9 @@ def test_round_trip_restores_the_pruned_weights_exactly(pruned, tmp_path, tiny_m
     dense, model, report = pruned
     manifest = save(tmp_path, "k1", model, report)
     assert manifest["key"] == "k1" and manifest["note"] == "test" and len(manifest["layers"]) == len(report.layers)
+    assert manifest["rewritten"] == []  # magnitude only zeroes: the masks (1 bit per weight) say it all
+    numel = sum(layer["numel"] for layer in report.layers)
+    assert manifest["files"]["masks.safetensors"]["bytes"] < numel / 8 + 10_000
     art = Artifacts(tmp_path)
     assert art.check("k1") is None and art.check("k1", deep=True) is None
     fresh = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
@@ -45,8 +49,39 @@ def test_round_trip_restores_the_pruned_weights_exactly(pruned, tmp_path, tiny_m
     for name, mask in masks.items():
         w = dict(fresh.named_modules())[name].weight
         assert mask.dtype == torch.bool and not bool(w[~mask].any())  # zeros wherever the mask prunes
-    assert json.loads((tmp_path / "k1" / "manifest.json").read_text())["files"]["weights.safetensors"]["bytes"] > 0
+    assert json.loads((tmp_path / "k1" / "manifest.json").read_text())["files"]["weights.safetensors"]["bytes"] < 100
     assert not any(p.name.startswith(".staging") for p in tmp_path.iterdir())
+
+
+def test_a_method_that_updates_kept_weights_stores_them(tiny_model, tmp_path):
+    """SparseGPT rewrites the weights it keeps: the artifact stores them, and loading reproduces them."""
+    from transformers import AutoModelForCausalLM
+
+    from bench.calibration import calibration_tokens
+    from bench.registry import method_registry
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    from transformers import AutoTokenizer
+
+    tokens = calibration_tokens(AutoTokenizer.from_pretrained(tiny_model),
+                                {"dataset": "builtin:synthetic", "split": "train", "samples": 4, "seq_len": 32, "seed": 0})
+    report = prune_model(model, method_registry().get("sparsegpt")(seed=0), parse_pattern("2:4"), calibration=tokens)
+    assert report.rewritten == set(report.masks)
+    manifest = save(tmp_path, "sgpt", model, report)
+    assert manifest["rewritten"] == sorted(report.masks)
+    fresh = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    Artifacts(tmp_path).load_into(fresh, "sgpt")
+    for (name, a), (_, b) in zip(model.state_dict().items(), fresh.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_an_artifact_of_another_format_is_rebuilt_not_misread(pruned, tmp_path):
+    dense, model, report = pruned
+    save(tmp_path, "old", model, report)
+    path = tmp_path / "old" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps({**manifest, "format": 1}))
+    assert "has format 1, this sparsebench reads 2" in Artifacts(tmp_path).check("old")
 
 
 def test_unchanged_layers_stay_out_of_the_artifact(tiny_model, tmp_path):
@@ -65,15 +100,15 @@ def test_truncation_and_alteration_are_detected(pruned, tmp_path):
     dense, model, report = pruned
     save(tmp_path, "k", model, report)
     art = Artifacts(tmp_path)
-    weights = tmp_path / "k" / "weights.safetensors"
-    data = bytearray(weights.read_bytes())
+    masks = tmp_path / "k" / "masks.safetensors"
+    data = bytearray(masks.read_bytes())
     data[-1] ^= 0xFF  # same size, different bytes
-    weights.write_bytes(bytes(data))
+    masks.write_bytes(bytes(data))
     assert art.check("k") is None  # the cheap check sees sizes only
     assert "does not match its SHA-256" in art.check("k", deep=True)
     with pytest.raises(ArtifactError, match="submit the grid again to rebuild it"):
         art.load_into(dense, "k")
-    weights.write_bytes(bytes(data[:1000]))
+    masks.write_bytes(bytes(data[:1000]))
     assert "has 1000 bytes, its manifest says" in art.check("k")
     (tmp_path / "k" / "manifest.json").unlink()
     assert "no readable manifest" in art.check("k")
@@ -87,6 +122,9 @@ def test_a_layer_that_does_not_fit_the_model_is_refused(pruned, tmp_path):
     art.save("odd", {name: torch.zeros(3, 3)}, {name: torch.ones(3, 3, dtype=torch.bool)}, {})
     with pytest.raises(ArtifactError, match=f"layer {name} \\(3, 3\\) does not fit this model"):
         art.load_into(dense, "odd")
+    art.save("odd-mask", {}, {name: torch.ones(3, 3, dtype=torch.bool)}, {})
+    with pytest.raises(ArtifactError, match=f"the mask of layer {name} \\(3, 3\\) does not fit this model"):
+        art.load_into(dense, "odd-mask")
 
 
 def test_gc_removes_only_unreferenced_artifacts_and_stale_staging(pruned, tmp_path):
