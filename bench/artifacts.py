@@ -82,7 +82,9 @@ class Artifacts:
         staging.mkdir()
         try:
             save_file({k: v.contiguous() for k, v in weights.items()}, str(staging / FILES[0]))
-            packed = {k: torch.from_numpy(np.packbits(v.numpy(), axis=-1)) for k, v in masks.items()}
+            # masks of GPT-2's Conv1D layers are transposed views: packed from a contiguous copy
+            packed = {k: torch.from_numpy(np.ascontiguousarray(np.packbits(v.contiguous().numpy(), axis=-1)))
+                      for k, v in masks.items()}
             save_file(packed, str(staging / FILES[1]))
             files = {name: {"bytes": (staging / name).stat().st_size, "sha256": _sha256(staging / name)} for name in FILES}
             manifest = {**manifest, "key": key, "format": FORMAT, "files": files, "layers": sorted(masks),

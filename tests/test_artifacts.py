@@ -146,3 +146,27 @@ def test_gc_removes_only_unreferenced_artifacts_and_stale_staging(pruned, tmp_pa
     assert sorted(n for n, _ in removed) == [".staging-x-1-abc", "drop"]
     assert art.keys() == ["keep"] and fresh.exists() and art.check("keep", deep=True) is None
     assert dict(removed)["drop"] > 0
+
+
+@pytest.mark.parametrize("method", ["magnitude", "sparsegpt"])
+def test_gpt2_conv1d_layers_round_trip(method, tmp_path):
+    """GPT-2 stores its linear layers transposed (Conv1D): masks are (out, in) views of them."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bench import zoo
+    from bench.calibration import calibration_tokens
+    from bench.registry import method_registry
+
+    folder = zoo.builtin_path("tiny-gpt2")
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    tokens = calibration_tokens(AutoTokenizer.from_pretrained(folder),
+                                {"dataset": "builtin:synthetic", "split": "train", "samples": 4, "seq_len": 32, "seed": 0})
+    report = prune_model(model, method_registry().get(method)(seed=0), parse_pattern("2:4"), calibration=tokens)
+    assert report.masks and (report.rewritten == set(report.masks) if method == "sparsegpt" else not report.rewritten)
+    save(tmp_path, "g", model, report)
+    fresh = AutoModelForCausalLM.from_pretrained(folder).eval()
+    Artifacts(tmp_path).load_into(fresh, "g")
+    for (name, a), (_, b) in zip(model.state_dict().items(), fresh.state_dict().items()):
+        assert torch.equal(a, b), name
+    for name, mask in Artifacts(tmp_path).masks("g").items():
+        assert torch.equal(mask, report.masks[name])
