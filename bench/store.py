@@ -350,10 +350,6 @@ class Store:
                 return set()
             return {r[0] for r in con.execute("SELECT stage_key FROM stages WHERE kind = 'prune' AND status = 'done'").fetchall()}
 
-    def forget_stage(self, key: str) -> None:
-        with self.write() as con:
-            con.execute("DELETE FROM stages WHERE stage_key = ?", [key])
-
     def mark_stages(self, keys: list[str], status: str, error: str | None = None, con=None) -> None:
         if not keys:
             return
