@@ -181,7 +181,10 @@ def cmd_submit(args) -> int:
 def _artifacts(args):
     from bench.artifacts import Artifacts, default_root
 
-    return Artifacts(args.artifacts if args.artifacts is not None else default_root(args.db))
+    root = args.artifacts if args.artifacts is not None else default_root(args.db)
+    if root.exists() and not root.is_dir():
+        raise BenchError(f"--artifacts: {root} is a file; give a folder (it is made if missing)")
+    return Artifacts(root)
 
 
 def cmd_gc(args) -> int:

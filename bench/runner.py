@@ -151,8 +151,6 @@ def init_ray(address: str | None, oom_retries: int = 2) -> bool:
     os.environ.setdefault("RAY_task_oom_retries", str(oom_retries))
     if ray.is_initialized():
         return False
-    if address:
-        check_address(address)
     try:
         ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
                  logging_level=logging.ERROR, configure_logging=True,
@@ -208,15 +206,24 @@ def plan(jobs: list[Job], stored: dict[str, dict[str, Any]], artifacts: Artifact
     for stage in stages.values():
         if stage.key in stored:
             stage.state, stage.result = "done", stored[stage.key]
-    notes = []
+    notes, needed_by = [], dependents(stages)
     for stage in stages.values():
         if stage.kind == "prune" and stage.state == "done":
-            if any(s.needs == stage.key and s.state != "done" for s in stages.values()):
+            if any(s.state != "done" for s in needed_by[stage.key]):
                 problem = artifacts.check(stage.key)
                 if problem:
                     notes.append(f"{problem}: pruning again")
                     stage.state, stage.result, stage.rebuild = "todo", None, True
     return stages, notes
+
+
+def dependents(stages: dict[str, Stage]) -> dict[str, list[Stage]]:
+    """{prune key: the evaluate and latency stages that read its artifact}."""
+    out: dict[str, list[Stage]] = {key: [] for key, s in stages.items() if s.kind == "prune"}
+    for s in stages.values():
+        if s.needs is not None:
+            out.setdefault(s.needs, []).append(s)
+    return out
 
 
 def _lost(err: Exception) -> dict[str, Any]:
@@ -325,6 +332,7 @@ class _Scheduler:
         self.finished_jobs: set[str] = set()
         self.bar = Progress(len(todo), enabled=progress)
         self.to_run = [s for s in stages.values() if s.state == "todo"]
+        self.needed_by = dependents(stages)
         self.unschedulable = [s for s in self.to_run if s.hardware in blocked]
 
     def run(self, max_in_flight: int) -> None:
@@ -374,7 +382,7 @@ class _Scheduler:
                             self._finish(stage, result, con)
                 for stage, result in finished:
                     if result["status"] == "done":
-                        ready.extend(s for s in self.to_run if s.needs == stage.key and s.state == "todo")
+                        ready.extend(s for s in self.needed_by.get(stage.key, ()) if s.state == "todo")
             if signals.received is not None:
                 self._cancel(pending, signals.received)
         self.bar.close()
@@ -411,7 +419,7 @@ class _Scheduler:
             self._note(f"artifact {stage.key} was already on disk: reused, not pruned again")
         affected = list(stage.jobs)
         if result["status"] != "done":
-            skipped = [s for s in self.to_run if s.needs == stage.key and s.state == "todo"]
+            skipped = [s for s in self.needed_by.get(stage.key, ()) if s.state == "todo"]
             for s in skipped:
                 s.state = "failed"
                 s.result = {"status": "failed", "error": f"not run: its prune stage failed ({result.get('error')})"}

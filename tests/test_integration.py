@@ -135,6 +135,15 @@ def test_unreachable_cluster_is_one_line_and_writes_nothing(grid_and_db, tmp_pat
     assert not db.exists() and not list(tmp_path.iterdir())  # no store, no lock file
 
 
+def test_an_artifact_folder_that_is_a_file_is_one_line_and_writes_nothing(grid_and_db, tmp_path):
+    grid, _ = grid_and_db
+    (tmp_path / "afile").write_text("")
+    proc = bench("submit", grid, "--db", tmp_path / "b.duckdb", "--artifacts", tmp_path / "afile")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "--artifacts:" in proc.stderr and "is a file; give a folder" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
 def test_hardware_no_node_can_run_is_failed_at_once(tiny_model, tmp_path):
     grid = write_grid(tmp_path, f'hardware = ["cuda:H100"]\nmethods = ["dense"]\nmodels = [{{ path = "{tiny_model}" }}]\n'
                       + FAST_PPL + FAST_LATENCY)
