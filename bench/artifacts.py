@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -54,6 +55,36 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+KEY = re.compile(r"[0-9a-f]{16,64}")  # a prune stage's content key (bench.jobs.content_key)
+STAGING = re.compile(r"\.staging-[0-9a-f]{16,64}-[0-9]+-[0-9a-f]{8}")
+
+
+def _manifest_problem(manifest: dict[str, Any]) -> str | None:
+    """What a manifest lacks that reading the artifact needs (None when complete): every reader may then
+    index it without a KeyError, and a manifest that lacks something is rebuilt, not misread."""
+    files = manifest.get("files")
+    if not isinstance(files, dict) or set(files) != set(FILES):
+        return f"'files' must list {', '.join(FILES)}"
+    for name, want in files.items():
+        if not (isinstance(want, dict) and isinstance(want.get("bytes"), int) and isinstance(want.get("sha256"), str)):
+            return f"files.{name} needs 'bytes' and 'sha256'"
+    layers, shapes = manifest.get("layers"), manifest.get("mask_shapes")
+    if not isinstance(layers, list) or not isinstance(shapes, dict) or not isinstance(manifest.get("rewritten"), list):
+        return "it needs 'layers', 'mask_shapes' and 'rewritten'"
+    for name in layers:
+        shape = shapes.get(name)
+        if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(n, int) and n > 0 for n in shape)):
+            return f"mask_shapes has no (out, in) for layer {name}"
+    return None
+
+
+def is_artifact(folder: Path) -> bool:
+    """A folder this project wrote: named by a content key and holding an artifact's files (or what is
+    left of them). `gc` removes nothing else, whatever folder it is pointed at."""
+    return (folder.is_dir() and KEY.fullmatch(folder.name) is not None
+            and any((folder / name).is_file() for name in ("manifest.json", *FILES)))
+
+
 class Artifacts:
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -63,9 +94,10 @@ class Artifacts:
 
     def manifest(self, key: str) -> dict[str, Any] | None:
         try:
-            return json.loads((self.path(key) / "manifest.json").read_text())
+            manifest = json.loads((self.path(key) / "manifest.json").read_text())
         except (OSError, ValueError):
             return None
+        return manifest if isinstance(manifest, dict) else None
 
     # ---- writing (prune stages, in workers) ------------------------------------------------------
 
@@ -108,10 +140,13 @@ class Artifacts:
         if not folder.is_dir():
             return f"artifact {key} is missing from {self.root}"
         manifest = self.manifest(key)
-        if manifest is None or manifest.get("key") != key or "files" not in manifest:
+        if manifest is None or manifest.get("key") != key:
             return f"artifact {key} has no readable manifest (an interrupted write?)"
         if manifest.get("format") != FORMAT:
             return f"artifact {key} has format {manifest.get('format')}, this sparsebench reads {FORMAT}"
+        problem = _manifest_problem(manifest)
+        if problem:
+            return f"artifact {key} has an incomplete manifest ({problem})"
         for name, want in manifest["files"].items():
             f = folder / name
             if not f.is_file():
@@ -171,7 +206,7 @@ class Artifacts:
     def keys(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return sorted(p.name for p in self.root.iterdir() if is_artifact(p))
 
     def size(self, key: str) -> int:
         return sum(f.stat().st_size for f in self.path(key).rglob("*") if f.is_file())
@@ -181,18 +216,27 @@ class Artifacts:
 
     def gc(self, keep: set[str], dry_run: bool = False, staging_older_than_s: float = 3600) -> list[tuple[str, int]]:
         """Remove every artifact whose key is not in `keep`, and staging folders left by writers that died
-        (older than `staging_older_than_s`). Returns (name, bytes) of what was (or would be) removed."""
+        (older than `staging_older_than_s`). Only what this project wrote is touched (`is_artifact`, staging
+        names): any other file or folder under the root is left as it is. Returns (name, bytes) of what was
+        (or would be) removed."""
         removed = []
         if not self.root.is_dir():
             return removed
         now = time.time()
         for p in sorted(self.root.iterdir()):
-            if not p.is_dir():
+            if p.is_symlink() or not p.is_dir():
                 continue
-            stale = p.name.startswith(".staging-") and now - p.stat().st_mtime > staging_older_than_s
-            if (not p.name.startswith(".") and p.name not in keep) or stale:
+            stale = STAGING.fullmatch(p.name) is not None and now - p.stat().st_mtime > staging_older_than_s
+            if (is_artifact(p) and p.name not in keep) or stale:
                 removed.append((p.name, sum(f.stat().st_size for f in p.rglob("*") if f.is_file())))
                 if not dry_run:
                     shutil.rmtree(p, ignore_errors=True)
         return removed
+
+    def foreign(self) -> list[str]:
+        """Names under the root that are neither artifacts nor staging folders (gc leaves them alone)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir()
+                      if not is_artifact(p) and not STAGING.fullmatch(p.name))
 

@@ -10,7 +10,8 @@
     bench zoo train NAME [--out DIR]             train a small model of the project's own zoo
     bench dashboard [--port N] [--address A]     the Streamlit leaderboard on the store (read-only)
 
-Exit codes: 0 success; 1 a job failed; 2 bad input (one line on stderr, nothing written); 130 interrupted.
+Exit codes: 0 success; 1 a job failed; 2 bad input (one line on stderr, nothing written); 130 (SIGINT) or
+143 (SIGTERM) interrupted, with one line saying what was kept.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -124,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
     args = _parser().parse_args(argv)
+    previous = _terminate_as_exception()
     try:
         return COMMANDS[args.command](args)
     except BenchError as err:
@@ -133,19 +136,41 @@ def main(argv: list[str] | None = None) -> int:
         print("\nbench: interrupted; finished jobs are stored, submit again to resume", file=sys.stderr)
         return 130
     except Interrupted as err:
-        print(f"\nbench: {err} received: outstanding stages cancelled and recorded; finished work is stored, "
-              "submit again to resume", file=sys.stderr)
+        if err.started:
+            print(f"\nbench: {err} received: outstanding stages cancelled and recorded; finished work is stored, "
+                  "submit again to resume", file=sys.stderr)
+        else:
+            print(f"\nbench: {err} received before any stage was dispatched: nothing was run", file=sys.stderr)
         return 128 + err.signum
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate_as_exception():
+    """SIGTERM raises Interrupted, as SIGINT raises KeyboardInterrupt, so that it is reported in one line and
+    exits 143 from any point; `bench submit` catches both itself while it writes (bench.runner)."""
+    import threading
+
+    if sys.platform == "win32" or threading.current_thread() is not threading.main_thread():
+        return None
+
+    def terminate(signum, frame):
+        raise Interrupted(signum, started=False)
+
+    return signal.signal(signal.SIGTERM, terminate)
 
 
 def cmd_submit(args) -> int:
-    from bench.grid import expand, incompatible, load_grid
+    from bench.grid import expand, incompatible, load_grid, why_no_jobs
     from bench.runner import run_grid
 
     if args.max_in_flight is not None and args.max_in_flight < 1:
         raise BenchError(f"--max-in-flight: {args.max_in_flight} must be at least 1")
     spec = load_grid(args.grid)
     jobs = expand(spec)
+    if not jobs:
+        raise BenchError(f"{spec.source}: the grid expands to no jobs: {why_no_jobs(spec)}")
     store = Store(args.db)
     skipped_pairs = incompatible(spec)
     if args.dry_run:
@@ -201,6 +226,10 @@ def cmd_gc(args) -> int:
         print(f"{verb} {artifacts.root / name} ({size / 1e6:.1f} MB)")
     print(f"{verb} {len(removed)} artifacts, {sum(s for _, s in removed) / 1e6:.1f} MB; "
           f"kept {len(set(artifacts.keys()) & keep)} referenced by {store.path}")
+    foreign = artifacts.foreign()
+    if foreign:
+        print(f"left alone: {len(foreign)} entries of {artifacts.root} that are not artifacts "
+              f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''})")
     return 0
 
 
@@ -227,7 +256,7 @@ def cmd_ls(args) -> int:
 
 def cmd_show(args) -> int:
     store = Store(args.db)
-    jobs = store.query("SELECT * FROM jobs WHERE job_key LIKE ? || '%'", [args.job])
+    jobs = store.query("SELECT * FROM jobs WHERE starts_with(job_key, ?)", [args.job])  # no LIKE: '%' is literal
     if len(jobs) != 1:
         raise BenchError(f"job '{args.job}': {'no job has that key' if jobs.empty else f'{len(jobs)} jobs share that prefix; give more characters'}")
     job = jobs.iloc[0]
@@ -286,15 +315,38 @@ def cmd_leaderboard(args) -> int:
 
 def cmd_export(args) -> int:
     store = Store(args.db)
-    args.path.mkdir(parents=True, exist_ok=True)
+    if args.path.exists() and not args.path.is_dir():
+        raise BenchError(f"export: {args.path} is a file; give a folder (it is made if missing)")
+    with store.read():  # a missing or foreign store is refused before the folder is made
+        pass
+    try:
+        args.path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BenchError(f"export: cannot make the folder {args.path}: {err.strerror or err}") from None
     ext = args.format
     opts = "(FORMAT parquet)" if ext == "parquet" else "(FORMAT csv, HEADER true)"
-    with store.read() as con:
-        for table in ("runs", "jobs", "metrics", "layers", "leaderboard"):
-            target = args.path / f"{table}.{ext}"
-            quoted = target.as_posix().replace("'", "''")
-            con.execute(f"COPY (SELECT * FROM {table}) TO '{quoted}' {opts}")
+    import duckdb
+
+    targets = [(table, args.path / f"{table}.{ext}") for table in ("runs", "jobs", "metrics", "layers", "leaderboard")]
+    for _, target in targets:
+        if target.is_dir():
+            raise BenchError(f"export: {target} is a folder; move it away or export into another folder")
+    staged = []
+    try:  # every file is written beside its target and renamed into place once all are written
+        with store.read() as con:
+            for table, target in targets:
+                tmp = target.with_name(f".{target.name}.partial")
+                staged.append((tmp, target))
+                quoted = tmp.as_posix().replace("'", "''")
+                con.execute(f"COPY (SELECT * FROM {table}) TO '{quoted}' {opts}")
+        for tmp, target in staged:
+            os.replace(tmp, target)
             print(target)
+    except (duckdb.Error, OSError) as err:
+        raise BenchError(f"export: cannot write into {args.path}: {' '.join(str(err).split())}") from None
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
     return 0
 
 

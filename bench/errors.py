@@ -29,8 +29,9 @@ def did_you_mean(name: str, known) -> str:
 class Interrupted(Exception):
     """`bench submit` got SIGINT or SIGTERM: outstanding stages were cancelled and recorded as such."""
 
-    def __init__(self, signum: int):
+    def __init__(self, signum: int, started: bool = True):
         import signal
 
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+        self.started = started  # False: received during start-up, before any stage was dispatched

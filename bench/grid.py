@@ -10,6 +10,8 @@ bad grid costs nothing. The grid format is described in docs/grid-format.md.
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -25,6 +27,11 @@ from bench.patterns import Dense, Pattern, parse_pattern
 from bench.registry import kernel_registry, method_registry
 
 DTYPES = ("float32", "bfloat16", "float16")
+# What numbers can really take downstream. Integers are stored in 32-bit columns (seeds among them) and
+# passed to C; a stage timeout is an interval timer; Ray counts retries in a C int.
+MAX_INT = 2**31 - 1
+MAX_STAGE_TIMEOUT_S = 7 * 24 * 3600.0
+MAX_RETRIES = 100
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,10 @@ class _Table:
             self.fail(key, f"expected {_names(types)}, got a boolean")
         if not isinstance(value, types):
             self.fail(key, f"expected {_names(types)}, got {_kind(value)} {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):  # TOML's inf and nan: no field takes them
+            self.fail(key, f"{value!r} is not a finite number")
+        if isinstance(value, int) and not isinstance(value, bool) and not -MAX_INT <= value <= MAX_INT:
+            self.fail(key, f"{value} is out of range; integers here are at most {MAX_INT}")
         if check is not None:
             problem = check(value)
             if problem:
@@ -154,8 +165,10 @@ def parse_grid(text: str, source: str = "grid.toml") -> GridSpec:
     name = top.take("name", str, Path(source).stem)
     seeds = top.take("seeds", list, [0], check=lambda v: None if v else "must not be empty")
     for i, s in enumerate(seeds):
-        if not isinstance(s, int) or isinstance(s, bool) or s < 0:
-            raise GridError(source, f"seeds[{i}]", f"expected a non-negative integer, got {s!r}")
+        if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s <= MAX_INT:
+            raise GridError(source, f"seeds[{i}]", f"expected a non-negative integer of at most {MAX_INT}, got {s!r}")
+        if s in seeds[:i]:
+            raise GridError(source, f"seeds[{i}]", f"{s} is listed twice")
     dense_baseline = top.take("dense_baseline", bool, True)
 
     models = _models(source, top.take("models", list, check=lambda v: None if v else "must list at least one model"))
@@ -191,8 +204,7 @@ def parse_grid(text: str, source: str = "grid.toml") -> GridSpec:
         ppl.fail("stride", f"{perplexity.stride} is larger than context_length {perplexity.context_length}")
     ppl.finish()
     _check_dataset(source, "evaluation.perplexity.dataset", perplexity.dataset)
-    if (any(method_registry().get(m.name).needs_calibration or m.refine for m in methods)
-            or any(p.needs_calibration for p in patterns)):
+    if _calibrates(methods, patterns):
         _check_dataset(source, "calibration.dataset", calibration.dataset)
 
     layers = None
@@ -214,8 +226,10 @@ def parse_grid(text: str, source: str = "grid.toml") -> GridSpec:
     enabled = lat.take("enabled", bool, True)
     batches = lat.take("decode_batch", list, list(d.decode_batch), check=lambda v: None if v else "must not be empty")
     for i, b in enumerate(batches):
-        if not isinstance(b, int) or isinstance(b, bool) or b < 1:
+        if not isinstance(b, int) or isinstance(b, bool) or not 1 <= b <= MAX_INT:
             lat.fail(f"decode_batch[{i}]", f"expected a positive integer, got {b!r}")
+        if b in batches[:i]:
+            lat.fail(f"decode_batch[{i}]", f"{b} is listed twice")
     latency = LatencySpec(
         prefill_length=lat.take("prefill_length", int, d.prefill_length, check=_positive),
         prompt_length=lat.take("prompt_length", int, d.prompt_length, check=_positive),
@@ -243,10 +257,15 @@ def parse_grid(text: str, source: str = "grid.toml") -> GridSpec:
 
     run = _Table(source, "runner", top.take("runner", dict, {}))
     timeout = run.take("stage_timeout_s", (int, float), None,
-                       check=lambda v: None if v > 0 else f"must be a positive number of seconds, got {v!r}")
-    max_retries = run.take("max_retries", int, 2, check=_nonnegative)
+                       check=lambda v: None if 0 < v <= MAX_STAGE_TIMEOUT_S else
+                       f"must be a number of seconds in (0, {MAX_STAGE_TIMEOUT_S:g}] (7 days), got {v!r}; "
+                       "leave it out for no timeout")
+    max_retries = run.take("max_retries", int, 2, check=lambda v: None if 0 <= v <= MAX_RETRIES else
+                           f"{v} must be in [0, {MAX_RETRIES}]")
     run.finish()
     top.finish()
+    _check_positions(source, models, calibration if _calibrates(methods, patterns) else None, perplexity,
+                     latency if enabled else None)
 
     return GridSpec(
         source=source, text=text, name=name, models=models, methods=methods, patterns=patterns,
@@ -255,6 +274,44 @@ def parse_grid(text: str, source: str = "grid.toml") -> GridSpec:
         dense_baseline=dense_baseline, layers=layers,
         stage_timeout_s=float(timeout) if timeout is not None else None, max_retries=max_retries,
     )
+
+
+def _calibrates(methods: list[MethodSpec], patterns: list[Pattern]) -> bool:
+    """Whether any job of the grid reads calibration data."""
+    return (any(method_registry().get(m.name).needs_calibration or m.refine for m in methods)
+            or any(p.needs_calibration for p in patterns))
+
+
+def max_positions(folder: str | Path) -> int | None:
+    """The longest sequence a local model's config allows (None when it does not say)."""
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+        if isinstance(config.get(key), int):
+            return config[key]
+    return None
+
+
+def _check_positions(source: str, models: list[ModelSpec], calibration: CalibrationSpec | None,
+                     perplexity: PerplexitySpec, latency: LatencySpec | None) -> None:
+    """Sequence lengths no model of the grid can take would fail every job at run time: refused here."""
+    lengths = [("evaluation.perplexity.context_length", perplexity.context_length)]
+    if calibration is not None:
+        lengths.append(("calibration.seq_len", calibration.seq_len))
+    if latency is not None:
+        lengths += [("latency.prefill_length", latency.prefill_length),
+                    ("latency.decode_tokens", latency.prompt_length + latency.decode_tokens)]
+    for model in models:
+        limit = max_positions(model.location) if model.source != "hub" else None
+        if limit is None:
+            continue
+        for field_path, n in lengths:
+            if n > limit:
+                what = (f"prompt_length + decode_tokens = {n}" if field_path == "latency.decode_tokens" else str(n))
+                raise GridError(source, field_path, f"{what} is longer than model '{model.name}' takes "
+                                                    f"({limit} positions in its config.json); give at most {limit}")
 
 
 def _models(source: str, items: list) -> list[ModelSpec]:
@@ -315,6 +372,8 @@ def _tasks(source: str, data: dict | None) -> TasksSpec | None:
     for i, n in enumerate(names):
         if not isinstance(n, str):
             t.fail(f"names[{i}]", f"expected a task name, got {n!r}")
+        if n in names[:i]:
+            t.fail(f"names[{i}]", f"'{n}' is listed twice")
     include = t.take("include_path", str, None)
     if include is not None and not Path(include).expanduser().is_dir():
         t.fail("include_path", f"'{include}' is not a folder of lm-eval task files")
@@ -374,7 +433,10 @@ def _methods(source: str, items: list) -> list[MethodSpec]:
             if cls.patterns == ("dense",):
                 t.fail("refine", "the dense method prunes nothing to refine")
         t.finish()
-        out.append(MethodSpec(name=name, params=params, refine=refine))
+        spec = MethodSpec(name=name, params=params, refine=refine)
+        if spec in out:
+            raise GridError(source, f"methods[{i}]", f"'{spec.label}' with these params is listed twice")
+        out.append(spec)
     return out
 
 
@@ -479,6 +541,21 @@ def expand(spec: GridSpec) -> list[Job]:
                                 seen.add(job.key)
                                 jobs.append(job)
     return jobs
+
+
+def why_no_jobs(spec: GridSpec) -> str:
+    """Why `expand(spec)` is empty, naming the fields to change."""
+    kernels = kernel_registry()
+    if not any(kernels.get(k).supports_device(hw) for hw in spec.hardware for k in spec.kernels):
+        return (f"no backend in `kernels` ({', '.join(spec.kernels)}) runs on a target in `hardware` "
+                f"({', '.join(spec.hardware)}); add one that does, e.g. torch-dense")
+    registry = method_registry()
+    runnable = [m for m in spec.methods if registry.get(m.name).patterns == ("dense",)
+                or any(p.kind in registry.get(m.name).patterns for p in spec.patterns)]
+    if not runnable and not spec.dense_baseline:
+        return (f"no method in `methods` supports a pattern in `patterns` ({', '.join(incompatible(spec))}) and "
+                "dense_baseline is false; add a pattern the methods support")
+    return "every job matches an [[exclude]] rule; loosen the rules"
 
 
 def incompatible(spec: GridSpec) -> list[str]:

@@ -18,6 +18,8 @@ A plugin package declares its class under the entry-point group `sparsebench.met
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
@@ -44,6 +46,8 @@ class Param:
             value = float(value)
         if isinstance(value, bool) != (self.type is bool) or not isinstance(value, self.type):
             raise ValueError(f"expected {self.type.__name__}, got {type(value).__name__} {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{value!r} is not a finite number")
         if self.choices is not None and value not in self.choices:
             raise ValueError(f"{value!r} is not one of {', '.join(map(repr, self.choices))}")
         if self.min is not None and value < self.min:

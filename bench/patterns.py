@@ -319,14 +319,22 @@ def parse_pattern(value: Any) -> Pattern:
             allocation = value.get("allocation", "uniform")
             if allocation not in Unstructured.ALLOCATIONS:
                 raise ValueError("allocation", f"'{allocation}' is not one of {', '.join(Unstructured.ALLOCATIONS)}")
-            m, lam = _number(value.get("owl_m", 5.0), "owl_m"), _number(value.get("owl_lambda", 0.08), "owl_lambda")
+            if allocation == "uniform":  # OWL's settings mean nothing here: refused if given, never checked
+                for key in ("owl_m", "owl_lambda"):
+                    if key in value:
+                        raise ValueError(key, "applies only with allocation = \"owl\"; drop it or set the allocation")
+                return base
+            if scope == "global":
+                raise ValueError("allocation", "a global scope already sets every layer's share; use one or the other")
+            d = Unstructured()
+            m, lam = _number(value.get("owl_m", d.owl_m), "owl_m"), _number(value.get("owl_lambda", d.owl_lambda), "owl_lambda")
             if m <= 0:
                 raise ValueError("owl_m", f"{m:g} must be > 0")
-            if allocation != "uniform" and scope == "global":
-                raise ValueError("allocation", "a global scope already sets every layer's share; use one or the other")
-            if not 0 <= lam <= min(base.target, 1 - base.target):
-                raise ValueError("owl_lambda", f"{lam:g} must be in [0, {min(base.target, 1 - base.target):g}] "
-                                 "so that every block's sparsity stays in [0, 1]")
+            bound = min(base.target, 1 - base.target)
+            if not 0 <= lam <= bound:
+                given = "" if "owl_lambda" in value else " (the default)"
+                raise ValueError("owl_lambda", f"{lam:g}{given} must be in [0, {bound:g}] at target {base.target:g}, "
+                                 "so that every block's sparsity stays in [0, 1]; set owl_lambda to at most that")
             return Unstructured(base.target, scope, allocation, m, lam)
         for key in ("n", "m"):
             if not isinstance(value.get(key), int) or isinstance(value.get(key), bool):
@@ -336,12 +344,16 @@ def parse_pattern(value: Any) -> Pattern:
 
 
 def _number(x: Any, field: str) -> float:
+    """A finite number (TOML's inf and nan, and strings that spell them, are refused)."""
     if isinstance(x, bool):
         raise ValueError(field, f"{x!r} is not a number")
     try:
-        return float(x)
+        v = float(x)
     except (TypeError, ValueError):
         raise ValueError(field, f"{x!r} is not a number") from None
+    if not math.isfinite(v):
+        raise ValueError(field, f"{x!r} is not a finite number")
+    return v
 
 
 def _unstructured(target: float, scope: str) -> Unstructured:
@@ -357,5 +369,11 @@ def _nm(n: int, m: int) -> NM:
 
 
 def pattern_from_dict(d: dict[str, Any]) -> Pattern:
-    """Inverse of `Pattern.to_dict` (used when a job crosses a process boundary)."""
-    return parse_pattern(dict(d))
+    """Inverse of `Pattern.to_dict` (used when a job crosses a process boundary). The dict holds a pattern
+    that `parse_pattern` already validated, every field included, so it is rebuilt, not parsed again
+    (parsing would hold a uniform pattern's stored OWL defaults against rules meant for OWL)."""
+    fields = dict(d)
+    kind = fields.pop("kind")
+    if kind not in PATTERN_KINDS:
+        raise ValueError("kind", f"'{kind}' is not a pattern kind")
+    return PATTERN_KINDS[kind](**fields)

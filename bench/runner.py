@@ -254,6 +254,16 @@ class _Signals:
                 self.previous[sig] = signal.signal(sig, self._set)
         return self
 
+    def reinstall(self) -> None:
+        """Take the signals back: ray.init installs a SIGTERM handler of its own (sys.exit(15), no message)."""
+        for sig in self.previous:
+            signal.signal(sig, self._set)
+
+    def check(self) -> None:
+        """Between start-up steps: a signal received so far stops the run here, before anything is dispatched."""
+        if self.received is not None:
+            raise Interrupted(self.received, started=False)
+
     def _set(self, signum, frame):
         if self.received is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: stop waiting for the cleanup
@@ -279,13 +289,18 @@ def run_grid(spec, jobs: list[Job], store: Store, *, artifacts: Artifacts, addre
 
     if address:
         check_address(address)  # an unreachable cluster is refused before anything is written
-    with store.submit_lock(wait=wait, command=command, on_wait=waiting):
-        return _run_locked(spec, jobs, store, artifacts, address, force, max_in_flight, progress, command)
+    # SIGINT and SIGTERM are caught from here on, start-up included: a signal before the first dispatch ends
+    # the run at the next start-up step with one line; after it, the scheduler cancels and records.
+    with _Signals() as signals, store.submit_lock(wait=wait, command=command, on_wait=waiting):
+        return _run_locked(spec, jobs, store, artifacts, address, force, max_in_flight, progress, command, signals)
 
 
-def _run_locked(spec, jobs, store, artifacts, address, force, max_in_flight, progress, command) -> RunSummary:
+def _run_locked(spec, jobs, store, artifacts, address, force, max_in_flight, progress, command, signals) -> RunSummary:
     from bench.provenance import git_state, hardware_fingerprint, package_versions
 
+    for run_id in store.close_abandoned_runs():  # we hold the lock: no driver of theirs is alive
+        print(f"bench: run {run_id} was still marked running, but its bench submit is gone (killed?): closed it "
+              "as abandoned, its unfinished stages and jobs as cancelled", file=sys.stderr, flush=True)
     statuses = {} if force else store.statuses([j.key for j in jobs])
     todo = [j for j in jobs if statuses.get(j.key) != "done"]
     summary = RunSummary(run_id=uuid.uuid4().hex[:12], total=len(jobs), skipped=len(jobs) - len(todo))
@@ -295,11 +310,15 @@ def _run_locked(spec, jobs, store, artifacts, address, force, max_in_flight, pro
 
     import ray
 
+    signals.check()
     started_ray = init_ray(address, oom_retries=spec.max_retries)
     try:
+        signals.reinstall()
+        signals.check()
         blocked = unschedulable(sorted({j.hardware for j in todo}))
         stored = {} if force else store.stage_results(sorted({k for j in todo for k in j.stage_keys().values()}))
         stages, summary.notes = plan(todo, stored, artifacts, set(blocked), force)
+        signals.check()
         for note in summary.notes:
             print(f"bench: {note}", file=sys.stderr, flush=True)
         run = {
@@ -313,7 +332,10 @@ def _run_locked(spec, jobs, store, artifacts, address, force, max_in_flight, pro
                                              "hardware": s.hardware} for s in sched.to_run])
         if max_in_flight is None:
             max_in_flight = max(2, int(2 * ray.cluster_resources().get("CPU", 1)))
-        sched.run(max_in_flight)
+        if progress:
+            print(f"bench: {len(todo)} jobs to run: {len(sched.to_run)} stages to run, "
+                  f"{sched.stage_counts['reused']} reused from the store; dispatching", file=sys.stderr, flush=True)
+        sched.run(max_in_flight, signals)
     finally:
         if started_ray:
             ray.shutdown()
@@ -335,7 +357,7 @@ class _Scheduler:
         self.needed_by = dependents(stages)
         self.unschedulable = [s for s in self.to_run if s.hardware in blocked]
 
-    def run(self, max_in_flight: int) -> None:
+    def run(self, max_in_flight: int, signals: "_Signals") -> None:
         import ray
 
         from bench.execute import run_stage
@@ -352,39 +374,38 @@ class _Scheduler:
                 self._maybe_finish_job(job, con)
         self.ready = ready = deque(s for s in self.to_run if s.state == "todo" and self._deps_done(s))
         pending: dict[Any, Stage] = {}
-        with _Signals() as signals:
-            while (ready or pending) and signals.received is None:
-                while ready and len(pending) < max_in_flight:
-                    stage = ready.popleft()
-                    if stage.state != "todo":
-                        continue
-                    opts = resources_for(stage.hardware)
-                    ref = remote.options(max_retries=self.spec.max_retries, retry_exceptions=False,
-                                         name=f"bench:{stage.kind}", **opts).remote(
-                        stage.payload(self.artifacts, self.spec.stage_timeout_s))
-                    stage.state = "running"
-                    pending[ref] = stage
-                self.bar.update(len(pending))
-                done_refs, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
-                if done_refs:  # and whatever else is finished by now: one store transaction for all of them
-                    done_refs, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
-                finished = []
-                for ref in done_refs:
-                    stage = pending.pop(ref)
-                    try:
-                        result = ray.get(ref)
-                    except ray.exceptions.RayError as err:  # the worker or node died, retries spent; or OOM
-                        result = _lost(err)
-                    finished.append((stage, result))
-                if finished:
-                    with self.store.write() as con:
-                        for stage, result in finished:
-                            self._finish(stage, result, con)
-                for stage, result in finished:
-                    if result["status"] == "done":
-                        ready.extend(s for s in self.needed_by.get(stage.key, ()) if s.state == "todo")
-            if signals.received is not None:
-                self._cancel(pending, signals.received)
+        while (ready or pending) and signals.received is None:
+            while ready and len(pending) < max_in_flight:
+                stage = ready.popleft()
+                if stage.state != "todo":
+                    continue
+                opts = resources_for(stage.hardware)
+                ref = remote.options(max_retries=self.spec.max_retries, retry_exceptions=False,
+                                     name=f"bench:{stage.kind}", **opts).remote(
+                    stage.payload(self.artifacts, self.spec.stage_timeout_s))
+                stage.state = "running"
+                pending[ref] = stage
+            self.bar.update(len(pending))
+            done_refs, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+            if done_refs:  # and whatever else is finished by now: one store transaction for all of them
+                done_refs, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
+            finished = []
+            for ref in done_refs:
+                stage = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayError as err:  # the worker or node died, retries spent; or OOM
+                    result = _lost(err)
+                finished.append((stage, result))
+            if finished:
+                with self.store.write() as con:
+                    for stage, result in finished:
+                        self._finish(stage, result, con)
+            for stage, result in finished:
+                if result["status"] == "done":
+                    ready.extend(s for s in self.needed_by.get(stage.key, ()) if s.state == "todo")
+        if signals.received is not None:
+            self._cancel(pending, signals.received)
         self.bar.close()
         self.summary.counts, self.summary.stages = self.counts, self.stage_counts
         self.store.finish_run(self.summary.run_id, "failed" if self.counts["failed"] else "done", self.counts)

@@ -17,6 +17,8 @@ per-layer sparsity profile). Views: leaderboard.
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -135,33 +137,111 @@ def _insert_rows(con, sql: str, width: int, rows: list[list[Any]], chunk: int = 
         con.execute(f"{sql} {placeholders}", [v for row in part for v in row])
 
 
+def _insert_frame(con, table: str, frame: pd.DataFrame, now: tuple[str, ...] | list[str] = ()) -> None:
+    """Insert a DataFrame's rows into the named columns of `table` in one statement (DuckDB scans the
+    frame directly; 100k jobs take a fraction of a second where executemany took minutes), with the columns
+    in `now` set to the transaction's timestamp."""
+    if frame.empty:
+        return
+    cols = ", ".join(list(frame.columns) + list(now))
+    values = ", ".join(list(frame.columns) + ["now()"] * len(now))
+    con.register("_rows", frame)
+    try:
+        con.execute(f"INSERT INTO {table} ({cols}) SELECT {values} FROM _rows")
+    finally:
+        con.unregister("_rows")
+
+
 def _is_lock_error(err: Exception) -> bool:
-    text = str(err)
-    return "lock" in text.lower() or "Conflicting lock" in text
+    """DuckDB's one error for a file another process holds (it has no error class of its own)."""
+    return isinstance(err, duckdb.IOException) and "Could not set lock on file" in str(err)
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+# A store is opened only as what it is: no extension is installed or loaded behind the user's back (a file
+# that is not a DuckDB store would otherwise make DuckDB download a reader for it, e.g. SQLite's).
+CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+DUCKDB_MAGIC = b"DUCK"  # bytes 8-11 of every DuckDB database file
+
+
+class StoreError(BenchError):
+    """The store cannot be opened or written; the message says why, in one line."""
+
+
+def schema_version(con: duckdb.DuckDBPyConnection, path: str | Path = "the store") -> int:
+    """The schema version; 0 for an empty file. A DuckDB file with tables of its own and no schema_version
+    was not written by SparseBench and is refused before anything reads or writes it."""
+    tables = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables "
+                                        "WHERE table_schema = 'main' ORDER BY table_name").fetchall()]
+    if "schema_version" not in tables:
+        if tables:
+            shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+            raise StoreError(f"--db: {path} is a DuckDB file but not a SparseBench store (it has tables "
+                             f"{shown} and no schema_version); pass another --db")
+        return 0
+    row = con.execute("SELECT max(version) FROM schema_version").fetchone()
+    return row[0] or 0
 
 
 class Store:
-    def __init__(self, path: str | Path = DEFAULT_DB, lock_timeout_s: float = 30.0):
+    def __init__(self, path: str | Path = DEFAULT_DB, lock_timeout_s: float = 30.0, log=None):
         self.path = Path(path)
-        self.lock_timeout_s = lock_timeout_s
+        self.lock_timeout_s = lock_timeout_s  # how long a reader waits for a writer before giving up
+        self.log = log or (lambda message: print(f"bench: {message}", file=sys.stderr, flush=True))
         self._migrated = False  # this object already brought the file to SCHEMA_VERSION (skip the check)
 
+    def _check_file(self) -> None:
+        """Refuse, in one line, a --db that is not a DuckDB file (a folder, a SQLite file, a text file)."""
+        if self.path.is_dir():
+            raise StoreError(f"--db: {self.path} is a folder; give the DuckDB file (e.g. results/bench.duckdb)")
+        try:
+            with open(self.path, "rb") as f:
+                head = f.read(16)
+        except FileNotFoundError:
+            return
+        except OSError as err:
+            raise StoreError(f"--db: cannot read {self.path}: {err.strerror or err}") from None
+        if head and (len(head) < 12 or head[8:12] != DUCKDB_MAGIC):
+            kind = "an SQLite database" if head.startswith(b"SQLite format") else "not a DuckDB file"
+            raise StoreError(f"--db: {self.path} is {kind}, not a SparseBench store; pass another --db")
+
     def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
-        deadline = time.monotonic() + self.lock_timeout_s
+        """Open the file. A reader retries for `lock_timeout_s` while a writer holds it. The writer never
+        gives up on a lock: what it has to write is all it holds of finished work, so it waits for the
+        reader (a dashboard, `bench ls`) and says so every `lock_timeout_s`."""
+        self._check_file()
+        start = time.monotonic()
+        told = 0.0
         delay = 0.05
         while True:
             try:
-                return duckdb.connect(str(self.path), read_only=read_only)
-            except (duckdb.IOException, duckdb.Error) as err:
-                if not _is_lock_error(err) or time.monotonic() > deadline:
-                    raise BenchError(f"cannot open {self.path}: {' '.join(str(err).split())}") from err
+                return duckdb.connect(str(self.path), read_only=read_only, config=CONFIG)
+            except duckdb.Error as err:
+                waited = time.monotonic() - start
+                if not _is_lock_error(err) or (read_only and waited > self.lock_timeout_s):
+                    raise StoreError(f"cannot open {self.path}: {_one_line(err)}") from None
+                if not read_only and waited - told >= self.lock_timeout_s:
+                    told = waited
+                    holder = str(err).split("Conflicting lock is held in", 1)[-1].split(". See also")[0].strip()
+                    self.log(f"{self.path} has been held by another process for {waited:.0f} s ({holder}); "
+                             "still waiting to write (finished results are kept in memory until then)")
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
+    def _make_parent(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StoreError(f"--db: cannot make the folder of {self.path}: {err.strerror or err}") from None
+
     @contextmanager
     def write(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """One short transaction on a freshly opened file, migrated to the current schema."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """One short transaction on a freshly opened file, migrated to the current schema. A failed write
+        (a full disk, say) is reported with its own cause, not with the rollback's."""
+        self._make_parent()
         con = self._connect(read_only=False)
         try:
             if not self._migrated:
@@ -171,9 +251,16 @@ class Store:
             try:
                 yield con
                 con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
+            except BaseException as err:
+                try:
+                    con.execute("ROLLBACK")
+                except duckdb.Error:
+                    pass  # a transaction that failed to commit is already gone; the cause is `err`
+                if isinstance(err, duckdb.Error):
+                    raise StoreError(f"cannot write {self.path}: {_one_line(err)} (nothing of this write was kept)") from err
                 raise
+        except duckdb.Error as err:  # migration
+            raise StoreError(f"cannot write {self.path}: {_one_line(err)}") from err
         finally:
             con.close()
 
@@ -191,14 +278,8 @@ class Store:
         finally:
             con.close()
 
-    @staticmethod
-    def _version(con) -> int:
-        exists = con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'").fetchone()[0]
-        if not exists:
-            return 0
-        row = con.execute("SELECT max(version) FROM schema_version").fetchone()
-        return row[0] or 0
+    def _version(self, con) -> int:
+        return schema_version(con, self.path)
 
     def _migrate(self, con) -> None:
         version = self._version(con)
@@ -214,38 +295,59 @@ class Store:
             con.execute("INSERT INTO schema_version VALUES (?, now())", [v])
         con.execute("COMMIT")
 
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
+
     @contextmanager
     def submit_lock(self, wait: bool = False, command: str = "", on_wait=None) -> Iterator[None]:
         """Held by the one `bench submit` (or `bench gc`) that writes this store. A second one refuses at
-        once, naming the holder, or with `wait` queues behind it. An advisory lock on `<store>.lock` (fcntl),
-        released by the kernel when its process ends, so a killed driver never leaves the store locked."""
+        once, naming the holder, or with `wait` queues behind it. An advisory lock on `<store>.lock` (flock),
+        released by the kernel when its process ends, so a killed driver never leaves the store locked.
+
+        Only the holder removes the lock file, while it still holds it, on its way out; so whoever locks a
+        file checks that the path still names the file it locked, and otherwise locks the new one. A
+        refused process touches nothing, and no lock file outlives a run that ended normally."""
         import fcntl
-        import os
         import socket
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock_path = self.path.with_name(self.path.name + ".lock")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
+        self._make_parent()
+        lock_path, told = self.lock_path, False
+        while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown process"
-                if not wait:
-                    raise BenchError(f"{self.path} is being written by another bench process ({holder}); wait for it "
-                                     "to finish, pass --wait to queue behind it, or use another --db") from None
-                if on_wait:
-                    on_wait(holder)
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as err:
+                raise StoreError(f"--db: cannot make the lock file {lock_path}: {err.strerror or err}") from None
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown process"
+                    if not wait:
+                        raise BenchError(f"{self.path} is being written by another bench process ({holder}); wait for "
+                                         "it to finish, pass --wait to queue behind it, or use another --db") from None
+                    if on_wait and not told:
+                        on_wait(holder)
+                        told = True
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    current = os.stat(lock_path)
+                    mine = os.fstat(fd)
+                    if (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino):
+                        break
+                except FileNotFoundError:
+                    pass
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)  # the holder removed that file as it left: lock the one at the path now
+        try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
                           f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {command or 'bench'}".encode(), 0)
             yield
         finally:
-            if not self.path.exists():  # nothing was written (e.g. the cluster refused us): leave nothing behind
-                # (a process queued with --wait on this file then holds a lock nobody else sees; it and a
-                # newcomer could both write. Only when no store exists yet, and DuckDB still lets one open it.)
-                lock_path.unlink(missing_ok=True)
+            lock_path.unlink(missing_ok=True)  # still held: a process queued on this file sees it gone
             os.close(fd)  # releases the lock
 
     # ---- writes (driver only) -------------------------------------------------------------------
@@ -264,16 +366,20 @@ class Store:
                 con.execute("DELETE FROM metrics WHERE job_key IN (SELECT unnest(?))", [keys])
                 con.execute("DELETE FROM layers WHERE job_key IN (SELECT unnest(?))", [keys])
                 con.execute("DELETE FROM jobs WHERE job_key IN (SELECT unnest(?))", [keys])
-            con.executemany(
-                "INSERT INTO jobs (job_key, run_id, model, model_source, model_location, model_fingerprint, method, "
-                "method_version, method_params, pattern, pattern_spec, target_sparsity, hardware, kernel, "
-                "kernel_version, seed, spec, status, attempts, queued_at, prune_key, eval_key, latency_key) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, now(), ?, ?, ?)",
-                [[j.key, run["run_id"], j.model.name, j.model.source, j.model.location, j.model.fingerprint,
-                  j.method_label, j.method_version, _j(j.method_params), j.pattern_label, _j(j.pattern), j.sparsity,
-                  j.hardware, j.kernel, j.kernel_version, j.seed, _j(j.to_dict()), j.prune_key, j.eval_key,
-                  j.latency_key] for j in jobs],
-            )
+            _insert_frame(con, "jobs", pd.DataFrame({
+                "job_key": [j.key for j in jobs], "run_id": run["run_id"],
+                "model": [j.model.name for j in jobs], "model_source": [j.model.source for j in jobs],
+                "model_location": [j.model.location for j in jobs],
+                "model_fingerprint": [j.model.fingerprint for j in jobs], "method": [j.method_label for j in jobs],
+                "method_version": [j.method_version for j in jobs], "method_params": [_j(j.method_params) for j in jobs],
+                "pattern": [j.pattern_label for j in jobs], "pattern_spec": [_j(j.pattern) for j in jobs],
+                "target_sparsity": pd.Series([j.sparsity for j in jobs], dtype="float64"),
+                "hardware": [j.hardware for j in jobs], "kernel": [j.kernel for j in jobs],
+                "kernel_version": [j.kernel_version for j in jobs], "seed": pd.Series([j.seed for j in jobs], dtype="int64"),
+                "spec": [_j(j.to_dict()) for j in jobs], "status": "queued", "attempts": 0,
+                "prune_key": [j.prune_key for j in jobs], "eval_key": [j.eval_key for j in jobs],
+                "latency_key": [j.latency_key for j in jobs],
+            }), now=["queued_at"])
 
     @contextmanager
     def _in(self, con) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -310,10 +416,10 @@ class Store:
             return
         with self.write() as con:
             con.execute("DELETE FROM stages WHERE stage_key IN (SELECT unnest(?))", [[s["key"] for s in stages]])
-            con.executemany(
-                "INSERT INTO stages (stage_key, kind, prune_key, hardware, run_id, status, attempts, queued_at) "
-                "VALUES (?, ?, ?, ?, ?, 'queued', 0, now())",
-                [[s["key"], s["kind"], s["prune_key"], s["hardware"], run_id] for s in stages])
+            _insert_frame(con, "stages", pd.DataFrame({
+                "stage_key": [s["key"] for s in stages], "kind": [s["kind"] for s in stages],
+                "prune_key": [s["prune_key"] for s in stages], "hardware": [s["hardware"] for s in stages],
+                "run_id": run_id, "status": "queued", "attempts": 0}), now=["queued_at"])
 
     def record_stage(self, key: str, result: dict[str, Any], con=None) -> None:
         """A stage's outcome. A done stage keeps its whole result (metrics, layers, kernel provenance), from
@@ -363,6 +469,30 @@ class Store:
         with self.write() as con:
             con.execute("UPDATE jobs SET status = ?, error = coalesce(?, error), finished_at = now() "
                         "WHERE job_key IN (SELECT unnest(?))", [status, error, keys])
+
+    def close_abandoned_runs(self) -> list[str]:
+        """Runs still marked `running` whose driver is gone (killed with SIGKILL, its machine lost): called
+        by the holder of the submit lock, when no other driver can be running. Each is closed as
+        `abandoned`, and its stages and jobs that never finished as `cancelled`. Returns their run ids."""
+        if not self.path.is_file():
+            return []
+        with self.read() as con:
+            if self._version(con) < 3:
+                return []
+            runs = [r[0] for r in con.execute("SELECT run_id FROM runs WHERE status = 'running' ORDER BY started_at").fetchall()]
+        if not runs:
+            return []
+        why = "cancelled: the bench submit of this run ended without closing it (killed?); submit again to resume"
+        with self.write() as con:
+            for table, key in (("stages", "stage_key"), ("jobs", "job_key")):
+                con.execute(f"UPDATE {table} SET status = 'cancelled', error = coalesce(error, ?), finished_at = now() "
+                            "WHERE run_id IN (SELECT unnest(?)) AND status IN ('queued', 'running')", [why, runs])
+            con.execute("""UPDATE runs r SET status = 'abandoned', finished_at = now(),
+                               jobs_done = (SELECT count(*) FROM jobs j WHERE j.run_id = r.run_id AND j.status = 'done'),
+                               jobs_failed = (SELECT count(*) FROM jobs j WHERE j.run_id = r.run_id AND j.status = 'failed'),
+                               jobs_cancelled = (SELECT count(*) FROM jobs j WHERE j.run_id = r.run_id AND j.status = 'cancelled')
+                           WHERE run_id IN (SELECT unnest(?))""", [runs])
+        return runs
 
     def finish_run(self, run_id: str, status: str, counts: dict[str, int]) -> None:
         with self.write() as con:

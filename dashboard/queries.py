@@ -20,7 +20,8 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from bench.store import Store, with_task_columns
+from bench.store import schema_version as store_schema_version
+from bench.store import with_task_columns
 
 # The columns that say what a leaderboard row is; two rows with equal values here are the same experiment.
 IDENTITY = ["model", "method", "pattern", "target_sparsity", "hardware", "kernel", "seed"]
@@ -68,7 +69,7 @@ def store_token(path: str | Path) -> tuple:
 
 def schema_version(con: duckdb.DuckDBPyConnection) -> int:
     """0 for a file that holds no SparseBench tables yet."""
-    return Store._version(con)
+    return store_schema_version(con)
 
 
 def status_counts(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:

@@ -132,20 +132,56 @@ def test_gc_removes_only_unreferenced_artifacts_and_stale_staging(pruned, tmp_pa
     import time
 
     dense, model, report = pruned
-    for key in ("keep", "drop"):
+    keep, drop = "a" * 24, "b" * 24
+    for key in (keep, drop):
         save(tmp_path, key, model, report)
-    stale = tmp_path / ".staging-x-1-abc"
+    stale = tmp_path / f".staging-{'c' * 24}-1-abcdef01"
     stale.mkdir()
     os.utime(stale, (time.time() - 7200, time.time() - 7200))
-    fresh = tmp_path / ".staging-y-2-def"  # a writer may still be busy with this one
+    fresh = tmp_path / f".staging-{'d' * 24}-2-abcdef02"  # a writer may still be busy with this one
     fresh.mkdir()
+    # what is not ours stays, however old: a user's folder, a key-named folder holding no artifact files,
+    # a hidden folder that is not a staging folder
+    foreign = [tmp_path / "notes", tmp_path / ("e" * 24), tmp_path / ".git"]
+    for f in foreign:
+        f.mkdir()
+        (f / "data.txt").write_text("not an artifact")
+        os.utime(f, (time.time() - 7200, time.time() - 7200))
     art = Artifacts(tmp_path)
-    would = art.gc({"keep"}, dry_run=True)
-    assert sorted(n for n, _ in would) == [".staging-x-1-abc", "drop"] and (tmp_path / "drop").exists()
-    removed = art.gc({"keep"})
-    assert sorted(n for n, _ in removed) == [".staging-x-1-abc", "drop"]
-    assert art.keys() == ["keep"] and fresh.exists() and art.check("keep", deep=True) is None
-    assert dict(removed)["drop"] > 0
+    would = art.gc({keep}, dry_run=True)
+    assert sorted(n for n, _ in would) == [stale.name, drop] and (tmp_path / drop).exists()
+    removed = art.gc({keep})
+    assert sorted(n for n, _ in removed) == [stale.name, drop]
+    assert art.keys() == [keep] and fresh.exists() and art.check(keep, deep=True) is None
+    assert dict(removed)[drop] > 0
+    assert all((f / "data.txt").exists() for f in foreign)
+    assert art.foreign() == sorted(f.name for f in foreign)
+    assert art.gc(set()) == [(keep, dict(removed)[drop])]  # an empty store: only our artifact goes
+
+
+def test_an_incomplete_manifest_is_reported_for_rebuild_not_a_key_error(pruned, tmp_path):
+    """Valid JSON, checksums fine, but a field the readers index is missing: the artifact is unsound."""
+    import json
+
+    dense, model, report = pruned
+    key = "f" * 24
+    save(tmp_path, key, model, report)
+    art = Artifacts(tmp_path)
+    path = tmp_path / key / "manifest.json"
+    complete = json.loads(path.read_text())
+    for field, value in (("mask_shapes", ...), ("files", ...), ("rewritten", ...), ("layers", 3),
+                         ("files", {"weights.safetensors": {"bytes": 1}})):
+        broken = dict(complete)
+        if value is ...:
+            del broken[field]
+        else:
+            broken[field] = value
+        path.write_text(json.dumps(broken))
+        assert "incomplete manifest" in art.check(key), field
+        with pytest.raises(ArtifactError, match="incomplete manifest"):
+            art.load_into(dense, key)
+    path.write_text(json.dumps([1, 2]))  # JSON, but not an object
+    assert "no readable manifest" in art.check(key)
 
 
 @pytest.mark.parametrize("method", ["magnitude", "sparsegpt"])

@@ -102,10 +102,14 @@ def test_gc_removes_unreferenced_artifacts(tiny_model, tmp_path):
     grid = write_grid(tmp_path, grid_body(tiny_model, ["torch-dense"]).replace('["50%", "2:4"]', '["2:4"]'))
     assert bench("submit", grid, "--db", db, "--artifacts", art, "--no-progress").returncode == 0
     (art / "0123456789abcdef01234567").mkdir()  # what a deleted store left behind
+    (art / "0123456789abcdef01234567" / "manifest.json").write_text("{}")
+    (art / "my-notes").mkdir()  # not ours: gc never touches it
     dry = bench("gc", "--db", db, "--artifacts", art, "--dry-run")
     assert dry.returncode == 0 and "would remove 1 artifacts" in dry.stdout and (art / "0123456789abcdef01234567").exists()
     real = bench("gc", "--db", db, "--artifacts", art)
     assert real.returncode == 0 and "removed 1 artifacts" in real.stdout and "kept 2 referenced" in real.stdout
+    assert "left alone: 1 entries" in real.stdout and "my-notes" in real.stdout
+    (art / "my-notes").rmdir()
     assert sorted(os.listdir(art)) == sorted(stages(db).query("kind == 'prune'").stage_key)
     wrong = bench("gc", "--db", tmp_path / "typo.duckdb", "--artifacts", art)  # would see nothing referenced
     assert wrong.returncode == 2 and "--db: no results store at" in wrong.stderr and len(os.listdir(art)) == 2
