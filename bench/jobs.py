@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,7 @@ class Job:
             "seed": self.seed, "code": STAGE_VERSIONS["prune"],
         }
 
-    @property
+    @cached_property  # a job is frozen: computed once (100k-job grids call these many times)
     def key(self) -> str:
         return content_key({
             "prune": self.prune_identity(),
@@ -105,16 +106,16 @@ class Job:
     # The stage graph (see bench.runner): one prune stage per pruned model, shared by every job that needs
     # it; one evaluation per pruned model and accuracy protocol (hardware-independent); one latency stage
     # per pruned model x hardware x kernel. Each stage's key covers exactly what determines its output.
-    @property
+    @cached_property
     def prune_key(self) -> str:
         return content_key({"prune": self.prune_identity()}, length=24)
 
-    @property
+    @cached_property
     def eval_key(self) -> str:
         return content_key({"evaluate": self.prune_key, "perplexity": [self.perplexity, STAGE_VERSIONS["perplexity"]],
                             "tasks": [self.tasks, STAGE_VERSIONS["lm_eval"]] if self.tasks else None}, length=24)
 
-    @property
+    @cached_property
     def latency_key(self) -> str | None:
         if self.latency is None:
             return None
@@ -128,13 +129,13 @@ class Job:
             keys["latency"] = self.latency_key
         return keys
 
-    @property
+    @cached_property
     def pattern_label(self) -> str:
         from bench.patterns import pattern_from_dict
 
         return pattern_from_dict(self.pattern).label
 
-    @property
+    @cached_property
     def sparsity(self) -> float:
         from bench.patterns import pattern_from_dict
 

@@ -140,10 +140,14 @@ class Progress:
 
 
 def init_ray(address: str | None, oom_retries: int = 2) -> bool:
-    """Connect to `address` or start a local instance; True if this call started Ray."""
+    """Connect to `address` or start a local instance (loopback only; see bench.raylocal); True if this call
+    started Ray."""
     import logging
+    from contextlib import nullcontext
 
     import ray
+
+    from bench.raylocal import loopback_only, reap_dead_sessions
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Ray re-runs a task its memory monitor killed without limit by default: a stage that never fits would
@@ -151,11 +155,17 @@ def init_ray(address: str | None, oom_retries: int = 2) -> bool:
     os.environ.setdefault("RAY_task_oom_retries", str(oom_retries))
     if ray.is_initialized():
         return False
+    local = not address or address == "local"
+    if local:
+        for pid, session, cmd in reap_dead_sessions():
+            print(f"bench: stopped {cmd} (pid {pid}), left behind by a killed run's Ray instance "
+                  f"({os.path.basename(session)})", file=sys.stderr, flush=True)
     try:
-        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.ERROR, configure_logging=True,
-                 # workers import torch after this is set: see bench.cli.OMP_WAIT_POLICY
-                 runtime_env={"env_vars": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}})
+        with loopback_only() if local else nullcontext():  # a local instance is reachable from this machine only
+            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.ERROR, configure_logging=True,
+                     # workers import torch after this is set: see bench.cli.OMP_WAIT_POLICY
+                     runtime_env={"env_vars": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}})
     except Exception as err:
         if not address or not isinstance(err, (ConnectionError, RuntimeError, ray.exceptions.RayError)):
             raise

@@ -432,3 +432,75 @@ def test_sigterm_before_the_run_exits_143_with_a_line(tmp_path, untrained_model,
 def test_grid_docs_say_a_grid_is_code_to_trust():
     text = " ".join((Path(__file__).parent.parent / "docs" / "grid-format.md").read_text().split())
     assert "runs that folder's code" in text and "trusted like a script" in text
+
+
+# ---- 4 and 12: the local Ray instance ----------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_local_ray_instance_listens_on_loopback_only():
+    """Defect 4: Ray's GCS and raylet listened on every interface, and Ray has no authentication."""
+    import psutil
+    import ray
+
+    from bench.runner import init_ray
+
+    assert init_ray(None)
+    try:
+        @ray.remote
+        def pid():
+            return os.getpid()
+
+        ray.get([pid.remote() for _ in range(2)])  # workers are up
+        from bench.raylocal import dead_session_processes
+
+        assert not [p for p in dead_session_processes() if p[1] in str(ray._private.worker.global_worker.node.get_session_dir_path())]
+        listening = []
+        for proc in psutil.Process().children(recursive=True) + [psutil.Process()]:
+            try:
+                listening += [(proc.name(), c.laddr.ip) for c in proc.net_connections(kind="inet")
+                              if c.status == psutil.CONN_LISTEN]
+            except psutil.NoSuchProcess:
+                pass
+    finally:
+        ray.shutdown()
+    names = {name for name, _ in listening}
+    assert {"gcs_server", "raylet"} <= names and len(listening) >= 4, listening
+    assert all(ip in ("127.0.0.1", "::ffff:127.0.0.1", "::1") for _, ip in listening), listening
+    from ray._private import ray_constants
+
+    assert ray_constants.ENABLE_RAY_CLUSTER  # restored: joining a cluster later is unaffected
+
+
+@pytest.mark.slow
+def test_after_kill_9_the_next_submit_closes_the_run_and_stops_the_orphans(tmp_path, tiny_model):
+    """Defect 12: after kill -9 of `bench submit` its run stayed `running` and two Ray agents lived on."""
+    from bench.raylocal import dead_session_processes
+
+    db, art = tmp_path / "b.duckdb", tmp_path / "art"
+    grid = write_grid(tmp_path, small_grid(tiny_model, patterns='["50%", "70%", "2:4"]'))
+    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "submit", str(grid), "--db", str(db), "--artifacts",
+                             str(art), "--no-progress", "--max-in-flight", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while True:  # once the run is recorded and some stage is done
+        assert proc.poll() is None and time.monotonic() < deadline
+        try:
+            if Store(db, lock_timeout_s=1).query("SELECT count(*) AS n FROM stages WHERE status = 'done'").n[0] >= 1:
+                break
+        except Exception:  # not made yet, or the writer holds it this instant
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    assert Store(db).query("SELECT status FROM runs").status.tolist() == ["running"]
+    time.sleep(3)  # the head processes die with the driver; the agents do not
+    assert dead_session_processes(), "Ray left no agent behind: this test no longer shows the defect"
+    again = bench("submit", grid, "--db", db, "--artifacts", art, "--no-progress")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "was still marked running, but its bench submit is gone" in again.stderr
+    assert "left behind by a killed run's Ray instance" in again.stderr
+    assert not dead_session_processes()
+    runs = Store(db).query("SELECT status FROM runs ORDER BY started_at").status.tolist()
+    assert runs == ["abandoned", "done"]
+    assert set(Store(db).query("SELECT status FROM jobs").status) == {"done"}
+    assert not Store(db).lock_path.exists()
