@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -150,7 +150,10 @@ class Job:
         return f"{self.model.name} · {self.method_label} · {self.pattern_label} · {self.hardware} · {self.kernel} · seed {self.seed}"
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        """The job as JSON-able values, for the Ray boundary and the store. Shallow: the nested dicts are the
+        job's own, not copies (dataclasses.asdict deep-copied them: 10 s for 100k jobs); do not mutate them."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["model"] = {f.name: getattr(self.model, f.name) for f in fields(self.model)}
         d["key"] = self.key
         return d
 

@@ -166,6 +166,14 @@ def init_ray(address: str | None, oom_retries: int = 2) -> bool:
                      logging_level=logging.ERROR, configure_logging=True,
                      # workers import torch after this is set: see bench.cli.OMP_WAIT_POLICY
                      runtime_env={"env_vars": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}})
+    except SystemExit as exit:  # SIGTERM during ray.init: its own handler (set as it starts) exits 15
+        if exit.code != signal.SIGTERM:
+            raise
+        try:
+            ray.shutdown()
+        except Exception:  # noqa: BLE001  (half-started: what it started dies with this process anyway)
+            pass
+        raise Interrupted(signal.SIGTERM, started=False) from None
     except Exception as err:
         if not address or not isinstance(err, (ConnectionError, RuntimeError, ray.exceptions.RayError)):
             raise

@@ -118,7 +118,7 @@ def kernel_shapes(con: duckdb.DuckDBPyConnection, filters: Filters = Filters()) 
             SELECT j.job_key, j.run_id, j.model, j.method, j.pattern, j.target_sparsity, j.hardware, j.kernel, j.seed,
                    j.kernel_status, m.value AS speedup, m.details AS d
             FROM metrics m JOIN jobs j USING (job_key)
-            WHERE j.status = 'done' AND m.name LIKE 'layer_speedup_b%' AND {where})
+            WHERE j.status = 'done' AND starts_with(m.name, 'layer_speedup_b') AND {where})
         SELECT * EXCLUDE (d),
                json_extract_string(d, '$.shape') AS shape,
                CAST(json_extract(d, '$.batch') AS INTEGER) AS batch,

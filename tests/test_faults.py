@@ -386,8 +386,10 @@ def test_a_grid_of_no_jobs_is_refused_with_the_reason(tmp_path, untrained_model,
 # ---- 14: SIGTERM during start-up --------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_sigterm_during_start_up_exits_143_with_a_line(tmp_path, untrained_model):
-    """Defect 14: SIGTERM while Ray started exited 15 with no message (ray.init's own handler)."""
+@pytest.mark.parametrize("delay", [0.0, 1.5])
+def test_sigterm_during_start_up_exits_143_with_a_line(tmp_path, untrained_model, delay):
+    """Defect 14: SIGTERM while Ray started exited 15 with no message (ray.init's own handler). Sent as the
+    lock is taken, and inside ray.init."""
     db = tmp_path / "b.duckdb"
     grid = write_grid(tmp_path, small_grid(untrained_model))
     proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "submit", str(grid), "--db", str(db), "--no-progress"],
@@ -396,7 +398,7 @@ def test_sigterm_during_start_up_exits_143_with_a_line(tmp_path, untrained_model
     while not Store(db).lock_path.exists():  # the lock is taken right before Ray starts
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.02)
-    time.sleep(0.5)  # inside ray.init
+    time.sleep(delay)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, (proc.returncode, out, err)
