@@ -160,6 +160,10 @@ def init_ray(address: str | None, oom_retries: int = 2) -> bool:
         for pid, session, cmd in reap_dead_sessions():
             print(f"bench: stopped {cmd} (pid {pid}), left behind by a killed run's Ray instance "
                   f"({os.path.basename(session)})", file=sys.stderr, flush=True)
+    # ray.init replaces the SIGTERM handler with one of its own (sys.exit(15), no message) and leaves it: the
+    # caller's handler is put back as soon as it returns
+    main = _main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
     try:
         with loopback_only() if local else nullcontext():  # a local instance is reachable from this machine only
             ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
@@ -182,6 +186,9 @@ def init_ray(address: str | None, oom_retries: int = 2) -> bool:
             raise BenchError(f"--address: the Ray cluster at {address} wants token authentication: set "
                              "RAY_AUTH_MODE=token and make its token readable (RAY_AUTH_TOKEN or ~/.ray/auth_token)") from None
         raise BenchError(f"--address: could not join the Ray cluster at {address}: {message[:500]}") from None
+    finally:
+        if main and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return True
 
 
@@ -272,11 +279,6 @@ class _Signals:
                 self.previous[sig] = signal.signal(sig, self._set)
         return self
 
-    def reinstall(self) -> None:
-        """Take the signals back: ray.init installs a SIGTERM handler of its own (sys.exit(15), no message)."""
-        for sig in self.previous:
-            signal.signal(sig, self._set)
-
     def check(self) -> None:
         """Between start-up steps: a signal received so far stops the run here, before anything is dispatched."""
         if self.received is not None:
@@ -331,7 +333,6 @@ def _run_locked(spec, jobs, store, artifacts, address, force, max_in_flight, pro
     signals.check()
     started_ray = init_ray(address, oom_retries=spec.max_retries)
     try:
-        signals.reinstall()
         signals.check()
         blocked = unschedulable(sorted({j.hardware for j in todo}))
         stored = {} if force else store.stage_results(sorted({k for j in todo for k in j.stage_keys().values()}))

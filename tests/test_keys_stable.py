@@ -1,0 +1,27 @@
+"""Job and stage keys are what lets a resubmitted grid reuse stored work: a refactor must not change them.
+
+tests/data/example_keys.json holds, for every example grid, each job's key and its stage keys as the code
+computed them before the layout and typed-spec changes (written once with the code of that time; a change
+that is meant to alter results bumps STAGE_VERSIONS and rewrites this file on purpose).
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.grid import expand, load_grid
+
+ROOT = Path(__file__).parent.parent
+EXPECTED = json.loads((Path(__file__).parent / "data" / "example_keys.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_example_grid_keys_are_unchanged(name):
+    jobs = expand(load_grid(ROOT / "examples" / name))
+    got = [[j.key, j.stage_keys()] for j in jobs]
+    assert got == EXPECTED[name]
+
+
+def test_every_example_grid_is_covered():
+    assert sorted(p.name for p in (ROOT / "examples").glob("*.toml")) == sorted(EXPECTED)
