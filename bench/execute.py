@@ -30,6 +30,9 @@ from typing import Any
 import torch
 
 STAGES = ("prune", "evaluate", "latency")
+# What a failed stage's result says went wrong (`result["failure"]`), so that the scheduler acts on a kind,
+# never on the text of a message: a damaged artifact is rebuilt; the others fail the stage's jobs.
+FAILURES = ("artifact", "timeout", "out_of_memory", "lost", "cancelled", "unschedulable", "not_run", "error")
 
 
 class StageTimeout(BaseException):
@@ -107,9 +110,11 @@ def run_stage(stage: dict[str, Any]) -> dict[str, Any]:
         result["status"] = "done"
     except (Exception, StageTimeout) as err:
         message = " ".join(str(err).split()) or type(err).__name__
-        if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
+        failure = failure_kind(err)
+        if failure == "out_of_memory":
             message = f"out of memory in the {stage.get('kind')} stage: {message}"
-        result.update(status="failed", error=f"{type(err).__name__}: {message}", traceback=traceback.format_exc())
+        result.update(status="failed", failure=failure, error=f"{type(err).__name__}: {message}",
+                      traceback=traceback.format_exc())
     result["timings"] = timings
     result["duration_s"] = time.perf_counter() - t0
     result["finished_at"] = datetime.now(timezone.utc).isoformat()
@@ -119,6 +124,19 @@ def run_stage(stage: dict[str, Any]) -> dict[str, Any]:
     except Exception as err:
         result["worker"] = {"error": repr(err)}
     return result
+
+
+def failure_kind(err: BaseException) -> str:
+    """One of FAILURES for an exception raised inside a stage."""
+    from bench.artifacts import ArtifactError
+
+    if isinstance(err, ArtifactError):
+        return "artifact"
+    if isinstance(err, StageTimeout):
+        return "timeout"
+    if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
+        return "out_of_memory"
+    return "error"
 
 
 def _setup(stage: dict[str, Any], timings: dict[str, float]):
@@ -155,10 +173,10 @@ def _prune(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
 
     artifacts = Artifacts(stage["artifacts"])
     key = stage["key"]
-    if not stage.get("rebuild") and artifacts.check(key, deep=True) is None:
-        manifest = artifacts.manifest(key)
+    manifest = None if stage.get("rebuild") or artifacts.check(key, deep=True) else artifacts.manifest(key)
+    if manifest is not None and isinstance(manifest.get("result"), dict):  # else pruned again, not a KeyError
         return {**manifest["result"], "artifact": {"key": key, "bytes": artifacts.size(key), "reused": True,
-                                                   "created_at": manifest["created_at"]}}
+                                                   "created_at": manifest.get("created_at")}}
     job, device, model, tokenizer = _setup(stage, timings)
     pattern = pattern_from_dict(job.pattern)
     method = method_registry().get(job.method)(seed=job.seed, **job.method_params)
@@ -288,7 +306,8 @@ def assemble(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
     if failed:
         kind, r = failed[0]
-        result.update(status="failed", error=f"{kind} stage: {r.get('error')}", traceback=r.get("traceback"))
+        result.update(status="failed", failure=r.get("failure", "error"), error=f"{kind} stage: {r.get('error')}",
+                      traceback=r.get("traceback"))
     else:
         result["status"] = "done"
     return result

@@ -257,12 +257,13 @@ def _lost(err: Exception) -> dict[str, Any]:
 
     message = " ".join(str(err).split())[:2000]
     if isinstance(err, ray.exceptions.OutOfMemoryError):
-        error = f"out of memory: Ray's memory monitor killed the worker ({message})"
+        failure, error = "out_of_memory", f"out of memory: Ray's memory monitor killed the worker ({message})"
     elif isinstance(err, ray.exceptions.TaskCancelledError):
-        error = f"cancelled: {message}"
+        failure, error = "cancelled", f"cancelled: {message}"
     else:
+        failure = "lost"
         error = f"{type(err).__name__}: the worker or its node was lost and retries are spent: {message}"
-    return {"status": "failed", "error": error}
+    return {"status": "failed", "failure": failure, "error": error}
 
 
 class _Signals:
@@ -388,7 +389,8 @@ class _Scheduler:
             print(f"bench: {why}: its stages are failed now", file=sys.stderr, flush=True)
         with self.store.write() as con:
             for stage in self.unschedulable:  # no node can ever run them: fail now, never leave them pending
-                self._finish(stage, {"status": "failed", "error": f"Unschedulable: {self.blocked[stage.hardware]}"}, con)
+                self._finish(stage, {"status": "failed", "failure": "unschedulable",
+                                     "error": f"Unschedulable: {self.blocked[stage.hardware]}"}, con)
             for job in self.todo:  # jobs whose every stage is already stored
                 self._maybe_finish_job(job, con)
         self.ready = ready = deque(s for s in self.to_run if s.state == "todo" and self._deps_done(s))
@@ -441,7 +443,7 @@ class _Scheduler:
         now complete (all in the caller's transaction `con`)."""
         stage.state, stage.result = result["status"], result
         self.store.record_stage(stage.key, result, con)
-        if result["status"] != "done" and "ArtifactError" in (result.get("error") or "") and stage.needs \
+        if result["status"] != "done" and result.get("failure") == "artifact" and stage.needs \
                 and not stage.artifact_retried:
             # The artifact went bad after it was made (altered, truncated, deleted): make it again, once,
             # then run this stage again.
@@ -462,7 +464,8 @@ class _Scheduler:
             skipped = [s for s in self.needed_by.get(stage.key, ()) if s.state == "todo"]
             for s in skipped:
                 s.state = "failed"
-                s.result = {"status": "failed", "error": f"not run: its prune stage failed ({result.get('error')})"}
+                s.result = {"status": "failed", "failure": "not_run",
+                            "error": f"not run: its prune stage failed ({result.get('error')})"}
                 affected += s.jobs
             self.store.mark_stages([s.key for s in skipped], "failed", "not run: its prune stage failed", con)
         for job in affected:

@@ -221,6 +221,43 @@ def test_a_failed_write_reports_its_own_cause(tmp_path):
     assert Store(path).query("SELECT count(*) AS n FROM information_schema.tables WHERE table_name = 'big'").n[0] == 0
 
 
+def test_a_reused_artifact_without_its_result_is_pruned_again(tmp_path, untrained_model):
+    """Defect 7's sibling in the prune stage: an artifact found on disk (another store made it) is reused
+    from its manifest's `result`; a manifest without one made the stage fail with a KeyError."""
+    from bench.execute import run_stage
+
+    job = next(j for j in expand(parse_grid(grid_text(untrained_model) + "[latency]\nenabled = false\n"))
+               if j.method == "magnitude")
+    stage = {"kind": "prune", "key": job.prune_key, "job": job.to_dict(), "artifacts": str(tmp_path), "hardware": "cpu"}
+    first = run_stage(stage)
+    assert first["status"] == "done", first.get("error")
+    assert run_stage(stage)["artifact"]["reused"] is True
+    path = tmp_path / job.prune_key / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["result"]
+    path.write_text(json.dumps(manifest))
+    again = run_stage(stage)
+    assert again["status"] == "done", again.get("error")
+    assert not again["artifact"].get("reused") and "result" in json.loads(path.read_text())
+
+
+def test_a_failed_stage_says_what_kind_of_failure_it_was(tmp_path, untrained_model):
+    """The scheduler rebuilds a damaged artifact on the failure's kind, not on its message text (which
+    searched the error for "ArtifactError")."""
+    from bench.execute import FAILURES, run_stage
+
+    job = next(j for j in expand(parse_grid(grid_text(untrained_model) + "[latency]\nenabled = false\n"))
+               if j.method == "magnitude")
+    base = {"key": job.prune_key, "job": job.to_dict(), "artifacts": str(tmp_path / "art"), "hardware": "cpu"}
+    missing = run_stage({**base, "kind": "evaluate", "key": job.eval_key})  # no artifact was ever made
+    assert missing["status"] == "failed" and missing["failure"] == "artifact"
+    late = run_stage({**base, "kind": "prune", "timeout_s": 1e-6})
+    assert late["status"] == "failed" and late["failure"] == "timeout", late.get("error")
+    broken = run_stage({**base, "kind": "prune", "job": {**job.to_dict(), "method": "no-such-method"}})
+    assert broken["status"] == "failed" and broken["failure"] == "error"
+    assert {missing["failure"], late["failure"], broken["failure"]} <= set(FAILURES)
+
+
 # ---- 8 and 9: files that are not our store, paths that cannot be written -------------------------------
 
 def test_a_sqlite_file_is_refused_without_loading_an_extension(tmp_path):
