@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _terminate_as_exception():
     """SIGTERM raises Interrupted, as SIGINT raises KeyboardInterrupt, so that it is reported in one line and
-    exits 143 from any point; `bench submit` catches both itself while it writes (bench.runner)."""
+    exits 143 from any point; `bench submit` catches both itself while it writes (bench.run.runner)."""
     import threading
 
     if sys.platform == "win32" or threading.current_thread() is not threading.main_thread():
@@ -163,7 +163,7 @@ def _terminate_as_exception():
 
 def cmd_submit(args) -> int:
     from bench.grid import expand, incompatible, load_grid, why_no_jobs
-    from bench.runner import run_grid
+    from bench.run.runner import run_grid
 
     if args.max_in_flight is not None and args.max_in_flight < 1:
         raise BenchError(f"--max-in-flight: {args.max_in_flight} must be at least 1")
@@ -204,7 +204,7 @@ def cmd_submit(args) -> int:
 
 
 def _artifacts(args):
-    from bench.artifacts import Artifacts, default_root
+    from bench.model.artifacts import Artifacts, default_root
 
     root = args.artifacts if args.artifacts is not None else default_root(args.db)
     if root.exists() and not root.is_dir():
@@ -414,8 +414,8 @@ def cmd_kernels(args) -> int:
 
     import torch
 
-    from bench import kernelbench
-    from bench.latency import read_bandwidth
+    from bench.speed import kernelbench
+    from bench.speed.latency import read_bandwidth
     from bench.registry import kernel_registry
 
     if args.backends:
@@ -468,7 +468,7 @@ def cmd_kernels(args) -> int:
 
 
 def cmd_check_method(args) -> int:
-    from bench.conformance import check_method
+    from bench.prune.conformance import check_method
 
     checks = check_method(args.name, args.arch)
     failed = [c for c in checks if not c.ok]
@@ -480,7 +480,7 @@ def cmd_check_method(args) -> int:
 
 
 def cmd_zoo(args) -> int:
-    from bench import zoo
+    from bench.model import zoo
 
     card = zoo.build(args.name, args.out, steps=args.steps, seed=args.seed)
     print(json.dumps(card, indent=2))

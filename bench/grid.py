@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import GridError, did_you_mean
-from bench.evaluate import PerplexitySpec
-from bench.jobs import Job, ModelSpec
-from bench.latency import LatencySpec
-from bench.lmeval import TasksSpec
+from bench.accuracy.perplexity import PerplexitySpec
+from bench.spec.jobs import Job, ModelSpec
+from bench.speed.latency import LatencySpec
+from bench.accuracy.lmeval import TasksSpec
 from bench.patterns import Dense, Pattern, parse_pattern
 from bench.registry import kernel_registry, method_registry
 
@@ -315,7 +315,7 @@ def _check_positions(source: str, models: list[ModelSpec], calibration: Calibrat
 
 
 def _models(source: str, items: list) -> list[ModelSpec]:
-    from bench import zoo
+    from bench.model import zoo
 
     out, names = [], set()
     for i, item in enumerate(items):
@@ -365,7 +365,7 @@ def _models(source: str, items: list) -> list[ModelSpec]:
 def _tasks(source: str, data: dict | None) -> TasksSpec | None:
     if data is None:
         return None
-    from bench.lmeval import unknown_tasks
+    from bench.accuracy.lmeval import unknown_tasks
 
     t = _Table(source, "evaluation.tasks", data)
     names = t.take("names", list, check=lambda v: None if v else "list at least one lm-eval task, group or tag, e.g. [\"synthetic\"]")
@@ -398,8 +398,8 @@ def _tasks_identity(spec: TasksSpec | None) -> dict[str, Any] | None:
         return None
     from importlib.metadata import version
 
-    from bench.jobs import folder_fingerprint
-    from bench.lmeval import include_paths
+    from bench.spec.jobs import folder_fingerprint
+    from bench.accuracy.lmeval import include_paths
 
     return {**spec.to_dict(), "lm_eval_version": version("lm_eval"),
             "folders": [folder_fingerprint(p) for p in include_paths(spec.include_path)]}
@@ -455,7 +455,7 @@ def _patterns(source: str, items: list) -> list[Pattern]:
 
 
 def _hardware(source: str, items: list) -> list[str]:
-    from bench.hardware import Hardware
+    from bench.spec.hardware import Hardware
 
     for i, h in enumerate(items):
         try:
@@ -485,7 +485,7 @@ def _absolute(dataset: str) -> str:
 
 
 def _check_dataset(source: str, field_path: str, dataset: str) -> None:
-    from bench.data import check_dataset
+    from bench.accuracy.data import check_dataset
 
     problem = check_dataset(dataset)
     if problem:
@@ -519,7 +519,7 @@ def expand(spec: GridSpec) -> list[Job]:
             cls = registry.get(m.name)
             patterns = [Dense()] if cls.patterns == ("dense",) else [p for p in spec.patterns if p.kind in cls.patterns]
             if m.refine:
-                from bench.refine import SUPPORTED
+                from bench.prune.refine import SUPPORTED
 
                 patterns = [p for p in patterns if p.kind in SUPPORTED]
             for pattern in patterns:

@@ -1,6 +1,6 @@
 """The method plugin protocol.
 
-A method prunes one linear layer at a time. The harness (`bench.prune`) walks the model, feeds each layer's
+A method prunes one linear layer at a time. The harness (`bench.prune.harness`) walks the model, feeds each layer's
 calibration inputs to `LayerPruner.add_batch` when the method asks for calibration, then calls
 `LayerPruner.prune(weight, pattern)`, which returns the pruned weight (zeros in place of pruned elements)
 and its keep-mask. Methods never call kernels and never name a model architecture.

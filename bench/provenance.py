@@ -26,7 +26,7 @@ def package_versions() -> dict[str, str | None]:
 
 def git_state() -> dict[str, object]:
     """The commit of the sparsebench source tree, and whether it had uncommitted changes."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parent.parent  # the checkout
     if not (root / ".git").exists():
         return {"commit": None, "dirty": None}
 

@@ -12,6 +12,7 @@ fails to import raises an error naming its distribution when it is used; the oth
 from __future__ import annotations
 
 import functools
+import importlib
 from importlib.metadata import EntryPoint, entry_points
 from typing import Generic, TypeVar
 
@@ -25,11 +26,22 @@ class PluginError(BenchError):
 
 
 class Registry(Generic[T]):
-    def __init__(self, group: str, base: type, what: str):
-        self.group, self.base, self.what = group, base, what
+    """One entry-point group. `base` is the class every entry must derive from, or its "module:attr" path,
+    imported on first use: the registry sits below what it loads and imports none of it."""
+
+    def __init__(self, group: str, base: type | str, what: str):
+        self.group, self.what = group, what
+        self._base = base
         self._entries: dict[str, EntryPoint | type] = {}
         self._loaded: dict[str, type] = {}
         self._discovered = False
+
+    @property
+    def base(self) -> type:
+        if isinstance(self._base, str):
+            module, _, attr = self._base.partition(":")
+            self._base = getattr(importlib.import_module(module), attr)
+        return self._base
 
     def _discover(self) -> None:
         if self._discovered:
@@ -109,13 +121,9 @@ def _describe(entry) -> str:
 
 @functools.cache
 def method_registry() -> Registry:
-    from bench.method import Method
-
-    return Registry("sparsebench.methods", Method, "method")
+    return Registry("sparsebench.methods", "bench.method:Method", "method")
 
 
 @functools.cache
 def kernel_registry() -> Registry:
-    from bench.backends import KernelBackend
-
-    return Registry("sparsebench.kernels", KernelBackend, "kernel backend")
+    return Registry("sparsebench.kernels", "bench.speed.backends:KernelBackend", "kernel backend")

@@ -6,7 +6,7 @@ The grid: the shipped tiny Llama pruned by magnitude and random at 8 unstructure
 (32 pruned models, no dense baseline, no latency stages), each pruned model then evaluated (perplexity on
 4096 tokens): 32 prune + 32 evaluate = 64 stages, every one of them real work of about a second.
 
-1. serial: the 64 stages in this process, one after another (bench.execute.run_stage, the function the
+1. serial: the 64 stages in this process, one after another (bench.run.execute.run_stage, the function the
    Ray workers run), on a fresh artifact folder. Its wall time is the baseline.
 2. ray: `run_grid` on a fresh store and artifact folder, on a local Ray instance with `--workers` CPUs
    (each stage reserves one), i.e. what `bench submit` does.
@@ -47,7 +47,7 @@ enabled = false
 
 
 def serial(jobs, root: Path) -> dict:
-    from bench.execute import run_stage
+    from bench.run.execute import run_stage
 
     durations, t0 = [], time.perf_counter()
     for job in jobs:
@@ -62,8 +62,8 @@ def serial(jobs, root: Path) -> dict:
 def on_ray(spec, jobs, root: Path, db: Path, workers: int) -> dict:
     import ray
 
-    from bench.artifacts import Artifacts
-    from bench.runner import run_grid
+    from bench.model.artifacts import Artifacts
+    from bench.run.runner import run_grid
     from bench.store import Store
 
     t0 = time.perf_counter()

@@ -11,7 +11,7 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """The zoo's tiny Llama, briefly trained (a few seconds) so that pruning changes its perplexity."""
-    from bench import zoo
+    from bench.model import zoo
 
     out = tmp_path_factory.mktemp("models") / "tiny-llama"
     zoo.build("tiny-llama", out, steps=30, seed=0, log=None, score=False)
@@ -20,7 +20,7 @@ def tiny_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def untrained_model(tmp_path_factory) -> Path:
-    from bench import zoo
+    from bench.model import zoo
 
     out = tmp_path_factory.mktemp("models") / "untrained"
     zoo.build("tiny-llama", out, steps=0, seed=1, log=None, score=False)

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from bench.artifacts import ArtifactError, Artifacts
+from bench.model.artifacts import ArtifactError, Artifacts
 from bench.patterns import parse_pattern
-from bench.prune import prune_model
+from bench.prune.harness import prune_model
 
 
 @pytest.fixture()
@@ -57,7 +57,7 @@ def test_a_method_that_updates_kept_weights_stores_them(tiny_model, tmp_path):
     """SparseGPT rewrites the weights it keeps: the artifact stores them, and loading reproduces them."""
     from transformers import AutoModelForCausalLM
 
-    from bench.calibration import calibration_tokens
+    from bench.prune.calibration import calibration_tokens
     from bench.registry import method_registry
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
@@ -189,8 +189,8 @@ def test_gpt2_conv1d_layers_round_trip(method, tmp_path):
     """GPT-2 stores its linear layers transposed (Conv1D): masks are (out, in) views of them."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from bench import zoo
-    from bench.calibration import calibration_tokens
+    from bench.model import zoo
+    from bench.prune.calibration import calibration_tokens
     from bench.registry import method_registry
 
     folder = zoo.builtin_path("tiny-gpt2")

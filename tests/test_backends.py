@@ -9,11 +9,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from bench.backends import Unsupported, call_counts
+from bench.speed.backends import Unsupported, call_counts
 from bench.patterns import NM, Block, Dense, parse_pattern
-from bench.prune import prune_model, target_layers
+from bench.model.walk import target_layers
+from bench.prune.harness import prune_model
 from bench.registry import kernel_registry, method_registry
-from bench.sparse import MAX_BATCH, SparseLinear
+from bench.speed.packers import MAX_BATCH, SparseLinear
 
 CPU_BACKENDS = [n for n in kernel_registry().names() if kernel_registry().get(n).supports_device("cpu")]
 NATIVE = {"native", "native-dense"}  # SparseLinear modules: native kernel up to MAX_BATCH rows, dense above
@@ -249,9 +250,9 @@ def test_torch_bsr_runs_block_pattern_on_cuda():
 def test_transposed_conv1d_layers(backend):
     """GPT-2 stores its linear weights as (in, out) in Conv1D modules: every backend sees them as (out, in),
     the logits match the dense model with the same zeros, and the per-shape stage times the right layers."""
-    from bench.latency import measure_layers
-    from bench.prune import weight_view
-    from bench.zoo import builtin_path
+    from bench.speed.latency import measure_layers
+    from bench.model.walk import weight_view
+    from bench.model.zoo import builtin_path
 
     pattern = parse_pattern("2:4")
     candidate, reference = pruned_pair(builtin_path("tiny-gpt2"), pattern)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from bench.conformance import ARCHITECTURES, check_method
+from bench.prune.conformance import ARCHITECTURES, check_method
 from bench.registry import method_registry
 
 

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bench.errors import BenchError
-from bench.evaluate import PerplexitySpec, perplexity
+from bench.accuracy.perplexity import PerplexitySpec, perplexity
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def test_non_overlapping_matches_independent_computation(model_and_tok):
     model, tok = model_and_tok
     spec = PerplexitySpec(context_length=64, stride=64, max_tokens=1000)
     out = perplexity(model, tok, spec)
-    ids = tok(__import__("bench.world", fromlist=["x"]).split_text("test"), add_special_tokens=False)["input_ids"][:1000]
+    ids = tok(__import__("bench.world.language", fromlist=["x"]).split_text("test"), add_special_tokens=False)["input_ids"][:1000]
     total, count = reference_nll(model, ids, 64)
     assert out["protocol"]["tokens_scored"] == count
     assert out["protocol"]["tokens_total"] == 1000
@@ -68,7 +68,7 @@ def test_local_text_folder(model_and_tok, tmp_path):
 
 
 def test_the_shipped_model_is_far_better_than_uniform():
-    from bench import zoo
+    from bench.model import zoo
 
     folder = zoo.builtin_path("tiny-llama")
     model, tok = AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)

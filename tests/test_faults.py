@@ -158,7 +158,7 @@ def test_extreme_targets_dry_run_and_prune(tmp_path, tiny_model):
     """`--dry-run` crashed on 95% and 5%; and a 95% or 99% target prunes and verifies for real."""
     from transformers import AutoModelForCausalLM
 
-    from bench.prune import prune_model
+    from bench.prune.harness import prune_model
     from bench.registry import method_registry
 
     grid = write_grid(tmp_path, small_grid(tiny_model, patterns='["5%", "95%", {kind = "unstructured", target = 0.99}]'))
@@ -224,7 +224,7 @@ def test_a_failed_write_reports_its_own_cause(tmp_path):
 def test_a_reused_artifact_without_its_result_is_pruned_again(tmp_path, untrained_model):
     """Defect 7's sibling in the prune stage: an artifact found on disk (another store made it) is reused
     from its manifest's `result`; a manifest without one made the stage fail with a KeyError."""
-    from bench.execute import run_stage
+    from bench.run.execute import run_stage
 
     job = next(j for j in expand(parse_grid(grid_text(untrained_model) + "[latency]\nenabled = false\n"))
                if j.method == "magnitude")
@@ -244,7 +244,7 @@ def test_a_reused_artifact_without_its_result_is_pruned_again(tmp_path, untraine
 def test_a_failed_stage_says_what_kind_of_failure_it_was(tmp_path, untrained_model):
     """The scheduler rebuilds a damaged artifact on the failure's kind, not on its message text (which
     searched the error for "ArtifactError")."""
-    from bench.execute import FAILURES, run_stage
+    from bench.run.execute import FAILURES, run_stage
 
     job = next(j for j in expand(parse_grid(grid_text(untrained_model) + "[latency]\nenabled = false\n"))
                if j.method == "magnitude")
@@ -481,7 +481,7 @@ def test_a_local_ray_instance_listens_on_loopback_only():
     import psutil
     import ray
 
-    from bench.runner import init_ray
+    from bench.run.runner import init_ray
 
     assert init_ray(None)
     try:
@@ -490,7 +490,7 @@ def test_a_local_ray_instance_listens_on_loopback_only():
             return os.getpid()
 
         ray.get([pid.remote() for _ in range(2)])  # workers are up
-        from bench.raylocal import dead_session_processes
+        from bench.run.raylocal import dead_session_processes
 
         assert not [p for p in dead_session_processes() if p[1] in str(ray._private.worker.global_worker.node.get_session_dir_path())]
         listening = []
@@ -513,7 +513,7 @@ def test_a_local_ray_instance_listens_on_loopback_only():
 @pytest.mark.slow
 def test_after_kill_9_the_next_submit_closes_the_run_and_stops_the_orphans(tmp_path, tiny_model):
     """Defect 12: after kill -9 of `bench submit` its run stayed `running` and two Ray agents lived on."""
-    from bench.raylocal import dead_session_processes
+    from bench.run.raylocal import dead_session_processes
 
     db, art = tmp_path / "b.duckdb", tmp_path / "art"
     grid = write_grid(tmp_path, small_grid(tiny_model, patterns='["50%", "70%", "2:4"]'))

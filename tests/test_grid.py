@@ -8,7 +8,7 @@ import pytest
 
 from bench.errors import GridError
 from bench.grid import expand, incompatible, load_grid, parse_grid
-from bench.jobs import ModelSpec
+from bench.spec.jobs import ModelSpec
 from bench.patterns import NM, Dense, Unstructured
 from conftest import write_grid
 
@@ -140,7 +140,7 @@ def test_key_follows_model_contents(untrained_model, tmp_path):
 
 
 def test_job_round_trips_through_a_dict(untrained_model):
-    from bench.jobs import Job
+    from bench.spec.jobs import Job
 
     for job in expand(parse_grid(grid(untrained_model, 'patterns = ["2:4"]'))):
         again = Job.from_dict(job.to_dict())

@@ -162,8 +162,8 @@ def test_lm_eval_scores_equal_a_direct_lm_eval_run(tmp_path):
     from lm_eval.models.huggingface import HFLM
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from bench import zoo
-    from bench.lmeval import task_manager
+    from bench.model import zoo
+    from bench.accuracy.lmeval import task_manager
 
     grid = write_grid(tmp_path, """
         methods = ["dense"]
@@ -200,7 +200,7 @@ def test_lm_eval_scores_equal_a_direct_lm_eval_run(tmp_path):
         assert details["documents"] == 40
 
 
-@pytest.mark.skipif(__import__("bench.hub", fromlist=["x"]).reachable(), reason="needs a machine with no hub access")
+@pytest.mark.skipif(__import__("bench.accuracy.hub", fromlist=["x"]).reachable(), reason="needs a machine with no hub access")
 def test_hub_task_without_a_hub_fails_with_a_clear_message(tmp_path):
     grid = write_grid(tmp_path, """
         methods = ["dense"]

@@ -68,7 +68,7 @@ def test_kernels_lists_backends(capsys):
 
 def test_job_on_native_kernels_records_layers_and_provenance(tiny_model, tmp_path):
     """One whole job, as a worker runs it: 2:4 on the native backend, end to end and per shape."""
-    from bench.execute import run_job
+    from bench.run.execute import run_job
     from bench.grid import expand, load_grid
 
     grid = write_grid(tmp_path, f"""

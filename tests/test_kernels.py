@@ -1,4 +1,4 @@
-"""Native kernels (bench._native through bench.sparse.pack): every format, weight type and batch size
+"""Native kernels (bench._native through bench.speed.packers.pack): every format, weight type and batch size
 against a float64 dense matmul, on every instruction set this CPU supports.
 
 Tolerance. The reference is x.double() @ W.double().T with the very weights that were packed (bf16
@@ -24,7 +24,7 @@ import torch
 
 from bench import _native
 from bench.patterns import NM
-from bench.sparse import FORMATS, MAX_BATCH, VALUE_PAD, PackError, pack
+from bench.speed.packers import FORMATS, MAX_BATCH, VALUE_PAD, PackError, pack
 
 RTOL, ATOL, RTOL_XBF16 = 1e-5, 1e-6, 1e-2
 BATCHES = (1, 2, 7, 8, 9, 17, 32)  # 1: GEMV; 2-32: SpMM with 1, 2, 3 and 4 vectors of accumulators

@@ -3,7 +3,7 @@
 import pytest
 from transformers import AutoModelForCausalLM
 
-from bench.latency import LatencySpec, measure
+from bench.speed.latency import LatencySpec, measure
 from bench.stats import Summary, quantile
 
 

@@ -5,10 +5,11 @@ import copy
 import pytest
 import torch
 
-from bench.conformance import tiny_model
+from bench.prune.conformance import tiny_model
 from bench.method import LayerPruner, Method
 from bench.patterns import NM, Unstructured
-from bench.prune import prune_model, target_layers, weight_view
+from bench.model.walk import target_layers, weight_view
+from bench.prune.harness import prune_model
 from bench.registry import method_registry
 
 
@@ -150,7 +151,7 @@ def expected_error(dense, pruned, x):
 @pytest.mark.parametrize("pattern", [Unstructured(0.5), Unstructured(0.6, "row"), NM(2, 4)], ids=lambda p: p.label)
 @pytest.mark.parametrize("base", ["magnitude", "wanda"])
 def test_dsnot_reduces_the_expected_error_and_keeps_the_pattern(pattern, base):
-    from bench.refine import dsnot
+    from bench.prune.refine import dsnot
 
     w, x = layer_and_inputs(seed=3, out=24, k=48, tokens=400)
     x = x + 0.5  # inputs with a nonzero mean, as activations have

@@ -9,7 +9,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from bench.errors import BenchError
 from bench.method import Method, ScorePruner
 from bench.patterns import NM, Dense, Unstructured
-from bench.prune import LayerFilter, find_blocks, prune_model, target_layers, weight_view
+from bench.model.walk import LayerFilter, find_blocks, target_layers, weight_view
+from bench.prune.harness import prune_model
 from methods.dense import Dense as DenseMethod
 from methods.magnitude import Magnitude
 

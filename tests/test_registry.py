@@ -4,7 +4,7 @@ from importlib.metadata import EntryPoint
 
 import pytest
 
-from bench.backends import KernelBackend
+from bench.speed.backends import KernelBackend
 from bench.method import Method, Param
 from bench.registry import PluginError, Registry, kernel_registry, method_registry
 

@@ -5,8 +5,8 @@ import io
 import pytest
 
 from bench.errors import BenchError
-from bench.hardware import Hardware
-from bench.runner import Progress, check_address, resources_for
+from bench.spec.hardware import Hardware
+from bench.run.runner import Progress, check_address, resources_for
 
 
 def test_hardware_maps_to_ray_resources():
@@ -74,7 +74,7 @@ def test_sigint_and_sigterm_set_the_flag_instead_of_interrupting_a_write():
     import os
     import signal
 
-    from bench.runner import _Signals
+    from bench.run.runner import _Signals
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         with _Signals() as signals:

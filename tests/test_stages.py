@@ -88,7 +88,7 @@ def test_a_damaged_artifact_is_detected_and_rebuilt(tiny_model, tmp_path):
     # the truncation is seen while planning, the alteration when the latency stage reads the artifact
     assert f"artifact {by_pattern['50%']}: masks.safetensors has 1000 bytes" in proc.stderr
     assert "does not match its SHA-256" in proc.stdout + proc.stderr
-    from bench.artifacts import Artifacts
+    from bench.model.artifacts import Artifacts
 
     assert all(Artifacts(art).check(k, deep=True) is None for k in by_pattern)
     board = Store(db).leaderboard()

@@ -1,6 +1,6 @@
 import hashlib
 
-from bench import world
+from bench.world import language as world
 
 
 def test_splits_are_byte_identical_everywhere():

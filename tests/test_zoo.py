@@ -5,9 +5,9 @@ import json
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from bench import zoo
-from bench.evaluate import PerplexitySpec, perplexity
-from bench.lmeval import SYNTHETIC_DIR, chance, write_task_folder
+from bench.model import zoo
+from bench.accuracy.perplexity import PerplexitySpec, perplexity
+from bench.accuracy.lmeval import SYNTHETIC_DIR, chance, write_task_folder
 
 
 def test_the_shipped_task_folder_is_what_the_generator_writes(tmp_path):

@@ -2,7 +2,7 @@
 
 import torch
 
-from bench.conformance import check_method
+from bench.prune.conformance import check_method
 from bench.patterns import Unstructured
 from bench.registry import method_registry
 

@@ -38,7 +38,7 @@ class PerplexitySpec:
 
 @torch.inference_mode()
 def perplexity(model, tokenizer, spec: PerplexitySpec, text: str | None = None) -> dict[str, Any]:
-    from bench.data import load_text
+    from bench.accuracy.data import load_text
 
     if text is None:
         text = load_text(spec.dataset, spec.split)

@@ -1,4 +1,4 @@
-"""The project's own small models, trained on the synthetic language of `bench.world`.
+"""The project's own small models, trained on the synthetic language of `bench.world.language`.
 
     bench zoo train tiny-llama                      # the recipe, into the package (builtin:tiny-llama)
     bench zoo train tiny-gpt2 --out DIR --steps 20  # a short run elsewhere
@@ -19,12 +19,12 @@ from typing import Any
 
 import torch
 
-from bench import world
+from bench.world import language as world
 from bench.errors import BenchError, did_you_mean
 
 SPECIALS = ["<pad>", "<unk>", "<s>", "</s>"]
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"  # bench/assets
 MODELS_DIR = ASSETS / "models"
 
 # Key-value recall needs a content lookup (an induction circuit) that forms late in training; copying can
@@ -131,8 +131,8 @@ def dense_scores(folder: Path) -> dict[str, Any]:
     """The dense model's perplexity and task accuracies under the card's protocol (all 500 documents)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from bench.evaluate import PerplexitySpec, perplexity
-    from bench.lmeval import TasksSpec, chance, run_tasks
+    from bench.accuracy.perplexity import PerplexitySpec, perplexity
+    from bench.accuracy.lmeval import TasksSpec, chance, run_tasks
 
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)

@@ -3,7 +3,7 @@
     result = run_stage({"kind": "prune", "key": ..., "job": job.to_dict(), "artifacts": "/shared/artifacts",
                         "timeout_s": 600})      # never raises: a failure comes back as {"status": "failed", ...}
 
-- prune: load the dense model, calibrate, prune, verify every layer, save the artifact (bench.artifacts)
+- prune: load the dense model, calibrate, prune, verify every layer, save the artifact (bench.model.artifacts)
   under the stage's key. If a sound artifact with that key is already there (another store, or a store that
   was lost), it is reused and its manifest's figures are returned.
 - evaluate: load the dense model, apply the artifact (checksums verified), perplexity under the recorded
@@ -37,7 +37,7 @@ FAILURES = ("artifact", "timeout", "out_of_memory", "lost", "cancelled", "unsche
 
 class StageTimeout(BaseException):
     """Raised in a stage by its deadline. A BaseException, like KeyboardInterrupt, so that the `except
-    Exception` of a library (or of bench.models.load_model) does not turn it into another error."""
+    Exception` of a library (or of bench.model.load.load_model) does not turn it into another error."""
 
 
 def _metric(name, value, unit, higher_is_better, stage, details=None, stderr=None):
@@ -96,7 +96,7 @@ class _Deadline:
 
 
 def run_stage(stage: dict[str, Any]) -> dict[str, Any]:
-    from bench import hub
+    from bench.accuracy import hub
     from bench.provenance import hardware_fingerprint
 
     hub.offline_unless_reachable()  # before transformers or datasets touch the network
@@ -128,7 +128,7 @@ def run_stage(stage: dict[str, Any]) -> dict[str, Any]:
 
 def failure_kind(err: BaseException) -> str:
     """One of FAILURES for an exception raised inside a stage."""
-    from bench.artifacts import ArtifactError
+    from bench.model.artifacts import ArtifactError
 
     if isinstance(err, ArtifactError):
         return "artifact"
@@ -141,8 +141,8 @@ def failure_kind(err: BaseException) -> str:
 
 def _setup(stage: dict[str, Any], timings: dict[str, float]):
     """The job, its device and its dense model, with threads and seed set as the hardware says."""
-    from bench.jobs import Job
-    from bench.models import device_for, load_model, threads_for
+    from bench.spec.jobs import Job
+    from bench.model.load import device_for, load_model, threads_for
 
     job = Job.from_dict(stage["job"])
     torch.set_num_threads(threads_for(stage.get("hardware") or job.hardware))
@@ -156,7 +156,7 @@ def _setup(stage: dict[str, Any], timings: dict[str, float]):
 
 def _pruned(stage: dict[str, Any], timings: dict[str, float]):
     """`_setup`, then the prune stage's artifact applied to the model."""
-    from bench.artifacts import Artifacts
+    from bench.model.artifacts import Artifacts
 
     job, device, model, tokenizer = _setup(stage, timings)
     t = time.perf_counter()
@@ -166,9 +166,10 @@ def _pruned(stage: dict[str, Any], timings: dict[str, float]):
 
 
 def _prune(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
-    from bench.artifacts import Artifacts
+    from bench.model.artifacts import Artifacts
     from bench.patterns import pattern_from_dict
-    from bench.prune import LayerFilter, prune_model
+    from bench.model.walk import LayerFilter
+    from bench.prune.harness import prune_model
     from bench.registry import method_registry
 
     artifacts = Artifacts(stage["artifacts"])
@@ -182,7 +183,7 @@ def _prune(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
     method = method_registry().get(job.method)(seed=job.seed, **job.method_params)
     calibration = None
     if method.needs_calibration or pattern.needs_calibration or job.refine:
-        from bench.calibration import calibration_tokens
+        from bench.prune.calibration import calibration_tokens
 
         calibration = calibration_tokens(tokenizer, job.calibration)
     layer_filter = LayerFilter(tuple(job.layers["include"]), tuple(job.layers["exclude"])) if job.layers else None
@@ -213,7 +214,7 @@ def _prune(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
 
 
 def _evaluate(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
-    from bench.evaluate import PerplexitySpec, perplexity
+    from bench.accuracy.perplexity import PerplexitySpec, perplexity
 
     job, device, model, tokenizer, _ = _pruned(stage, timings)
     metrics = []
@@ -224,7 +225,7 @@ def _evaluate(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any
     metrics.append(_metric("perplexity", ppl["perplexity"], "ppl", False, "perplexity", ppl["protocol"]))
     warnings = _dense_gate(job, ppl["perplexity"])
     if job.tasks is not None:
-        from bench.lmeval import TasksSpec, run_tasks
+        from bench.accuracy.lmeval import TasksSpec, run_tasks
 
         t = time.perf_counter()
         spec = TasksSpec.from_dict({k: v for k, v in job.tasks.items() if k in TasksSpec.__dataclass_fields__})
@@ -234,11 +235,11 @@ def _evaluate(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any
 
 
 def _latency(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
-    from bench.backends import call_counts
-    from bench.latency import LatencySpec, measure
-    from bench.models import load_model
+    from bench.speed.backends import call_counts
+    from bench.speed.latency import LatencySpec, measure
+    from bench.model.load import load_model
     from bench.patterns import pattern_from_dict
-    from bench.prune import target_layers
+    from bench.model.walk import target_layers
     from bench.registry import kernel_registry
 
     job, device, model, tokenizer, _ = _pruned(stage, timings)
@@ -251,7 +252,7 @@ def _latency(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]
     rows = measure(model, reference, spec, model.config.vocab_size, seed=job.seed)
     metrics = []
     if device.type == "cpu":  # the probe and the per-shape stage time CPU kernels
-        from bench.latency import measure_layers, read_bandwidth
+        from bench.speed.latency import measure_layers, read_bandwidth
 
         bandwidth = read_bandwidth()
         metrics.append(_metric("read_bandwidth_GBps", bandwidth.median / 1e9, "GB/s", True, "latency",
@@ -275,7 +276,7 @@ RUNNERS = {"prune": _prune, "evaluate": _evaluate, "latency": _latency}
 def run_job(job_dict: dict[str, Any], artifacts: str) -> dict[str, Any]:
     """Every stage of one job in this process, in order, as the runner would assemble them (for tests and
     the serial baseline of the runner benchmark)."""
-    from bench.jobs import Job
+    from bench.spec.jobs import Job
 
     job = Job.from_dict(job_dict)
     parts = {}

@@ -25,7 +25,8 @@ import torch
 
 from bench.errors import BenchError
 from bench.patterns import NM, Block, Channels, Dense, Pattern, Unstructured
-from bench.prune import prune_model, target_layers
+from bench.model.walk import target_layers
+from bench.prune.harness import prune_model
 from bench.registry import method_registry
 
 ARCHITECTURES = {

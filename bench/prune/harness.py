@@ -1,12 +1,8 @@
-"""The pruning harness: it owns the model walk, methods see one layer at a time.
+"""The pruning harness: it walks the model (bench.model.walk) and calibrates; methods see one layer at a time.
 
     report = prune_model(model, method, pattern)          # prunes in place
     report.layers                                          # per-layer shape and measured sparsity
 
-Blocks are found without naming an architecture: the stack of transformer blocks is the largest
-`nn.ModuleList` of identical modules that holds linear layers (`model.layers` in Llama, `h` in GPT-2,
-`decoder.layers` in OPT...). Target layers are the linear layers inside those blocks (`nn.Linear`, and
-GPT-2's transposed `Conv1D`), never the embeddings or the LM head, narrowed by a `LayerFilter`.
 Every pruned layer is checked: zeros wherever the method's mask says pruned, and the pattern's verifier.
 
 Calibration (for methods that ask for it) runs block by block: the inputs of block 0 are captured once,
@@ -16,7 +12,6 @@ pruned block's outputs become the next block's inputs. Pruner state is freed aft
 
 from __future__ import annotations
 
-import fnmatch
 import gc
 import time
 from collections import defaultdict
@@ -28,21 +23,8 @@ from torch import nn
 
 from bench.errors import BenchError
 from bench.method import Method
+from bench.model.walk import LayerFilter, find_blocks, target_layers, weight_view
 from bench.patterns import Pattern, PatternViolation, Unstructured
-
-
-@dataclass(frozen=True)
-class LayerFilter:
-    """Glob patterns on full module names (e.g. `*.mlp.*`); a layer is a target if it matches an include
-    pattern and no exclude pattern."""
-
-    include: tuple[str, ...] = ("*",)
-    exclude: tuple[str, ...] = ()
-
-    def __call__(self, name: str) -> bool:
-        return any(fnmatch.fnmatchcase(name, p) for p in self.include) and not any(
-            fnmatch.fnmatchcase(name, p) for p in self.exclude
-        )
 
 
 @dataclass
@@ -59,48 +41,6 @@ class PruneReport:
     def measured_sparsity(self) -> float:
         numel = sum(layer["numel"] for layer in self.layers)
         return sum(layer["zeros"] for layer in self.layers) / numel if numel else 0.0
-
-
-def is_linear(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or (type(module).__name__ == "Conv1D" and hasattr(module, "nf"))
-
-
-def weight_view(module: nn.Module) -> torch.Tensor:
-    """The layer's weight as (out_features, in_features); GPT-2's Conv1D stores it transposed."""
-    return module.weight if isinstance(module, nn.Linear) else module.weight.t()
-
-
-def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    best = None
-    for name, mod in model.named_modules():
-        if not isinstance(mod, nn.ModuleList) or len(mod) == 0:
-            continue
-        if len({type(c) for c in mod}) != 1 or not any(is_linear(m) for m in mod[0].modules()):
-            continue
-        size = sum(p.numel() for p in mod.parameters())
-        if best is None or size > best[2]:
-            best = (name, mod, size)
-    if best is None:
-        raise BenchError(
-            f"found no stack of transformer blocks in {type(model).__name__} "
-            "(an nn.ModuleList of identical modules holding linear layers)"
-        )
-    return best[0], best[1]
-
-
-def target_layers(model: nn.Module, layer_filter: LayerFilter | None = None) -> list[tuple[str, int, nn.Module]]:
-    """(full name, block index, module) of every target linear layer, in execution order of blocks."""
-    layer_filter = layer_filter or LayerFilter()
-    prefix, blocks = find_blocks(model)
-    out = []
-    for i, block in enumerate(blocks):
-        for sub, mod in block.named_modules():
-            name = f"{prefix}.{i}.{sub}" if prefix else f"{i}.{sub}"
-            if is_linear(mod) and layer_filter(name):
-                out.append((name, i, mod))
-    if not out:
-        raise BenchError("the layer filter leaves no linear layer to prune; loosen its include patterns")
-    return out
 
 
 Call = tuple[torch.Tensor, tuple, dict]  # (hidden states, the other positional args, keyword args) of a block call
@@ -153,7 +93,7 @@ def prune_model(model: nn.Module, method: Method, pattern: Pattern, layer_filter
     if method.needs_calibration and calibration is None:
         raise BenchError(f"method '{method.name}' needs calibration data; give the job a [calibration] spec")
     if refine is not None:
-        from bench.refine import SUPPORTED
+        from bench.prune.refine import SUPPORTED
 
         if refine.get("name") != "dsnot":
             raise BenchError(f"unknown refinement {refine.get('name')!r}; known: dsnot")
@@ -286,7 +226,7 @@ def _prune_layer(report: PruneReport, method: Method, pattern: Pattern, name: st
     w = weight_view(module)
     new_w, mask = pruner.prune(w.detach().clone(), pattern)
     if refine is not None and mask.shape == w.shape:
-        from bench.refine import dsnot
+        from bench.prune.refine import dsnot
 
         new_w, mask = dsnot(w.detach(), new_w, mask, (stats.sum / stats.n).float(), stats.sq.sqrt().float(),
                             pattern, cycles=refine.get("cycles", 50))

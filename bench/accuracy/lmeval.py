@@ -17,10 +17,10 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from bench import world
+from bench.world import language as world
 from bench.errors import BenchError
 
-TASKS_DIR = Path(__file__).resolve().parent / "assets" / "tasks"
+TASKS_DIR = Path(__file__).resolve().parent.parent / "assets" / "tasks"  # bench/assets/tasks
 SYNTHETIC_DIR = TASKS_DIR / "synthetic"
 TASK_DOCS = {"test": 500, "validation": 50}
 
@@ -71,7 +71,7 @@ def run_tasks(model, tokenizer, spec: TasksSpec, seed: int) -> list[dict[str, An
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
-    from bench import hub
+    from bench.accuracy import hub
 
     device = str(next(model.parameters()).device)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=spec.batch_size, device=device)
@@ -109,6 +109,8 @@ def run_tasks(model, tokenizer, spec: TasksSpec, seed: int) -> list[dict[str, An
 
 # ---- the shipped task folder --------------------------------------------------------------------
 
+# The files' bytes are part of every task stage's key (bench.grid._tasks_identity): the text stays as it
+# was written, module name of that time included (now bench.accuracy.lmeval), so stored results stay valid.
 TASK_YAML = """\
 # One multiple-choice task of the synthetic language: {ability} ({n} choices, chance {chance:.3f}).
 # Written by bench.lmeval.write_task_folder; the documents are frozen in {ability}.*.jsonl.

@@ -55,7 +55,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-KEY = re.compile(r"[0-9a-f]{16,64}")  # a prune stage's content key (bench.jobs.content_key)
+KEY = re.compile(r"[0-9a-f]{16,64}")  # a prune stage's content key (bench.spec.jobs.content_key)
 STAGING = re.compile(r"\.staging-[0-9a-f]{16,64}-[0-9]+-[0-9a-f]{8}")
 
 
@@ -165,7 +165,7 @@ class Artifacts:
         import torch
         from safetensors.torch import load_file
 
-        from bench.prune import weight_view
+        from bench.model.walk import weight_view
 
         problem = self.check(key, deep=True)
         if problem:

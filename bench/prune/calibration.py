@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from bench.data import load_text
+from bench.accuracy.data import load_text
 from bench.errors import BenchError
 
 

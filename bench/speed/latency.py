@@ -172,7 +172,7 @@ def measure_layers(candidate: torch.nn.Module, reference: torch.nn.Module, kerne
     """Per unique layer shape in `kernel["shapes"]`: the candidate's layer against the reference's dense
     layer of the same name, at each batch. Every layer of that shape takes part in the rotation (up to a
     footprint of `footprint_bytes`), so a small model's weights are as cold as they are in a real forward."""
-    from bench.prune import target_layers, weight_view
+    from bench.model.walk import target_layers, weight_view
 
     ref = {name: m for name, _, m in target_layers(reference)}
     cand = {name: candidate.get_submodule(name) for name in ref}  # converted by the backend, same names

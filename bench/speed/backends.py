@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.patterns import NM, Block, Dense, Pattern
-from bench.prune import weight_view
+from bench.model.walk import weight_view
 
 
 class KernelBackend:
@@ -34,7 +34,7 @@ class KernelBackend:
 
     @classmethod
     def supports_device(cls, hardware: str) -> bool:
-        from bench.hardware import Hardware
+        from bench.spec.hardware import Hardware
 
         return Hardware.parse(hardware).device in cls.devices
 
@@ -155,7 +155,7 @@ class NativeDense(KernelBackend):
     description = "SparseBench's own dense GEMV/SpMM kernel (zeros multiplied); batches above 32 rows run PyTorch dense."
 
     def convert(self, linear, pattern):
-        from bench.sparse import SparseLinear
+        from bench.speed.packers import SparseLinear
         return SparseLinear.from_linear(linear, "dense"), "dense"
 
 
@@ -178,7 +178,7 @@ class Native(KernelBackend):
         return pattern.sparsity > 0 and not (isinstance(pattern, NM) and 2 * pattern.n != pattern.m)
 
     def convert(self, linear, pattern):
-        from bench.sparse import PackError, SparseLinear
+        from bench.speed.packers import PackError, SparseLinear
         fmt, kw = choose_format(linear.weight, pattern)
         try:
             return SparseLinear.from_linear(linear, fmt, **kw), fmt

@@ -103,7 +103,7 @@ class Job:
             "hardware": self.hardware, "kernel": [self.kernel, self.kernel_version],
         })
 
-    # The stage graph (see bench.runner): one prune stage per pruned model, shared by every job that needs
+    # The stage graph (see bench.run.runner): one prune stage per pruned model, shared by every job that needs
     # it; one evaluation per pruned model and accuracy protocol (hardware-independent); one latency stage
     # per pruned model x hardware x kernel. Each stage's key covers exactly what determines its output.
     @cached_property

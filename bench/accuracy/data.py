@@ -1,6 +1,6 @@
 """Text datasets for perplexity and calibration, named by one string:
 
-    builtin:synthetic         the project's synthetic language (bench.world), splits train/validation/test
+    builtin:synthetic         the project's synthetic language (bench.world.language), splits train/validation/test
     path/to/folder            a local folder holding `<split>.txt`
     path/to/file.txt          one local text file (the split name is recorded but not used to pick a file)
     hf:NAME or hf:NAME:CONFIG a Hugging Face dataset, e.g. hf:wikitext:wikitext-2-raw-v1; rows of its `text`
@@ -30,7 +30,7 @@ def check_dataset(dataset: str) -> str | None:
 
 def load_text(dataset: str, split: str) -> str:
     if dataset == "builtin:synthetic":
-        from bench import world
+        from bench.world import language as world
 
         if split not in world.SPLIT_SEEDS:
             raise BenchError(f"builtin:synthetic has no split '{split}'; known: {', '.join(world.SPLIT_SEEDS)}")

@@ -2,14 +2,14 @@
 
     summary = run_grid(spec, jobs, Store(path), artifacts=Artifacts(root), address=None)
 
-A job's record is made of up to three stages (bench.execute): `prune` (one per pruned model: model, method,
+A job's record is made of up to three stages (bench.run.execute): `prune` (one per pruned model: model, method,
 pattern, calibration, seed), `evaluate` (one per pruned model and accuracy protocol, whatever the hardware)
 and `latency` (one per pruned model x hardware x kernel). Stages are keyed by content and shared: a pruned
 model is made once, stored as an artifact, and used by its evaluation and by every latency stage. Only
 stages missing from the store run; a job's record is written when its last stage finishes.
 
 `ray.init()` starts a local instance unless `address` names a cluster to join. Each stage is one Ray task
-with the resources of its hardware target (bench.hardware); a target no alive node can ever run fails its
+with the resources of its hardware target (bench.spec.hardware); a target no alive node can ever run fails its
 jobs before anything starts, with the cluster's resources in the message. At most `max_in_flight` tasks
 are outstanding; `ray.wait` hands back whichever finishes first. A lost worker or node is retried by Ray
 (`max_retries`), an exception inside a stage is not (it comes back as a failed result), a stage killed by
@@ -30,10 +30,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.artifacts import Artifacts
+from bench.model.artifacts import Artifacts
 from bench.errors import BenchError, Interrupted
-from bench.hardware import Hardware
-from bench.jobs import Job
+from bench.spec.hardware import Hardware
+from bench.spec.jobs import Job
 from bench.store import Store
 
 
@@ -140,14 +140,14 @@ class Progress:
 
 
 def init_ray(address: str | None, oom_retries: int = 2) -> bool:
-    """Connect to `address` or start a local instance (loopback only; see bench.raylocal); True if this call
+    """Connect to `address` or start a local instance (loopback only; see bench.run.raylocal); True if this call
     started Ray."""
     import logging
     from contextlib import nullcontext
 
     import ray
 
-    from bench.raylocal import loopback_only, reap_dead_sessions
+    from bench.run.raylocal import loopback_only, reap_dead_sessions
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Ray re-runs a task its memory monitor killed without limit by default: a stage that never fits would
@@ -380,7 +380,7 @@ class _Scheduler:
     def run(self, max_in_flight: int, signals: "_Signals") -> None:
         import ray
 
-        from bench.execute import run_stage
+        from bench.run.execute import run_stage
 
         # A stage stopped by its timeout was interrupted at an arbitrary point (an import half done, say), and
         # its process must not run another stage: with a timeout, every stage gets a fresh worker process.
@@ -477,7 +477,7 @@ class _Scheduler:
         parts = {kind: self.stages[key] for kind, key in job.stage_keys().items()}
         if any(s.state in ("todo", "running") for s in parts.values()):
             return
-        from bench.execute import assemble
+        from bench.run.execute import assemble
 
         result = assemble({kind: s.result for kind, s in parts.items()})
         self.finished_jobs.add(job.key)

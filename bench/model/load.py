@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from bench.errors import BenchError
-from bench.jobs import ModelSpec
+from bench.spec.jobs import ModelSpec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -26,7 +26,7 @@ def load_model(spec: ModelSpec, device: str | torch.device = "cpu"):
 
 
 def device_for(hardware: str) -> torch.device:
-    from bench.hardware import Hardware
+    from bench.spec.hardware import Hardware
 
     if Hardware.parse(hardware).device == "cuda":
         if not torch.cuda.is_available():
@@ -37,6 +37,6 @@ def device_for(hardware: str) -> torch.device:
 
 def threads_for(hardware: str) -> int:
     """Intra-op threads: N for `cpu:N`, 1 for `cpu`, and 1 host thread for CUDA targets."""
-    from bench.hardware import Hardware
+    from bench.spec.hardware import Hardware
 
     return Hardware.parse(hardware).threads

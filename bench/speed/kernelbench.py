@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from bench.latency import interleave
+from bench.speed.latency import interleave
 from bench.patterns import NM, Dense, Pattern, Unstructured
 from bench.stats import Summary
 
@@ -78,7 +78,7 @@ class _Candidate:
 
 
 def _native_candidate(name, fmt, w, x, footprint, threads, **kw) -> _Candidate:
-    from bench.sparse import Packed, pack
+    from bench.speed.packers import Packed, pack
 
     first = pack(w, fmt, **kw)
     copies = [first] + [Packed(first.format, first.shape, first.dtype, {k: v.clone() for k, v in first.arrays.items()},
@@ -95,7 +95,7 @@ def _torch_dense_candidate(w, x, footprint) -> _Candidate:
 
 
 def _torch_csr_candidate(w, x, footprint) -> _Candidate | None:
-    from bench.backends import TorchCSR, torch_csr
+    from bench.speed.backends import TorchCSR, torch_csr
 
     if str(w.dtype).removeprefix("torch.") not in TorchCSR.dtypes:  # no bfloat16 CSR matmul on CPU
         return None
@@ -107,7 +107,7 @@ def _torch_csr_candidate(w, x, footprint) -> _Candidate | None:
 
 def run(config: Config, bandwidth: float | None = None, log: Callable[[str], None] | None = None) -> Iterator[dict[str, Any]]:
     """Yields one row per (shape, dtype, batch, pattern, kernel)."""
-    from bench.backends import choose_format
+    from bench.speed.backends import choose_format
 
     threads = config.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
