@@ -15,9 +15,11 @@ if ! "$py" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$
 fi
 
 # Reinstall the project (and the example plugin, which the tests use as a third-party method) only when
-# their declared dependencies or entry points change.
+# their declared dependencies or entry points change, or a module is added, moved or removed (the editable
+# install maps each module's path).
 stamp=.venv/.sparsebench-installed
-want=$(cat pyproject.toml examples/plugin/pyproject.toml kernels/CMakeLists.txt kernels/src/* | sha256sum | cut -d' ' -f1)
+want=$( (cat pyproject.toml examples/plugin/pyproject.toml kernels/CMakeLists.txt kernels/src/*;
+         find bench methods dashboard -name '*.py' | LC_ALL=C sort) | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$py" -c "import bench, methods, sparsebench_example" 2>/dev/null; then
   "$py" -m pip install -q -e ".[test]"
   "$py" -m pip install -q --no-deps -e examples/plugin

@@ -106,3 +106,31 @@ def dashboard_store(tiny_model, tmp_path_factory) -> Path:
                                "--no-progress"], capture_output=True, text=True, timeout=900)
         assert proc.returncode == code, proc.stdout + proc.stderr
     return db
+
+
+# ---- for the fault tests: a command as a user runs it, and what a refusal must look like ---------------
+
+def bench(*args, timeout=600, **kw):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "bench.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, **kw)
+
+
+def one_line_exit_2(proc) -> str:
+    """The error line of a refused command, after checking that it is exactly one line, exit 2."""
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bench: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+def small_grid(model, extra="", patterns='["50%"]') -> str:
+    return (f'name = "faults"\nmethods = ["magnitude"]\npatterns = {patterns}\n'
+            f'models = [{{ path = "{model}", name = "tiny" }}]\n{extra}\n' + FAST_PPL + FAST_LATENCY)
+
+
+def grid_text(model, extra="", methods='["magnitude"]', patterns='["50%"]') -> str:
+    return f'models = [{{ path = "{model}" }}]\nmethods = {methods}\npatterns = {patterns}\n{extra}\n'

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from bench.cli import dashboard_command
+from bench.cli.run import dashboard_command
 
 
 def bench(*args):

@@ -84,3 +84,11 @@ def test_no_import_cycles_between_modules():
 def test_the_top_level_stays_small():
     top = sorted(p.stem for p in BENCH.glob("*.py") if p.stem != "__init__")
     assert len(top) <= 10, top
+
+
+def test_no_module_is_over_400_lines():
+    root = BENCH.parent
+    files = [f for folder in ("bench", "methods", "dashboard", "tests", "benchmarks", "examples")
+             for f in (root / folder).rglob("*.py")]
+    too_long = {str(f.relative_to(root)): n for f in files if (n := len(f.read_text().splitlines())) > 400}
+    assert too_long == {}

@@ -6,7 +6,8 @@ import pytest
 
 from bench.errors import BenchError
 from bench.spec.hardware import Hardware
-from bench.run.runner import Progress, check_address, resources_for
+from bench.run.cluster import check_address, resources_for
+from bench.run.runner import Progress
 
 
 def test_hardware_maps_to_ray_resources():

@@ -109,7 +109,7 @@ def run_tasks(model, tokenizer, spec: TasksSpec, seed: int) -> list[dict[str, An
 
 # ---- the shipped task folder --------------------------------------------------------------------
 
-# The files' bytes are part of every task stage's key (bench.grid._tasks_identity): the text stays as it
+# The files' bytes are part of every task stage's key (bench.grid.expand._tasks_identity): the text stays as it
 # was written, module name of that time included (now bench.accuracy.lmeval), so stored results stay valid.
 TASK_YAML = """\
 # One multiple-choice task of the synthetic language: {ability} ({n} choices, chance {chance:.3f}).

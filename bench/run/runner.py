@@ -20,9 +20,7 @@ cancelled and leaves the store consistent; a later submit runs only what is miss
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import sys
 import time
 import uuid
@@ -30,9 +28,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.errors import Interrupted
 from bench.model.artifacts import Artifacts
-from bench.errors import BenchError, Interrupted
-from bench.spec.hardware import Hardware
+from bench.run.cluster import init_ray, resources_for, unschedulable
+from bench.run.plan import Stage, dependents, plan
 from bench.spec.jobs import Job
 from bench.store import Store
 
@@ -52,43 +51,6 @@ class RunSummary:
     @property
     def ok(self) -> bool:
         return not self.failed and not self.counts.get("cancelled")
-
-
-def resources_for(hardware: str) -> dict[str, Any]:
-    """Ray task options for a hardware target."""
-    return Hardware.parse(hardware).ray_options()
-
-
-def unschedulable(hardware: list[str]) -> dict[str, str]:
-    """Hardware targets that no alive node of the connected cluster can ever run, with the reason."""
-    import ray
-
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    out = {}
-    for hw in hardware:
-        target = Hardware.parse(hw)
-        if not any(target.fits(r) for r in nodes):
-            have = "; ".join("{" + ", ".join(f"{k}={v:g}" for k, v in sorted(r.items())
-                                             if not k.startswith(("node:", "memory", "object_store"))) + "}"
-                             for r in nodes)
-            out[hw] = (f"no node of the Ray cluster can run hardware '{hw}' (needs {target.ray_options()}; "
-                       f"nodes have: {have or 'none'})")
-    return out
-
-
-def check_address(address: str, timeout_s: float = 5.0) -> None:
-    """Fail fast, in one line, when nothing listens at a Ray address of the form host:port."""
-    if address in ("auto", "local") or address.startswith("ray://"):
-        return
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise BenchError(f"--address: '{address}' is not host:port (e.g. 10.0.0.5:6379), 'auto' or ray://host:10001")
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout_s):
-            pass
-    except OSError as err:
-        raise BenchError(f"--address: no Ray cluster answers at {address} ({err.strerror or err}); "
-                         "start one with `ray start --head` or drop --address to run locally") from None
 
 
 class Progress:
@@ -137,118 +99,6 @@ class Progress:
         if self.enabled and self.tty:
             self.stream.write("\r\033[K" + self.line() + "\n")
             self.stream.flush()
-
-
-def init_ray(address: str | None, oom_retries: int = 2) -> bool:
-    """Connect to `address` or start a local instance (loopback only; see bench.run.raylocal); True if this call
-    started Ray."""
-    import logging
-    from contextlib import nullcontext
-
-    import ray
-
-    from bench.run.raylocal import loopback_only, reap_dead_sessions
-
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    # Ray re-runs a task its memory monitor killed without limit by default: a stage that never fits would
-    # be retried forever. The owner (this driver) reads the limit when it starts.
-    os.environ.setdefault("RAY_task_oom_retries", str(oom_retries))
-    if ray.is_initialized():
-        return False
-    local = not address or address == "local"
-    if local:
-        for pid, session, cmd in reap_dead_sessions():
-            print(f"bench: stopped {cmd} (pid {pid}), left behind by a killed run's Ray instance "
-                  f"({os.path.basename(session)})", file=sys.stderr, flush=True)
-    # ray.init replaces the SIGTERM handler with one of its own (sys.exit(15), no message) and leaves it: the
-    # caller's handler is put back as soon as it returns
-    main = _main_thread()
-    previous = signal.getsignal(signal.SIGTERM) if main else None
-    try:
-        with loopback_only() if local else nullcontext():  # a local instance is reachable from this machine only
-            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.ERROR, configure_logging=True,
-                     # workers import torch after this is set: see bench.cli.OMP_WAIT_POLICY
-                     runtime_env={"env_vars": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}})
-    except SystemExit as exit:  # SIGTERM during ray.init: its own handler (set as it starts) exits 15
-        if exit.code != signal.SIGTERM:
-            raise
-        try:
-            ray.shutdown()
-        except Exception:  # noqa: BLE001  (half-started: what it started dies with this process anyway)
-            pass
-        raise Interrupted(signal.SIGTERM, started=False) from None
-    except Exception as err:
-        if not address or not isinstance(err, (ConnectionError, RuntimeError, ray.exceptions.RayError)):
-            raise
-        message = " ".join(str(err).split())
-        if "Authentication" in message or "auth" in message.lower():
-            raise BenchError(f"--address: the Ray cluster at {address} wants token authentication: set "
-                             "RAY_AUTH_MODE=token and make its token readable (RAY_AUTH_TOKEN or ~/.ray/auth_token)") from None
-        raise BenchError(f"--address: could not join the Ray cluster at {address}: {message[:500]}") from None
-    finally:
-        if main and previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    return True
-
-
-# ---- the stage graph ----------------------------------------------------------------------------------
-
-@dataclass
-class Stage:
-    kind: str  # prune, evaluate, latency
-    key: str
-    job: Job  # the job whose spec it runs (the first in grid order that can be scheduled)
-    needs: str | None  # the prune stage an evaluate or latency stage reads the artifact of
-    jobs: list[Job] = field(default_factory=list)  # every job whose record includes this stage
-    state: str = "todo"  # todo, running, done, failed, cancelled
-    result: dict[str, Any] | None = None
-    rebuild: bool = False  # prune: make the artifact even if a sound one is on disk
-    artifact_retried: bool = False  # evaluate/latency: already re-run once after a bad artifact
-
-    @property
-    def hardware(self) -> str:
-        return self.job.hardware
-
-    def payload(self, artifacts: Artifacts, timeout_s: float | None) -> dict[str, Any]:
-        return {"kind": self.kind, "key": self.key, "job": self.job.to_dict(), "hardware": self.hardware,
-                "artifacts": str(artifacts.root), "timeout_s": timeout_s, "rebuild": self.rebuild}
-
-
-def plan(jobs: list[Job], stored: dict[str, dict[str, Any]], artifacts: Artifacts, blocked: set[str],
-         force: bool = False) -> tuple[dict[str, Stage], list[str]]:
-    """The stages `jobs` are made of, each once, with the stored ones marked done. A stored prune stage whose
-    artifact is missing or truncated is planned again when a stage that still has to run needs it."""
-    stages: dict[str, Stage] = {}
-    for job in jobs:
-        for kind, key in job.stage_keys().items():
-            stage = stages.get(key)
-            if stage is None:
-                stage = stages[key] = Stage(kind, key, job, None if kind == "prune" else job.prune_key, rebuild=force)
-            elif stage.job.hardware in blocked and job.hardware not in blocked:
-                stage.job = job  # shared stages run on a target some node can run
-            stage.jobs.append(job)
-    for stage in stages.values():
-        if stage.key in stored:
-            stage.state, stage.result = "done", stored[stage.key]
-    notes, needed_by = [], dependents(stages)
-    for stage in stages.values():
-        if stage.kind == "prune" and stage.state == "done":
-            if any(s.state != "done" for s in needed_by[stage.key]):
-                problem = artifacts.check(stage.key)
-                if problem:
-                    notes.append(f"{problem}: pruning again")
-                    stage.state, stage.result, stage.rebuild = "todo", None, True
-    return stages, notes
-
-
-def dependents(stages: dict[str, Stage]) -> dict[str, list[Stage]]:
-    """{prune key: the evaluate and latency stages that read its artifact}."""
-    out: dict[str, list[Stage]] = {key: [] for key, s in stages.items() if s.kind == "prune"}
-    for s in stages.values():
-        if s.needs is not None:
-            out.setdefault(s.needs, []).append(s)
-    return out
 
 
 def _lost(err: Exception) -> dict[str, Any]:
@@ -309,6 +159,8 @@ def run_grid(spec, jobs: list[Job], store: Store, *, artifacts: Artifacts, addre
         print(f"bench: waiting for the other bench process writing {store.path} ({holder})", file=sys.stderr, flush=True)
 
     if address:
+        from bench.run.cluster import check_address
+
         check_address(address)  # an unreachable cluster is refused before anything is written
     # SIGINT and SIGTERM are caught from here on, start-up included: a signal before the first dispatch ends
     # the run at the next start-up step with one line; after it, the scheduler cancels and records.

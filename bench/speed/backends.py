@@ -17,7 +17,6 @@ from collections import Counter
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 
 from bench.patterns import NM, Block, Dense, Pattern
 from bench.model.walk import weight_view

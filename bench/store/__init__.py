@@ -9,15 +9,12 @@ DuckDB lets one process hold a file for writing and then no other process may op
 read-only. So the writer opens, writes and closes in short transactions, and readers (and the writer)
 retry briefly on a lock conflict: the dashboard can be browsed while a grid runs.
 
-Tables: schema_version, runs (grid text and provenance), jobs (one row per job key, its status, error and
-kernel provenance), metrics (long form: name, value, unit, higher_is_better, stderr), layers (the
-per-layer sparsity profile). Views: leaderboard.
+The tables, the leaderboard view and their migrations are in bench.store.schema.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from contextlib import contextmanager
@@ -28,100 +25,11 @@ import duckdb
 import pandas as pd
 
 from bench.errors import BenchError
+# LEADERBOARD_SQL and the rest are imported from here by tests and the dashboard
+from bench.store.schema import LEADERBOARD_SQL, MIGRATIONS, SCHEMA_VERSION, StoreError, schema_version  # noqa: F401
 
-SCHEMA_VERSION = 3
 DEFAULT_DB = Path("results") / "bench.duckdb"
 
-# One row per finished job. "vs dense" compares with the dense job of the same model, hardware, kernel and
-# seed measured under the same perplexity protocol (dataset, context, stride, tokens); when several match
-# (the same dense job re-run), the latest one.
-LEADERBOARD_SQL = """
-CREATE OR REPLACE VIEW leaderboard AS
-WITH per_job AS (      -- metrics pivoted per job first: grouping by the key alone keeps 100k jobs fast
-    SELECT job_key,
-           max(value) FILTER (WHERE name = 'perplexity') AS perplexity,
-           max(value) FILTER (WHERE name = 'measured_sparsity') AS measured_sparsity,
-           max(value) FILTER (WHERE name = 'decode_tok_s_b1') AS decode_tok_s_b1,
-           max(value) FILTER (WHERE name = 'decode_speedup_b1') AS decode_speedup_b1,
-           max(CAST(json_extract(details, '$.speedup_paired.p10') AS DOUBLE))
-               FILTER (WHERE name = 'decode_speedup_b1') AS decode_speedup_b1_p10,
-           max(CAST(json_extract(details, '$.speedup_paired.p90') AS DOUBLE))
-               FILTER (WHERE name = 'decode_speedup_b1') AS decode_speedup_b1_p90,
-           max(value) FILTER (WHERE name = 'prefill_ms') AS prefill_ms,
-           max(value) FILTER (WHERE name = 'prefill_speedup') AS prefill_speedup,
-           max(CAST(json_extract(details, '$.speedup_paired.p10') AS DOUBLE))
-               FILTER (WHERE name = 'prefill_speedup') AS prefill_speedup_p10,
-           max(CAST(json_extract(details, '$.speedup_paired.p90') AS DOUBLE))
-               FILTER (WHERE name = 'prefill_speedup') AS prefill_speedup_p90,
-           avg(value) FILTER (WHERE stage = 'lm_eval' AND name LIKE '%/acc') AS task_acc_mean,
-           count(value) FILTER (WHERE stage = 'lm_eval' AND name LIKE '%/acc') AS tasks,
-           max(details) FILTER (WHERE name = 'perplexity') AS perplexity_protocol
-    FROM metrics GROUP BY job_key
-), wide AS (
-    SELECT j.job_key, j.run_id, j.model, j.method, j.pattern, j.target_sparsity, j.hardware, j.kernel,
-           j.seed, j.kernel_status, m.perplexity, m.measured_sparsity, m.decode_tok_s_b1, m.decode_speedup_b1,
-           m.decode_speedup_b1_p10, m.decode_speedup_b1_p90, m.prefill_ms, m.prefill_speedup,
-           m.prefill_speedup_p10, m.prefill_speedup_p90, m.task_acc_mean, coalesce(m.tasks, 0) AS tasks,
-           j.warnings, j.finished_at, m.perplexity_protocol
-    FROM jobs j LEFT JOIN per_job m USING (job_key)
-    WHERE j.status = 'done'
-), dense AS (
-    SELECT model, hardware, kernel, seed, perplexity_protocol, perplexity, task_acc_mean
-    FROM wide WHERE method = 'dense'
-    QUALIFY row_number() OVER (PARTITION BY model, hardware, kernel, seed, perplexity_protocol
-                               ORDER BY finished_at DESC, job_key) = 1
-)
-SELECT w.* EXCLUDE (perplexity_protocol), w.perplexity / d.perplexity - 1 AS perplexity_change_vs_dense,
-       w.task_acc_mean - d.task_acc_mean AS task_acc_change_vs_dense
-FROM wide w
-LEFT JOIN dense d
-  ON d.model = w.model AND d.hardware = w.hardware AND d.kernel = w.kernel AND d.seed = w.seed
- AND d.perplexity_protocol IS NOT DISTINCT FROM w.perplexity_protocol
-"""
-
-MIGRATIONS: dict[int, list[str]] = {
-    1: [
-        """CREATE TABLE runs (
-            run_id VARCHAR PRIMARY KEY, grid_name VARCHAR, grid_file VARCHAR, grid_text VARCHAR, command VARCHAR,
-            git_commit VARCHAR, git_dirty BOOLEAN, packages VARCHAR, hardware VARCHAR, ray_address VARCHAR,
-            started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ, status VARCHAR,
-            jobs_total INTEGER, jobs_skipped INTEGER, jobs_done INTEGER, jobs_failed INTEGER, jobs_cancelled INTEGER)""",
-        """CREATE TABLE jobs (
-            job_key VARCHAR PRIMARY KEY, run_id VARCHAR, model VARCHAR, model_source VARCHAR, model_location VARCHAR,
-            model_fingerprint VARCHAR, method VARCHAR, method_version VARCHAR, method_params VARCHAR,
-            pattern VARCHAR, pattern_spec VARCHAR, target_sparsity DOUBLE, hardware VARCHAR, kernel VARCHAR,
-            kernel_version VARCHAR, seed INTEGER, spec VARCHAR,
-            status VARCHAR, error VARCHAR, traceback VARCHAR, attempts INTEGER,
-            queued_at TIMESTAMPTZ, started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ, duration_s DOUBLE,
-            peak_rss_bytes BIGINT, timings VARCHAR, worker VARCHAR, kernel_status VARCHAR, kernel_provenance VARCHAR,
-            warnings VARCHAR)""",
-        """CREATE TABLE metrics (
-            job_key VARCHAR, name VARCHAR, value DOUBLE, unit VARCHAR, higher_is_better BOOLEAN, stderr DOUBLE,
-            stage VARCHAR, details VARCHAR, PRIMARY KEY (job_key, name))""",
-        """CREATE TABLE layers (
-            job_key VARCHAR, layer VARCHAR, block INTEGER, out_features INTEGER, in_features INTEGER,
-            numel BIGINT, zeros BIGINT, target_sparsity DOUBLE, measured_sparsity DOUBLE,
-            PRIMARY KEY (job_key, layer))""",
-        LEADERBOARD_SQL,
-    ],
-    # 2: a second dense job for the same model, hardware, kernel and seed (another grid's protocol) no
-    # longer duplicates the leaderboard's rows; see LEADERBOARD_SQL.
-    2: [LEADERBOARD_SQL],
-    # 3: the stage graph. A job's record is assembled from its stages (prune, evaluate, latency); a stage is
-    # stored once under its own content key and shared by every job that needs it, so a resubmitted grid
-    # reruns only the stages that are missing.
-    3: [
-        """CREATE TABLE stages (
-            stage_key VARCHAR PRIMARY KEY, kind VARCHAR, prune_key VARCHAR, hardware VARCHAR, run_id VARCHAR,
-            status VARCHAR, error VARCHAR, traceback VARCHAR, attempts INTEGER,
-            queued_at TIMESTAMPTZ, started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ, duration_s DOUBLE,
-            peak_rss_bytes BIGINT, node_id VARCHAR, worker VARCHAR, result VARCHAR)""",
-        "ALTER TABLE jobs ADD COLUMN prune_key VARCHAR",
-        "ALTER TABLE jobs ADD COLUMN eval_key VARCHAR",
-        "ALTER TABLE jobs ADD COLUMN latency_key VARCHAR",
-        "ALTER TABLE jobs ADD COLUMN artifact VARCHAR",
-    ],
-}
 
 
 def _j(obj: Any) -> str | None:
@@ -165,25 +73,6 @@ def _one_line(err: BaseException) -> str:
 # that is not a DuckDB store would otherwise make DuckDB download a reader for it, e.g. SQLite's).
 CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
 DUCKDB_MAGIC = b"DUCK"  # bytes 8-11 of every DuckDB database file
-
-
-class StoreError(BenchError):
-    """The store cannot be opened or written; the message says why, in one line."""
-
-
-def schema_version(con: duckdb.DuckDBPyConnection, path: str | Path = "the store") -> int:
-    """The schema version; 0 for an empty file. A DuckDB file with tables of its own and no schema_version
-    was not written by SparseBench and is refused before anything reads or writes it."""
-    tables = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables "
-                                        "WHERE table_schema = 'main' ORDER BY table_name").fetchall()]
-    if "schema_version" not in tables:
-        if tables:
-            shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
-            raise StoreError(f"--db: {path} is a DuckDB file but not a SparseBench store (it has tables "
-                             f"{shown} and no schema_version); pass another --db")
-        return 0
-    row = con.execute("SELECT max(version) FROM schema_version").fetchone()
-    return row[0] or 0
 
 
 class Store:
@@ -299,56 +188,12 @@ class Store:
     def lock_path(self) -> Path:
         return self.path.with_name(self.path.name + ".lock")
 
-    @contextmanager
-    def submit_lock(self, wait: bool = False, command: str = "", on_wait=None) -> Iterator[None]:
-        """Held by the one `bench submit` (or `bench gc`) that writes this store. A second one refuses at
-        once, naming the holder, or with `wait` queues behind it. An advisory lock on `<store>.lock` (flock),
-        released by the kernel when its process ends, so a killed driver never leaves the store locked.
-
-        Only the holder removes the lock file, while it still holds it, on its way out; so whoever locks a
-        file checks that the path still names the file it locked, and otherwise locks the new one. A
-        refused process touches nothing, and no lock file outlives a run that ended normally."""
-        import fcntl
-        import socket
+    def submit_lock(self, wait: bool = False, command: str = "", on_wait=None):
+        """Held by the one `bench submit` (or `bench gc`) that writes this store (bench.store.lock)."""
+        from bench.store.lock import writer_lock
 
         self._make_parent()
-        lock_path, told = self.lock_path, False
-        while True:
-            try:
-                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as err:
-                raise StoreError(f"--db: cannot make the lock file {lock_path}: {err.strerror or err}") from None
-            try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown process"
-                    if not wait:
-                        raise BenchError(f"{self.path} is being written by another bench process ({holder}); wait for "
-                                         "it to finish, pass --wait to queue behind it, or use another --db") from None
-                    if on_wait and not told:
-                        on_wait(holder)
-                        told = True
-                    fcntl.flock(fd, fcntl.LOCK_EX)
-                try:
-                    current = os.stat(lock_path)
-                    mine = os.fstat(fd)
-                    if (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino):
-                        break
-                except FileNotFoundError:
-                    pass
-            except BaseException:
-                os.close(fd)
-                raise
-            os.close(fd)  # the holder removed that file as it left: lock the one at the path now
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
-                          f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {command or 'bench'}".encode(), 0)
-            yield
-        finally:
-            lock_path.unlink(missing_ok=True)  # still held: a process queued on this file sees it gone
-            os.close(fd)  # releases the lock
+        return writer_lock(self.path, self.lock_path, wait=wait, command=command, on_wait=on_wait)
 
     # ---- writes (driver only) -------------------------------------------------------------------
 

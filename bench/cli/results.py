@@ -1,0 +1,133 @@
+"""`bench ls`, `bench show`, `bench leaderboard` and `bench export`: the commands that read the store."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from bench.errors import BenchError
+from bench.store import Store
+
+
+LEADERBOARD_COLUMNS = ["model", "method", "pattern", "hardware", "kernel", "seed", "measured_sparsity", "perplexity",
+                       "perplexity_change_vs_dense", "decode_tok_s_b1", "decode_speedup_b1", "decode_speedup_b1_p10",
+                       "decode_speedup_b1_p90", "prefill_ms", "prefill_speedup", "prefill_speedup_p10",
+                       "prefill_speedup_p90", "task_acc_mean", "task_acc_change_vs_dense", "kernel_status", "job_key"]
+
+
+def cmd_ls(args) -> int:
+    store = Store(args.db)
+    where, params = [], []
+    if args.status:
+        where.append("status = ?")
+        params.append(args.status)
+    if args.run:
+        where.append("run_id = ?")
+        params.append(args.run)
+    sql = ("SELECT job_key, status, model, method, pattern, hardware, kernel, seed, round(duration_s, 2) AS seconds, "
+           "run_id, error FROM jobs" + (" WHERE " + " AND ".join(where) if where else "") +
+           " ORDER BY model, method, target_sparsity, pattern, hardware, kernel, seed")
+    df = store.query(sql, params)
+    if df.empty:
+        print("no jobs")
+        return 0
+    df["error"] = df["error"].fillna("").str.slice(0, 80)
+    print(df.to_string(index=False))
+    return 0
+
+
+def cmd_show(args) -> int:
+    store = Store(args.db)
+    jobs = store.query("SELECT * FROM jobs WHERE starts_with(job_key, ?)", [args.job])  # no LIKE: '%' is literal
+    if len(jobs) != 1:
+        raise BenchError(f"job '{args.job}': {'no job has that key' if jobs.empty else f'{len(jobs)} jobs share that prefix; give more characters'}")
+    job = jobs.iloc[0]
+    run = store.query("SELECT * FROM runs WHERE run_id = ?", [job["run_id"]])
+    metrics = store.query("SELECT name, value, unit, stderr, stage FROM metrics WHERE job_key = ? ORDER BY stage, name", [job["job_key"]])
+    layers = store.query("SELECT layer, out_features, in_features, measured_sparsity FROM layers WHERE job_key = ? ORDER BY block, layer", [job["job_key"]])
+    for col in ("job_key", "status", "model", "model_location", "model_fingerprint", "method", "method_version",
+                "method_params", "pattern", "hardware", "kernel", "kernel_version", "seed", "run_id", "started_at",
+                "finished_at", "duration_s", "kernel_status", "prune_key", "eval_key", "latency_key", "artifact",
+                "error"):
+        if col in job and job[col] is not None and str(job[col]) not in ("nan", "NaT", "None"):
+            print(f"{col:>18}: {job[col]}")
+    if not run.empty:
+        r = run.iloc[0]
+        print(f"{'git_commit':>18}: {r['git_commit']}{' (dirty)' if r['git_dirty'] else ''}")
+        print(f"{'packages':>18}: {r['packages']}")
+        print(f"{'driver hardware':>18}: {r['hardware']}")
+    if job["worker"]:
+        print(f"{'worker hardware':>18}: {job['worker']}")
+    if job["kernel_provenance"]:
+        print(f"{'kernel':>18}: {job['kernel_provenance']}")
+    if not metrics.empty:
+        print("\nmetrics:")
+        print(metrics.to_string(index=False))
+    if not layers.empty:
+        print(f"\nlayers ({len(layers)}):")
+        print(layers.to_string(index=False))
+    if job["traceback"]:
+        print("\ntraceback:\n" + job["traceback"])
+    return 0
+
+
+def cmd_leaderboard(args) -> int:
+    df = Store(args.db).leaderboard()
+    cols = [c for c in LEADERBOARD_COLUMNS if c in df.columns]
+    cols[-1:-1] = sorted(c for c in df.columns if c.endswith("/acc"))  # one column per task, before job_key
+    df = df[cols]
+    if args.format == "csv":
+        df.to_csv(sys.stdout, index=False)
+    elif args.format == "json":
+        for row in df.to_dict(orient="records"):
+            print(json.dumps(row, default=str))
+    elif df.empty:
+        print("the leaderboard is empty: no job has finished yet")
+    else:
+        # Display only: the store and the csv/json formats keep every digit. A speedup is shown with the
+        # p10-p90 range of its paired per-round ratios, so a ratio inside the noise reads as such.
+        df = df.drop(columns=["job_key"]).copy()
+        for col in ("decode_speedup_b1", "prefill_speedup"):
+            if col in df:
+                df[col] = [f"{v:.3g} [{lo:.3g}-{hi:.3g}]" if v == v else "" for v, lo, hi in
+                           zip(df[col], df.pop(col + "_p10"), df.pop(col + "_p90"))]
+        print(df.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    return 0
+
+
+def cmd_export(args) -> int:
+    store = Store(args.db)
+    if args.path.exists() and not args.path.is_dir():
+        raise BenchError(f"export: {args.path} is a file; give a folder (it is made if missing)")
+    with store.read():  # a missing or foreign store is refused before the folder is made
+        pass
+    try:
+        args.path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BenchError(f"export: cannot make the folder {args.path}: {err.strerror or err}") from None
+    ext = args.format
+    opts = "(FORMAT parquet)" if ext == "parquet" else "(FORMAT csv, HEADER true)"
+    import duckdb
+
+    targets = [(table, args.path / f"{table}.{ext}") for table in ("runs", "jobs", "metrics", "layers", "leaderboard")]
+    for _, target in targets:
+        if target.is_dir():
+            raise BenchError(f"export: {target} is a folder; move it away or export into another folder")
+    staged = []
+    try:  # every file is written beside its target and renamed into place once all are written
+        with store.read() as con:
+            for table, target in targets:
+                tmp = target.with_name(f".{target.name}.partial")
+                staged.append((tmp, target))
+                quoted = tmp.as_posix().replace("'", "''")
+                con.execute(f"COPY (SELECT * FROM {table}) TO '{quoted}' {opts}")
+        for tmp, target in staged:
+            os.replace(tmp, target)
+            print(target)
+    except (duckdb.Error, OSError) as err:
+        raise BenchError(f"export: cannot write into {args.path}: {' '.join(str(err).split())}") from None
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+    return 0

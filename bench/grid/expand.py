@@ -1,0 +1,108 @@
+"""A GridSpec to its jobs: one per model x method x pattern x hardware x kernel x seed, in a stable order.
+
+    jobs = expand(spec)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.accuracy.lmeval import TasksSpec
+from bench.grid.specs import GridSpec, MethodSpec
+from bench.patterns import Dense
+from bench.registry import kernel_registry, method_registry
+from bench.spec.jobs import Job
+
+
+def _tasks_identity(spec: TasksSpec | None) -> dict[str, Any] | None:
+    """The tasks spec plus what else determines task scores: lm-eval's version and the task files."""
+    if spec is None:
+        return None
+    from importlib.metadata import version
+
+    from bench.spec.jobs import folder_fingerprint
+    from bench.accuracy.lmeval import include_paths
+
+    return {**spec.to_dict(), "lm_eval_version": version("lm_eval"),
+            "folders": [folder_fingerprint(p) for p in include_paths(spec.include_path)]}
+
+
+def _excluded(rules: list[dict[str, str]], values: dict[str, str]) -> bool:
+    return any(all(values[k] == v for k, v in rule.items()) for rule in rules)
+
+
+def expand(spec: GridSpec) -> list[Job]:
+    """All jobs of the grid, in a stable order, without duplicates.
+
+    The `dense` method runs once per model (its pattern is always `dense`); when `dense_baseline` is on,
+    every model gets that dense job even if the grid does not list the method, because relative figures
+    (change vs dense, speedup vs dense) come from it. A method paired with a pattern it does not support
+    is skipped, and the pairing is reported by `incompatible`.
+    """
+    methods = list(spec.methods)
+    if spec.dense_baseline and not any(m.name == "dense" for m in methods):
+        methods.insert(0, MethodSpec(name="dense", params={}))
+    registry, kernels = method_registry(), kernel_registry()
+    tasks = _tasks_identity(spec.tasks)
+    # made once and shared by the jobs (frozen; nothing mutates them): 100k jobs made in seconds
+    calibration, perplexity = spec.calibration.to_dict(), spec.perplexity.to_dict()
+    latency = spec.latency.to_dict() if spec.latency else None
+    pattern_dicts = {p: p.to_dict() for p in [Dense(), *spec.patterns]}
+    jobs, seen = [], set()
+    for model in spec.models:
+        for m in methods:
+            cls = registry.get(m.name)
+            patterns = [Dense()] if cls.patterns == ("dense",) else [p for p in spec.patterns if p.kind in cls.patterns]
+            if m.refine:
+                from bench.prune.refine import SUPPORTED
+
+                patterns = [p for p in patterns if p.kind in SUPPORTED]
+            for pattern in patterns:
+                for hw in spec.hardware:
+                    for kernel in spec.kernels:
+                        if not kernels.get(kernel).supports_device(hw):
+                            continue
+                        for seed in spec.seeds:
+                            values = {"model": model.name, "method": m.label, "pattern": pattern.label, "hardware": hw, "kernel": kernel}
+                            if _excluded(spec.excludes, values):
+                                continue
+                            job = Job(
+                                model=model, method=m.name, method_version=cls.version, method_params=m.params,
+                                pattern=pattern_dicts[pattern], hardware=hw, kernel=kernel,
+                                kernel_version=kernels.get(kernel).version, seed=seed, refine=m.refine,
+                                calibration=calibration
+                                if cls.needs_calibration or pattern.needs_calibration or m.refine else None,
+                                perplexity=perplexity, latency=latency, tasks=tasks,
+                                layers=spec.layers if m.name != "dense" else None,
+                            )
+                            if job.key not in seen:
+                                seen.add(job.key)
+                                jobs.append(job)
+    return jobs
+
+
+def why_no_jobs(spec: GridSpec) -> str:
+    """Why `expand(spec)` is empty, naming the fields to change."""
+    kernels = kernel_registry()
+    if not any(kernels.get(k).supports_device(hw) for hw in spec.hardware for k in spec.kernels):
+        return (f"no backend in `kernels` ({', '.join(spec.kernels)}) runs on a target in `hardware` "
+                f"({', '.join(spec.hardware)}); add one that does, e.g. torch-dense")
+    registry = method_registry()
+    runnable = [m for m in spec.methods if registry.get(m.name).patterns == ("dense",)
+                or any(p.kind in registry.get(m.name).patterns for p in spec.patterns)]
+    if not runnable and not spec.dense_baseline:
+        return (f"no method in `methods` supports a pattern in `patterns` ({', '.join(incompatible(spec))}) and "
+                "dense_baseline is false; add a pattern the methods support")
+    return "every job matches an [[exclude]] rule; loosen the rules"
+
+
+def incompatible(spec: GridSpec) -> list[str]:
+    """Method x pattern pairs of the grid that the method does not support (reported, not run)."""
+    registry = method_registry()
+    out = []
+    for m in spec.methods:
+        cls = registry.get(m.name)
+        if cls.patterns == ("dense",):
+            continue
+        out += [f"{m.name} x {p.label}" for p in spec.patterns if p.kind not in cls.patterns and p.kind != "dense"]
+    return out

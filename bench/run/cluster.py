@@ -1,0 +1,223 @@
+"""The Ray instance a run uses: a local one (on the loopback interface only, with no leftovers of a killed
+one) or a cluster joined by address, and which hardware targets its nodes can run.
+
+    init_ray(None)                 # a local instance; init_ray("10.0.0.5:6379") joins a cluster
+    unschedulable(["cuda:H100"])   # {target: why no alive node can ever run it}
+    resources_for("cpu:4+epyc")    # Ray task options for a hardware target
+    reap_dead_sessions()           # stop the agents a SIGKILLed driver's instance left behind
+
+Ray has no authentication, so a local instance must not listen on the machine's network interfaces. Ray
+binds its servers (GCS, raylet, object manager, workers, agents) to the node's IP, and takes 127.0.0.1 as
+that IP only where it believes it cannot form a cluster (`ray_constants.ENABLE_RAY_CLUSTER`, which the
+environment variable RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER sets at import). `ray.init(_node_ip_address=
+"127.0.0.1")` is not enough: it is resolved back to the routable address. Joining a cluster (`--address`)
+is left as it is.
+
+When the driver is killed with SIGKILL, Ray's head processes die with it (they are started with
+PR_SET_PDEATHSIG), but the raylet's two agents (`ray::DashboardAgent`, `ray::RuntimeEnvAgent`) linger for
+about a minute, blocked publishing an error to the dead GCS. They are named `ray::NAME` and hold files of
+their session folder open (`.../session_<time>_<pid>/logs/...`): a `ray::` process whose session has no
+live raylet is an orphan. Only processes of this user are looked at, and only `ray::` ones are stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from bench.errors import BenchError, Interrupted
+from bench.spec.hardware import Hardware
+
+_SESSION = re.compile(r"(/\S*/session_\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_\d+_\d+)/")
+
+
+@contextmanager
+def loopback_only() -> Iterator[None]:
+    """Around a local `ray.init`: the node's IP is 127.0.0.1, so every port it opens binds there. Ray reads
+    the setting when the node starts; it is restored afterwards (this process may later join a cluster,
+    and `ray start` refuses to join one with the environment variable set, so that is left alone)."""
+    from ray._private import ray_constants
+
+    previous = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = previous
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def _session_of(pid: int) -> str | None:
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return None
+    for fd in fds:
+        try:
+            match = _SESSION.match(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            continue
+        if match:
+            return match.group(1)
+    return None
+
+
+def _processes() -> Iterator[tuple[int, bytes]]:
+    """(pid, command line) of this user's processes, this one excluded."""
+    me, uid = os.getpid(), os.getuid()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != me:
+            try:
+                if os.stat(f"/proc/{entry}").st_uid != uid:
+                    continue
+            except OSError:
+                continue
+            yield int(entry), _read(f"/proc/{entry}/cmdline")
+
+
+def dead_session_processes() -> list[tuple[int, str, str]]:
+    """(pid, session folder, command) of this user's Ray processes (`ray::NAME`) whose session has no
+    live raylet."""
+    if not os.path.isdir("/proc"):
+        return []
+    procs = list(_processes())
+    live = {m.group(1) for _, cmd in procs if b"raylet" in cmd.split(b"\0", 1)[0]
+            for m in [_SESSION.search(cmd.replace(b"\0", b" ").decode(errors="replace") + "/")] if m}
+    found = []
+    for pid, cmd in procs:
+        if not cmd.startswith(b"ray::"):  # Ray names its workers and agents so; nothing else is touched
+            continue
+        session = _session_of(pid)
+        if session is not None and session not in live:
+            found.append((pid, session, cmd.replace(b"\0", b" ").decode(errors="replace").strip()))
+    return found
+
+
+def reap_dead_sessions(grace_s: float = 3.0) -> list[tuple[int, str, str]]:
+    """Stop the processes `dead_session_processes` finds: SIGTERM, then SIGKILL after `grace_s` (their
+    blocked call ignores SIGTERM). Returns what was stopped."""
+    victims = dead_session_processes()
+    for pid, _, _ in victims:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace_s
+    alive = list(victims)
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = [v for v in alive if _running(v[0])]
+    for pid, _, _ in alive:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return victims
+
+
+def _running(pid: int) -> bool:
+    status = _read(f"/proc/{pid}/status")
+    return bool(status) and b"State:\tZ" not in status
+
+
+def resources_for(hardware: str) -> dict[str, Any]:
+    """Ray task options for a hardware target."""
+    return Hardware.parse(hardware).ray_options()
+
+
+def unschedulable(hardware: list[str]) -> dict[str, str]:
+    """Hardware targets that no alive node of the connected cluster can ever run, with the reason."""
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    out = {}
+    for hw in hardware:
+        target = Hardware.parse(hw)
+        if not any(target.fits(r) for r in nodes):
+            have = "; ".join("{" + ", ".join(f"{k}={v:g}" for k, v in sorted(r.items())
+                                             if not k.startswith(("node:", "memory", "object_store"))) + "}"
+                             for r in nodes)
+            out[hw] = (f"no node of the Ray cluster can run hardware '{hw}' (needs {target.ray_options()}; "
+                       f"nodes have: {have or 'none'})")
+    return out
+
+
+def check_address(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, in one line, when nothing listens at a Ray address of the form host:port."""
+    if address in ("auto", "local") or address.startswith("ray://"):
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise BenchError(f"--address: '{address}' is not host:port (e.g. 10.0.0.5:6379), 'auto' or ray://host:10001")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as err:
+        raise BenchError(f"--address: no Ray cluster answers at {address} ({err.strerror or err}); "
+                         "start one with `ray start --head` or drop --address to run locally") from None
+
+
+def init_ray(address: str | None, oom_retries: int = 2) -> bool:
+    """Connect to `address` or start a local instance (loopback only); True if this call
+    started Ray."""
+    import logging
+    from contextlib import nullcontext
+
+    import ray
+
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray re-runs a task its memory monitor killed without limit by default: a stage that never fits would
+    # be retried forever. The owner (this driver) reads the limit when it starts.
+    os.environ.setdefault("RAY_task_oom_retries", str(oom_retries))
+    if ray.is_initialized():
+        return False
+    local = not address or address == "local"
+    if local:
+        for pid, session, cmd in reap_dead_sessions():
+            print(f"bench: stopped {cmd} (pid {pid}), left behind by a killed run's Ray instance "
+                  f"({os.path.basename(session)})", file=sys.stderr, flush=True)
+    # ray.init replaces the SIGTERM handler with one of its own (sys.exit(15), no message) and leaves it: the
+    # caller's handler is put back as soon as it returns
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        with loopback_only() if local else nullcontext():  # a local instance is reachable from this machine only
+            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.ERROR, configure_logging=True,
+                     # workers import torch after this is set: see bench.cli.OMP_WAIT_POLICY
+                     runtime_env={"env_vars": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}})
+    except SystemExit as exit:  # SIGTERM during ray.init: its own handler (set as it starts) exits 15
+        if exit.code != signal.SIGTERM:
+            raise
+        try:
+            ray.shutdown()
+        except Exception:  # noqa: BLE001  (half-started: what it started dies with this process anyway)
+            pass
+        raise Interrupted(signal.SIGTERM, started=False) from None
+    except Exception as err:
+        if not address or not isinstance(err, (ConnectionError, RuntimeError, ray.exceptions.RayError)):
+            raise
+        message = " ".join(str(err).split())
+        if "Authentication" in message or "auth" in message.lower():
+            raise BenchError(f"--address: the Ray cluster at {address} wants token authentication: set "
+                             "RAY_AUTH_MODE=token and make its token readable (RAY_AUTH_TOKEN or ~/.ray/auth_token)") from None
+        raise BenchError(f"--address: could not join the Ray cluster at {address}: {message[:500]}") from None
+    finally:
+        if main and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return True
