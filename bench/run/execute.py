@@ -285,33 +285,9 @@ def run_job(job_dict: dict[str, Any], artifacts: str) -> dict[str, Any]:
                                  "hardware": job.hardware})
         if parts[kind]["status"] != "done":
             break
+    from bench.run.plan import assemble
+
     return assemble(parts)
-
-
-def assemble(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """A job's record from its stages' results: every stage's metrics, the prune stage's layers, the latency
-    stage's kernel provenance, the evaluation's warnings; failed if any stage failed (the first, by name)."""
-    failed = [(kind, r) for kind, r in parts.items() if r["status"] != "done"]
-    result: dict[str, Any] = {
-        "metrics": [m for r in parts.values() for m in r.get("metrics", [])],
-        "layers": parts.get("prune", {}).get("layers", []),
-        "kernel": parts.get("latency", {}).get("kernel"),
-        "warnings": [w for r in parts.values() for w in r.get("warnings") or []],
-        "timings": {f"{kind}.{k}": v for kind, r in parts.items() for k, v in (r.get("timings") or {}).items()},
-        "duration_s": sum(r.get("duration_s") or 0 for r in parts.values()),
-        "started_at": min((r["started_at"] for r in parts.values() if r.get("started_at")), default=None),
-        "finished_at": max((r["finished_at"] for r in parts.values() if r.get("finished_at")), default=None),
-        "peak_rss_bytes": max((r.get("peak_rss_bytes") or 0 for r in parts.values()), default=None),
-        "worker": {kind: r.get("worker") for kind, r in parts.items()},
-        "artifact": parts.get("prune", {}).get("artifact"),
-    }
-    if failed:
-        kind, r = failed[0]
-        result.update(status="failed", failure=r.get("failure", "error"), error=f"{kind} stage: {r.get('error')}",
-                      traceback=r.get("traceback"))
-    else:
-        result["status"] = "done"
-    return result
 
 
 def _dense_gate(job, measured: float) -> list[str]:

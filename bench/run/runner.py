@@ -31,7 +31,7 @@ from typing import Any
 from bench.errors import Interrupted
 from bench.model.artifacts import Artifacts
 from bench.run.cluster import init_ray, resources_for, unschedulable
-from bench.run.plan import Stage, dependents, plan
+from bench.run.plan import Stage, assemble, dependents, plan
 from bench.spec.jobs import Job
 from bench.store import Store
 
@@ -329,8 +329,6 @@ class _Scheduler:
         parts = {kind: self.stages[key] for kind, key in job.stage_keys().items()}
         if any(s.state in ("todo", "running") for s in parts.values()):
             return
-        from bench.run.execute import assemble
-
         result = assemble({kind: s.result for kind, s in parts.items()})
         self.finished_jobs.add(job.key)
         self.store.record_result(job.key, result, con)
