@@ -172,13 +172,11 @@ def check_address(address: str, timeout_s: float = 5.0) -> None:
 
 
 def init_ray(address: str | None, oom_retries: int = 2) -> bool:
-    """Connect to `address` or start a local instance (loopback only); True if this call
-    started Ray."""
+    """Connect to `address` or start a local instance (loopback only); True if this call started Ray."""
     import logging
     from contextlib import nullcontext
 
     import ray
-
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Ray re-runs a task its memory monitor killed without limit by default: a stage that never fits would

@@ -6,8 +6,9 @@
     store.leaderboard()                       # the view the CLI and the dashboard share, as a DataFrame
 
 DuckDB lets one process hold a file for writing and then no other process may open it, not even
-read-only. So the writer opens, writes and closes in short transactions, and readers (and the writer)
-retry briefly on a lock conflict: the dashboard can be browsed while a grid runs.
+read-only. So the writer opens, writes and closes in short transactions; a reader retries for up to 30 s
+on a lock conflict, and the writer waits as long as it takes (saying so): the dashboard can be browsed
+while a grid runs.
 
 The tables, the leaderboard view and their migrations are in bench.store.schema.
 """
@@ -31,7 +32,6 @@ from bench.store.schema import LEADERBOARD_SQL, MIGRATIONS, SCHEMA_VERSION, Stor
 DEFAULT_DB = Path("results") / "bench.duckdb"
 
 
-
 def _j(obj: Any) -> str | None:
     return None if obj is None else json.dumps(obj, sort_keys=True, default=str)
 
@@ -47,8 +47,8 @@ def _insert_rows(con, sql: str, width: int, rows: list[list[Any]], chunk: int = 
 
 def _insert_frame(con, table: str, frame: pd.DataFrame, now: tuple[str, ...] | list[str] = ()) -> None:
     """Insert a DataFrame's rows into the named columns of `table` in one statement (DuckDB scans the
-    frame directly; 100k jobs take a fraction of a second where executemany took minutes), with the columns
-    in `now` set to the transaction's timestamp."""
+    frame directly: 24x faster than executemany on 5,000 jobs, benchmarks/startup.py), with the columns in
+    `now` set to the transaction's timestamp."""
     if frame.empty:
         return
     cols = ", ".join(list(frame.columns) + list(now))
