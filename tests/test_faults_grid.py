@@ -136,3 +136,16 @@ def test_a_grid_of_no_jobs_is_refused_with_the_reason(tmp_path, untrained_model,
 def test_grid_docs_say_a_grid_is_code_to_trust():
     text = " ".join((Path(__file__).parent.parent / "docs" / "grid-format.md").read_text().split())
     assert "runs that folder's code" in text and "trusted like a script" in text
+
+
+def test_a_refined_method_with_no_pattern_it_refines_is_the_reason_not_an_exclude(tmp_path, untrained_model):
+    """DSnoT refines unstructured and N:M masks only: a grid of a refined method and block patterns expands to
+    nothing, and the reason says so (it blamed [[exclude]] rules there were none of)."""
+    from bench.grid import incompatible
+
+    text = grid_text(untrained_model, "dense_baseline = false", methods='[{name = "magnitude", refine = "dsnot"}]',
+                     patterns='[{kind = "block", target = 0.5}]')
+    assert incompatible(parse_grid(text)) == ["magnitude+dsnot x 50%/block4x4"]
+    line = one_line_exit_2(bench("submit", write_grid(tmp_path, text), "--db", tmp_path / "b.duckdb", "--dry-run"))
+    assert "no method in `methods` supports a pattern" in line and "magnitude+dsnot x 50%/block4x4" in line
+    assert "[[exclude]]" not in line

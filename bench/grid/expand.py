@@ -5,11 +5,12 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from bench.accuracy.lmeval import TasksSpec
 from bench.grid.specs import GridSpec, MethodSpec
-from bench.patterns import Dense
+from bench.patterns import Dense, Pattern
 from bench.registry import kernel_registry, method_registry
 from bench.spec.jobs import Job
 
@@ -31,14 +32,30 @@ def _excluded(rules: list[dict[str, str]], values: dict[str, str]) -> bool:
     return any(all(values[k] == v for k, v in rule.items()) for rule in rules)
 
 
-def expand(spec: GridSpec) -> list[Job]:
+def _patterns_for(method: MethodSpec, cls, patterns) -> list[Pattern]:
+    """The grid's patterns this method (and its refinement, if any) runs with; `dense` alone for the
+    dense method."""
+    if cls.patterns == ("dense",):
+        return [Dense()]
+    out = [p for p in patterns if p.kind in cls.patterns]
+    if method.refine:
+        from bench.prune.refine import SUPPORTED
+
+        out = [p for p in out if p.kind in SUPPORTED]
+    return out
+
+
+def expand(spec: GridSpec, dropped: Counter | None = None) -> list[Job]:
     """All jobs of the grid, in a stable order, without duplicates.
 
     The `dense` method runs once per model (its pattern is always `dense`); when `dense_baseline` is on,
     every model gets that dense job even if the grid does not list the method, because relative figures
     (change vs dense, speedup vs dense) come from it. A method paired with a pattern it does not support
-    is skipped, and the pairing is reported by `incompatible`.
+    is skipped, and the pairing is reported by `incompatible`. `dropped`, if given, counts what left cells
+    out: "pattern" (a method with no pattern to run), "kernel" (a backend that does not run on a hardware
+    target), "exclude" (an [[exclude]] rule).
     """
+    dropped = Counter() if dropped is None else dropped
     methods = list(spec.methods)
     if spec.dense_baseline and not any(m.name == "dense" for m in methods):
         methods.insert(0, MethodSpec(name="dense", params={}))
@@ -52,19 +69,18 @@ def expand(spec: GridSpec) -> list[Job]:
     for model in spec.models:
         for m in methods:
             cls = registry.get(m.name)
-            patterns = [Dense()] if cls.patterns == ("dense",) else [p for p in spec.patterns if p.kind in cls.patterns]
-            if m.refine:
-                from bench.prune.refine import SUPPORTED
-
-                patterns = [p for p in patterns if p.kind in SUPPORTED]
+            patterns = _patterns_for(m, cls, spec.patterns)
+            dropped["pattern"] += not patterns
             for pattern in patterns:
                 for hw in spec.hardware:
                     for kernel in spec.kernels:
                         if not kernels.get(kernel).supports_device(hw):
+                            dropped["kernel"] += 1
                             continue
                         for seed in spec.seeds:
                             values = {"model": model.name, "method": m.label, "pattern": pattern.label, "hardware": hw, "kernel": kernel}
                             if _excluded(spec.excludes, values):
+                                dropped["exclude"] += 1
                                 continue
                             job = Job(
                                 model=model, method=m.name, method_version=cls.version, method_params=m.params,
@@ -82,27 +98,33 @@ def expand(spec: GridSpec) -> list[Job]:
 
 
 def why_no_jobs(spec: GridSpec) -> str:
-    """Why `expand(spec)` is empty, naming the fields to change."""
+    """Why `expand(spec)` is empty, naming the fields to change (from what `expand` itself left out)."""
     kernels = kernel_registry()
     if not any(kernels.get(k).supports_device(hw) for hw in spec.hardware for k in spec.kernels):
         return (f"no backend in `kernels` ({', '.join(spec.kernels)}) runs on a target in `hardware` "
                 f"({', '.join(spec.hardware)}); add one that does, e.g. torch-dense")
-    registry = method_registry()
-    runnable = [m for m in spec.methods if registry.get(m.name).patterns == ("dense",)
-                or any(p.kind in registry.get(m.name).patterns for p in spec.patterns)]
-    if not runnable and not spec.dense_baseline:
-        return (f"no method in `methods` supports a pattern in `patterns` ({', '.join(incompatible(spec))}) and "
-                "dense_baseline is false; add a pattern the methods support")
-    return "every job matches an [[exclude]] rule; loosen the rules"
+    dropped: Counter = Counter()
+    expand(spec, dropped)
+    reasons = []
+    if dropped["pattern"]:
+        reasons.append(f"no method in `methods` supports a pattern in `patterns` ({', '.join(incompatible(spec))})"
+                       + ("" if spec.dense_baseline else " and dense_baseline is false")
+                       + "; add a pattern the methods support")
+    if dropped["exclude"]:
+        reasons.append("every other job matches an [[exclude]] rule; loosen the rules" if reasons else
+                       "every job matches an [[exclude]] rule; loosen the rules")
+    return "; ".join(reasons)
 
 
 def incompatible(spec: GridSpec) -> list[str]:
-    """Method x pattern pairs of the grid that the method does not support (reported, not run)."""
+    """Method x pattern pairs of the grid that the method (or its refinement) does not support (reported,
+    not run)."""
     registry = method_registry()
     out = []
     for m in spec.methods:
         cls = registry.get(m.name)
         if cls.patterns == ("dense",):
             continue
-        out += [f"{m.name} x {p.label}" for p in spec.patterns if p.kind not in cls.patterns and p.kind != "dense"]
+        runs = _patterns_for(m, cls, spec.patterns)
+        out += [f"{m.label} x {p.label}" for p in spec.patterns if p not in runs and p.kind != "dense"]
     return out

@@ -228,7 +228,7 @@ class Artifacts:
                 continue
             stale = STAGING.fullmatch(p.name) is not None and now - p.stat().st_mtime > staging_older_than_s
             if (is_artifact(p) and p.name not in keep) or stale:
-                removed.append((p.name, sum(f.stat().st_size for f in p.rglob("*") if f.is_file())))
+                removed.append((p.name, self.size(p.name)))
                 if not dry_run:
                     shutil.rmtree(p, ignore_errors=True)
         return removed
