@@ -52,8 +52,7 @@ def serial(jobs, root: Path) -> dict:
     durations, t0 = [], time.perf_counter()
     for job in jobs:
         for kind, key in job.stage_keys().items():
-            r = run_stage({"kind": kind, "key": key, "job": job.to_dict(), "artifacts": str(root),
-                           "hardware": job.hardware})
+            r = run_stage({"kind": kind, "key": key, "job": job.to_dict(), "artifacts": str(root)})
             assert r["status"] == "done", r.get("error")
             durations.append(r["duration_s"])
     return {"wall_s": time.perf_counter() - t0, "stage_s": durations}

@@ -98,7 +98,7 @@ def inserts(jobs, folder: Path, n_old: int) -> dict:
             "kernel_version, seed, spec, status, attempts, queued_at, prune_key, eval_key, latency_key) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, now(), ?, ?, ?)",
             [[j.key, "r", j.model.name, j.model.source, j.model.location, j.model.fingerprint, j.method_label,
-              j.method_version, _j(j.method_params), j.pattern_label, _j(j.pattern), j.sparsity, j.hardware,
+              j.method_version, _j(j.method_params), j.pattern.label, _j(j.to_dict()["pattern"]), j.pattern.sparsity, j.hardware.label,
               j.kernel, j.kernel_version, j.seed, _j(j.to_dict()), j.prune_key, j.eval_key, j.latency_key]
              for j in jobs[:n_old]])
     old_s = time.perf_counter() - t0

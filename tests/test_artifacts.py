@@ -8,6 +8,7 @@ import torch
 from bench.model.artifacts import ArtifactError, Artifacts
 from bench.patterns import parse_pattern
 from bench.prune.harness import prune_model
+from bench.spec.protocols import CalibrationSpec
 
 
 @pytest.fixture()
@@ -64,7 +65,7 @@ def test_a_method_that_updates_kept_weights_stores_them(tiny_model, tmp_path):
     from transformers import AutoTokenizer
 
     tokens = calibration_tokens(AutoTokenizer.from_pretrained(tiny_model),
-                                {"dataset": "builtin:synthetic", "split": "train", "samples": 4, "seq_len": 32, "seed": 0})
+                                CalibrationSpec(samples=4, seq_len=32))
     report = prune_model(model, method_registry().get("sparsegpt")(seed=0), parse_pattern("2:4"), calibration=tokens)
     assert report.rewritten == set(report.masks)
     manifest = save(tmp_path, "sgpt", model, report)
@@ -196,7 +197,7 @@ def test_gpt2_conv1d_layers_round_trip(method, tmp_path):
     folder = zoo.builtin_path("tiny-gpt2")
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     tokens = calibration_tokens(AutoTokenizer.from_pretrained(folder),
-                                {"dataset": "builtin:synthetic", "split": "train", "samples": 4, "seq_len": 32, "seed": 0})
+                                CalibrationSpec(samples=4, seq_len=32))
     report = prune_model(model, method_registry().get(method)(seed=0), parse_pattern("2:4"), calibration=tokens)
     assert report.masks and (report.rewritten == set(report.masks) if method == "sparsegpt" else not report.rewritten)
     save(tmp_path, "g", model, report)

@@ -25,7 +25,7 @@ def test_a_reused_artifact_without_its_result_is_pruned_again(tmp_path, untraine
 
     job = next(j for j in expand(parse_grid(grid_text(untrained_model) + "[latency]\nenabled = false\n"))
                if j.method == "magnitude")
-    stage = {"kind": "prune", "key": job.prune_key, "job": job.to_dict(), "artifacts": str(tmp_path), "hardware": "cpu"}
+    stage = {"kind": "prune", "key": job.prune_key, "job": job.to_dict(), "artifacts": str(tmp_path)}
     first = run_stage(stage)
     assert first["status"] == "done", first.get("error")
     assert run_stage(stage)["artifact"]["reused"] is True
@@ -45,7 +45,7 @@ def test_a_failed_stage_says_what_kind_of_failure_it_was(tmp_path, untrained_mod
 
     job = next(j for j in expand(parse_grid(grid_text(untrained_model) + "[latency]\nenabled = false\n"))
                if j.method == "magnitude")
-    base = {"key": job.prune_key, "job": job.to_dict(), "artifacts": str(tmp_path / "art"), "hardware": "cpu"}
+    base = {"key": job.prune_key, "job": job.to_dict(), "artifacts": str(tmp_path / "art")}
     missing = run_stage({**base, "kind": "evaluate", "key": job.eval_key})  # no artifact was ever made
     assert missing["status"] == "failed" and missing["failure"] == "artifact"
     late = run_stage({**base, "kind": "prune", "timeout_s": 1e-6})

@@ -88,7 +88,7 @@ def test_bad_grid_through_cli_exits_2_one_line_and_writes_nothing(untrained_mode
 def test_defaults_and_shorthands(untrained_model):
     spec = parse_grid(grid(untrained_model, 'patterns = ["50%", "2:4", {kind = "nm", n = 4, m = 8}]'))
     assert spec.patterns == [Unstructured(0.5), NM(2, 4), NM(4, 8)]
-    assert spec.hardware == ["cpu"] and spec.kernels == ["torch-dense"] and spec.seeds == [0]
+    assert [h.label for h in spec.hardware] == ["cpu"] and spec.kernels == ["torch-dense"] and spec.seeds == [0]
     assert spec.models[0].name == "untrained" and spec.models[0].source == "path"
     assert spec.latency is not None and spec.perplexity.dataset == "builtin:synthetic"
 
@@ -99,7 +99,7 @@ def test_expand_adds_dense_baseline_once_per_model(untrained_model):
     dense = [j for j in jobs if j.method == "dense"]
     mag = [j for j in jobs if j.method == "magnitude"]
     assert len(dense) == 2  # one per seed, pattern dense
-    assert all(j.pattern == Dense().to_dict() for j in dense)
+    assert all(j.pattern == Dense() for j in dense)
     assert len(mag) == 4
     assert len({j.key for j in jobs}) == len(jobs)
 
@@ -108,13 +108,13 @@ def test_expand_without_dense_baseline_and_with_excludes(untrained_model):
     body = grid(untrained_model, 'patterns = ["50%", "70%", "2:4"]\ndense_baseline = false\n'
                                  '[[exclude]]\npattern = "unstructured:0.7"\n[[exclude]]\nmethod = "magnitude"\npattern = "2:4"')
     jobs = expand(parse_grid(body))
-    assert [j.pattern_label for j in jobs] == ["50%"]
+    assert [j.pattern.label for j in jobs] == ["50%"]
 
 
 def test_dense_pattern_with_pruning_method_is_reported_not_run(untrained_model):
     spec = parse_grid(grid(untrained_model, 'patterns = ["dense", "50%"]'))
     assert incompatible(spec) == []
-    assert {j.pattern_label for j in expand(spec) if j.method == "magnitude"} == {"50%"}
+    assert {j.pattern.label for j in expand(spec) if j.method == "magnitude"} == {"50%"}
 
 
 def test_keys_are_stable_and_follow_what_determines_results(untrained_model, tmp_path):

@@ -25,3 +25,21 @@ def test_example_grid_keys_are_unchanged(name):
 
 def test_every_example_grid_is_covered():
     assert sorted(p.name for p in (ROOT / "examples").glob("*.toml")) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_a_job_crosses_into_json_and_back_unchanged(name):
+    """What a worker or the store rebuilds from a job's JSON is the same job: typed values, same keys."""
+    from bench.patterns import Pattern
+    from bench.spec.hardware import Hardware
+    from bench.spec.jobs import Job
+    from bench.spec.protocols import PerplexitySpec
+
+    for job in expand(load_grid(ROOT / "examples" / name)):
+        d = json.loads(json.dumps(job.to_dict()))  # the store and Ray see only JSON
+        back = Job.from_dict(d)
+        assert back == job and back.key == job.key and back.stage_keys() == job.stage_keys()
+        assert isinstance(back.pattern, Pattern) and isinstance(back.hardware, Hardware)
+        assert isinstance(back.perplexity, PerplexitySpec)
+        assert all(v is None or not isinstance(v, dict) for k, v in vars(back).items()
+                   if k in ("pattern", "calibration", "perplexity", "latency", "tasks", "layers", "refine"))

@@ -11,6 +11,7 @@ from bench.patterns import NM, Unstructured
 from bench.model.walk import target_layers, weight_view
 from bench.prune.harness import prune_model
 from bench.registry import method_registry
+from bench.spec.protocols import LayerFilter, Refinement
 
 
 def layer_and_inputs(seed=0, out=16, k=32, tokens=256):
@@ -138,7 +139,8 @@ def test_layer_filter_reaches_the_job(untrained_model):
             '[layers]\nexclude = ["*.mlp.down_proj"]\n')
     jobs = expand(parse_grid(body))
     mag = [j for j in jobs if j.method == "magnitude"][0]
-    assert mag.layers == {"include": ["*"], "exclude": ["*.mlp.down_proj"]}
+    assert mag.layers == LayerFilter(include=("*",), exclude=("*.mlp.down_proj",))
+    assert mag.to_dict()["layers"] == {"include": ["*"], "exclude": ["*.mlp.down_proj"]}
     plain = expand(parse_grid(body.split("[layers]")[0]))
     assert [j for j in plain if j.method == "magnitude"][0].key != mag.key
 
@@ -188,8 +190,8 @@ def test_refine_and_owl_through_the_grid(untrained_model):
     base = f'models = [{{ path = "{untrained_model}" }}]\npatterns = ["2:4", {{kind = "block", target = 0.5}}, {{kind = "unstructured", target = 0.5, allocation = "owl"}}]\n'
     jobs = expand(parse_grid(base + 'methods = [{ name = "magnitude", refine = "dsnot" }]'))
     refined = [j for j in jobs if j.method == "magnitude"]
-    assert [j.pattern_label for j in refined] == ["2:4", "50%/owl"]  # DSnoT does not refine block patterns
-    assert all(j.refine == {"name": "dsnot", "cycles": 50} and j.calibration for j in refined)
+    assert [j.pattern.label for j in refined] == ["2:4", "50%/owl"]  # DSnoT does not refine block patterns
+    assert all(j.refine == Refinement("dsnot", 50) and j.calibration for j in refined)
     assert refined[0].method_label == "magnitude+dsnot"
     plain = [j for j in expand(parse_grid(base + 'methods = ["magnitude"]')) if j.method == "magnitude"]
     assert [j.calibration is not None for j in plain] == [False, False, True]  # OWL measures on calibration data

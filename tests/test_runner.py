@@ -6,8 +6,12 @@ import pytest
 
 from bench.errors import BenchError
 from bench.spec.hardware import Hardware
-from bench.run.cluster import check_address, resources_for
+from bench.run.cluster import check_address
 from bench.run.runner import Progress
+
+
+def resources_for(label):
+    return Hardware.parse(label).ray_options()
 
 
 def test_hardware_maps_to_ray_resources():

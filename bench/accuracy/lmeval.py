@@ -12,35 +12,17 @@ version. The project ships one multiple-choice task per ability of its synthetic
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from bench.world import language as world
 from bench.errors import BenchError
+from bench.spec.protocols import TasksSpec  # noqa: F401 (the protocol; imported from here too)
 
 TASKS_DIR = Path(__file__).resolve().parent.parent / "assets" / "tasks"  # bench/assets/tasks
 SYNTHETIC_DIR = TASKS_DIR / "synthetic"
 TASK_DOCS = {"test": 500, "validation": 50}
-
-
-@dataclass(frozen=True)
-class TasksSpec:
-    names: tuple[str, ...] = ()
-    num_fewshot: int = 0
-    limit: int | None = None
-    batch_size: int = 32
-    include_path: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["names"] = list(self.names)
-        return d
-
-    @staticmethod
-    def from_dict(d: dict[str, Any]) -> "TasksSpec":
-        return TasksSpec(**{**d, "names": tuple(d["names"])})
 
 
 def include_paths(extra: str | None) -> list[str]:

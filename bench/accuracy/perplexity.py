@@ -15,25 +15,12 @@ field, and the counts of tokens and windows, is stored with the figure.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
 from bench.errors import BenchError
-
-
-@dataclass(frozen=True)
-class PerplexitySpec:
-    dataset: str = "builtin:synthetic"
-    split: str = "test"
-    context_length: int = 128
-    stride: int = 128
-    bos: bool = False
-    max_tokens: int = 16384
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from bench.spec.protocols import PerplexitySpec  # noqa: F401 (the protocol; imported from here too)
 
 
 @torch.inference_mode()

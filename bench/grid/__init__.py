@@ -8,7 +8,7 @@ Every error names the file, the field path and what was expected, e.g.
 bad grid costs nothing. The grid format is described in docs/grid-format.md.
 
     table.py    reading one TOML table (`_Table`), and the limits numbers are held to
-    specs.py    MethodSpec, CalibrationSpec, GridSpec
+    specs.py    MethodSpec, GridSpec (the protocols they hold are in bench.spec.protocols)
     fields.py   the lists and what they name: models, methods, patterns, hardware, kernels, tasks, datasets
     parse.py    load_grid, parse_grid: the file, table by table
     expand.py   expand (to jobs), why_no_jobs, incompatible

@@ -6,26 +6,25 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
-
-from bench.accuracy.lmeval import TasksSpec
 from bench.grid.specs import GridSpec, MethodSpec
 from bench.patterns import Dense, Pattern
 from bench.registry import kernel_registry, method_registry
-from bench.spec.jobs import Job
+from bench.spec.jobs import Job, folder_fingerprint
+from bench.spec.protocols import TaskSuite, TasksSpec
 
 
-def _tasks_identity(spec: TasksSpec | None) -> dict[str, Any] | None:
-    """The tasks spec plus what else determines task scores: lm-eval's version and the task files."""
+def _task_suite(spec: TasksSpec | None) -> TaskSuite | None:
+    """The tasks plus what else determines task scores: lm-eval's version and the task files."""
     if spec is None:
         return None
     from importlib.metadata import version
 
-    from bench.spec.jobs import folder_fingerprint
     from bench.accuracy.lmeval import include_paths
 
-    return {**spec.to_dict(), "lm_eval_version": version("lm_eval"),
-            "folders": [folder_fingerprint(p) for p in include_paths(spec.include_path)]}
+    return TaskSuite(spec, version("lm_eval"), tuple(folder_fingerprint(p) for p in include_paths(spec.include_path)))
+
+
+_DENSE = Dense()  # one object for every dense job, so its JSON form is made once
 
 
 def _excluded(rules: list[dict[str, str]], values: dict[str, str]) -> bool:
@@ -36,7 +35,7 @@ def _patterns_for(method: MethodSpec, cls, patterns) -> list[Pattern]:
     """The grid's patterns this method (and its refinement, if any) runs with; `dense` alone for the
     dense method."""
     if cls.patterns == ("dense",):
-        return [Dense()]
+        return [_DENSE]
     out = [p for p in patterns if p.kind in cls.patterns]
     if method.refine:
         from bench.prune.refine import SUPPORTED
@@ -60,12 +59,8 @@ def expand(spec: GridSpec, dropped: Counter | None = None) -> list[Job]:
     if spec.dense_baseline and not any(m.name == "dense" for m in methods):
         methods.insert(0, MethodSpec(name="dense", params={}))
     registry, kernels = method_registry(), kernel_registry()
-    tasks = _tasks_identity(spec.tasks)
-    # made once and shared by the jobs (frozen; nothing mutates them): 100k jobs made in seconds
-    calibration, perplexity = spec.calibration.to_dict(), spec.perplexity.to_dict()
-    latency = spec.latency.to_dict() if spec.latency else None
-    pattern_dicts = {p: p.to_dict() for p in [Dense(), *spec.patterns]}
-    jobs, seen = [], set()
+    tasks = _task_suite(spec.tasks)
+    jobs, seen = [], set()  # the jobs share the grid's spec objects (frozen), and so their JSON forms
     for model in spec.models:
         for m in methods:
             cls = registry.get(m.name)
@@ -74,21 +69,22 @@ def expand(spec: GridSpec, dropped: Counter | None = None) -> list[Job]:
             for pattern in patterns:
                 for hw in spec.hardware:
                     for kernel in spec.kernels:
-                        if not kernels.get(kernel).supports_device(hw):
+                        if not kernels.get(kernel).supports_device(hw.device):
                             dropped["kernel"] += 1
                             continue
                         for seed in spec.seeds:
-                            values = {"model": model.name, "method": m.label, "pattern": pattern.label, "hardware": hw, "kernel": kernel}
+                            values = {"model": model.name, "method": m.label, "pattern": pattern.label,
+                                      "hardware": hw.label, "kernel": kernel}
                             if _excluded(spec.excludes, values):
                                 dropped["exclude"] += 1
                                 continue
                             job = Job(
                                 model=model, method=m.name, method_version=cls.version, method_params=m.params,
-                                pattern=pattern_dicts[pattern], hardware=hw, kernel=kernel,
+                                pattern=pattern, hardware=hw, kernel=kernel,
                                 kernel_version=kernels.get(kernel).version, seed=seed, refine=m.refine,
-                                calibration=calibration
+                                calibration=spec.calibration
                                 if cls.needs_calibration or pattern.needs_calibration or m.refine else None,
-                                perplexity=perplexity, latency=latency, tasks=tasks,
+                                perplexity=spec.perplexity, latency=spec.latency, tasks=tasks,
                                 layers=spec.layers if m.name != "dense" else None,
                             )
                             if job.key not in seen:
@@ -100,9 +96,9 @@ def expand(spec: GridSpec, dropped: Counter | None = None) -> list[Job]:
 def why_no_jobs(spec: GridSpec) -> str:
     """Why `expand(spec)` is empty, naming the fields to change (from what `expand` itself left out)."""
     kernels = kernel_registry()
-    if not any(kernels.get(k).supports_device(hw) for hw in spec.hardware for k in spec.kernels):
+    if not any(kernels.get(k).supports_device(hw.device) for hw in spec.hardware for k in spec.kernels):
         return (f"no backend in `kernels` ({', '.join(spec.kernels)}) runs on a target in `hardware` "
-                f"({', '.join(spec.hardware)}); add one that does, e.g. torch-dense")
+                f"({', '.join(h.label for h in spec.hardware)}); add one that does, e.g. torch-dense")
     dropped: Counter = Counter()
     expand(spec, dropped)
     reasons = []

@@ -8,15 +8,14 @@ import json
 import re
 from pathlib import Path
 
-from bench.accuracy.lmeval import TasksSpec
-from bench.accuracy.perplexity import PerplexitySpec
 from bench.errors import GridError, did_you_mean
-from bench.grid.specs import CalibrationSpec, MethodSpec
+from bench.grid.specs import MethodSpec
 from bench.grid.table import DTYPES, _nonnegative, _positive, _Table
 from bench.patterns import Pattern, parse_pattern
 from bench.registry import kernel_registry, method_registry
+from bench.spec.hardware import Hardware
 from bench.spec.jobs import ModelSpec
-from bench.speed.latency import LatencySpec
+from bench.spec.protocols import REFINEMENTS, CalibrationSpec, LatencySpec, PerplexitySpec, Refinement, TasksSpec
 
 
 def _calibrates(methods: list[MethodSpec], patterns: list[Pattern]) -> bool:
@@ -156,9 +155,10 @@ def _methods(source: str, items: list) -> list[MethodSpec]:
         if refine is not None:
             r = _Table(source, f"methods[{i}].refine", {"name": refine} if isinstance(refine, str) else refine)
             rname = r.take("name", str)
-            if rname != "dsnot":
-                r.fail("name", f"unknown refinement '{rname}'{did_you_mean(rname, ['dsnot'])}; known: dsnot")
-            refine = {"name": rname, "cycles": r.take("cycles", int, 50, check=_positive)}
+            if rname not in REFINEMENTS:
+                r.fail("name", f"unknown refinement '{rname}'{did_you_mean(rname, REFINEMENTS)}; known: "
+                       f"{', '.join(REFINEMENTS)}")
+            refine = Refinement(rname, r.take("cycles", int, Refinement.cycles, check=_positive))
             r.finish()
             if cls.patterns == ("dense",):
                 t.fail("refine", "the dense method prunes nothing to refine")
@@ -184,20 +184,19 @@ def _patterns(source: str, items: list) -> list[Pattern]:
     return out
 
 
-def _hardware(source: str, items: list) -> list[str]:
-    from bench.spec.hardware import Hardware
-
+def _hardware(source: str, items: list) -> list[Hardware]:
+    out = []
     for i, h in enumerate(items):
         try:
-            Hardware.parse(h)
+            out.append(Hardware.parse(h))
         except ValueError as err:
             raise GridError(source, f"hardware[{i}]", str(err)) from None
     if len(set(items)) != len(items) or not items:
         raise GridError(source, "hardware", "must list each target once, and at least one")
-    return list(items)
+    return out
 
 
-def _kernels(source: str, items: list, hardware: list[str]) -> list[str]:
+def _kernels(source: str, items: list, hardware: list[Hardware]) -> list[str]:
     registry = kernel_registry()
     for i, k in enumerate(items):
         if not isinstance(k, str) or k not in registry:

@@ -8,15 +8,13 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from bench.accuracy.lmeval import TasksSpec
-from bench.accuracy.perplexity import PerplexitySpec
 from bench.errors import GridError
 from bench.grid.fields import (_absolute, _calibrates, _check_dataset, _check_positions, _hardware, _kernels,
                                _methods, _models, _patterns, _tasks)
-from bench.grid.specs import CalibrationSpec, GridSpec
+from bench.grid.specs import GridSpec
 from bench.grid.table import MAX_INT, MAX_RETRIES, MAX_STAGE_TIMEOUT_S, _nonnegative, _positive, _Table
 from bench.patterns import parse_pattern
-from bench.speed.latency import LatencySpec
+from bench.spec.protocols import CalibrationSpec, LatencySpec, LayerFilter, PerplexitySpec, TasksSpec
 
 
 def load_grid(path: str | Path) -> GridSpec:
@@ -109,16 +107,16 @@ def _evaluation(ev: "_Table") -> tuple[PerplexitySpec, TasksSpec | None]:
     return perplexity, tasks
 
 
-def _layers(lt: "_Table") -> dict[str, list[str]]:
+def _layers(lt: "_Table") -> LayerFilter:
     layers = {}
     for key in ("include", "exclude"):
         globs = lt.take(key, list, ["*"] if key == "include" else [])
         for i, g in enumerate(globs):
             if not isinstance(g, str) or not g:
                 lt.fail(f"{key}[{i}]", f"expected a glob on module names such as '*.mlp.*', got {g!r}")
-        layers[key] = list(globs)
+        layers[key] = tuple(globs)
     lt.finish()
-    return layers
+    return LayerFilter(**layers)
 
 
 def _latency(lat: "_Table") -> LatencySpec | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from bench.errors import BenchError
+from bench.spec.hardware import Hardware
 from bench.spec.jobs import ModelSpec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -25,18 +26,10 @@ def load_model(spec: ModelSpec, device: str | torch.device = "cpu"):
     return model.to(device).eval(), tokenizer
 
 
-def device_for(hardware: str) -> torch.device:
-    from bench.spec.hardware import Hardware
-
-    if Hardware.parse(hardware).device == "cuda":
+def device_for(hardware: Hardware) -> torch.device:
+    if hardware.device == "cuda":
         if not torch.cuda.is_available():
             raise BenchError(f"hardware '{hardware}' asks for CUDA but torch sees no CUDA device on this worker")
         return torch.device("cuda")
     return torch.device("cpu")
 
-
-def threads_for(hardware: str) -> int:
-    """Intra-op threads: N for `cpu:N`, 1 for `cpu`, and 1 host thread for CUDA targets."""
-    from bench.spec.hardware import Hardware
-
-    return Hardware.parse(hardware).threads

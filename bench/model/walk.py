@@ -13,27 +13,12 @@ narrowed by a `LayerFilter`.
 
 from __future__ import annotations
 
-import fnmatch
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from bench.errors import BenchError
-
-
-@dataclass(frozen=True)
-class LayerFilter:
-    """Glob patterns on full module names (e.g. `*.mlp.*`); a layer is a target if it matches an include
-    pattern and no exclude pattern."""
-
-    include: tuple[str, ...] = ("*",)
-    exclude: tuple[str, ...] = ()
-
-    def __call__(self, name: str) -> bool:
-        return any(fnmatch.fnmatchcase(name, p) for p in self.include) and not any(
-            fnmatch.fnmatchcase(name, p) for p in self.exclude
-        )
+from bench.spec.protocols import LayerFilter  # noqa: F401 (the filter is a job's spec; imported from here too)
 
 
 def is_linear(module: nn.Module) -> bool:

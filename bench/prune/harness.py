@@ -23,8 +23,9 @@ from torch import nn
 
 from bench.errors import BenchError
 from bench.method import Method
-from bench.model.walk import LayerFilter, find_blocks, target_layers, weight_view
+from bench.model.walk import find_blocks, target_layers, weight_view
 from bench.patterns import Pattern, PatternViolation, Unstructured
+from bench.spec.protocols import REFINEMENTS, LayerFilter, Refinement
 
 
 @dataclass
@@ -85,9 +86,9 @@ def _run_block(block: nn.Module, call: Call) -> torch.Tensor:
 @torch.no_grad()
 def prune_model(model: nn.Module, method: Method, pattern: Pattern, layer_filter: LayerFilter | None = None,
                 calibration: torch.Tensor | None = None, batch_size: int = 8,
-                refine: dict | None = None) -> PruneReport:
+                refine: Refinement | None = None) -> PruneReport:
     """Prune `model` in place. `calibration` is a (samples, seq_len) token tensor, needed by methods
-    with `needs_calibration`, by non-uniform allocations and by `refine` ({"name": "dsnot", "cycles": N})."""
+    with `needs_calibration`, by non-uniform allocations and by `refine` (DSnoT)."""
     if pattern.kind not in method.patterns:
         raise BenchError(f"method '{method.name}' does not support the {pattern.kind} pattern ({pattern.label})")
     if method.needs_calibration and calibration is None:
@@ -95,8 +96,8 @@ def prune_model(model: nn.Module, method: Method, pattern: Pattern, layer_filter
     if refine is not None:
         from bench.prune.refine import SUPPORTED
 
-        if refine.get("name") != "dsnot":
-            raise BenchError(f"unknown refinement {refine.get('name')!r}; known: dsnot")
+        if refine.name not in REFINEMENTS:
+            raise BenchError(f"unknown refinement {refine.name!r}; known: {', '.join(REFINEMENTS)}")
         if pattern.kind not in SUPPORTED:
             raise BenchError(f"DSnoT refines {' and '.join(SUPPORTED)} patterns, not {pattern.label}")
         if calibration is None:
@@ -222,14 +223,14 @@ def _observer(pruner):
 
 
 def _prune_layer(report: PruneReport, method: Method, pattern: Pattern, name: str, block: int, module: nn.Module,
-                 pruner, stats: _InputNorms | None = None, refine: dict | None = None) -> None:
+                 pruner, stats: _InputNorms | None = None, refine: Refinement | None = None) -> None:
     w = weight_view(module)
     new_w, mask = pruner.prune(w.detach().clone(), pattern)
     if refine is not None and mask.shape == w.shape:
         from bench.prune.refine import dsnot
 
         new_w, mask = dsnot(w.detach(), new_w, mask, (stats.sum / stats.n).float(), stats.sq.sqrt().float(),
-                            pattern, cycles=refine.get("cycles", 50))
+                            pattern, cycles=refine.cycles)
     if new_w.shape != w.shape or mask.shape != w.shape or mask.dtype != torch.bool:
         raise BenchError(f"method '{method.name}' returned a weight {tuple(new_w.shape)} and mask "
                          f"{tuple(mask.shape)} {mask.dtype} for layer {name} of shape {tuple(w.shape)}")

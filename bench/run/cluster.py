@@ -2,8 +2,7 @@
 one) or a cluster joined by address, and which hardware targets its nodes can run.
 
     init_ray(None)                 # a local instance; init_ray("10.0.0.5:6379") joins a cluster
-    unschedulable(["cuda:H100"])   # {target: why no alive node can ever run it}
-    resources_for("cpu:4+epyc")    # Ray task options for a hardware target
+    unschedulable([Hardware.parse("cuda:H100")])   # {target: why no alive node can ever run it}
     reap_dead_sessions()           # stop the agents a SIGKILLed driver's instance left behind
 
 Ray has no authentication, so a local instance must not listen on the machine's network interfaces. Ray
@@ -30,7 +29,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Iterator
 
 from bench.errors import BenchError, Interrupted
 from bench.spec.hardware import Hardware
@@ -134,24 +133,18 @@ def _running(pid: int) -> bool:
     return bool(status) and b"State:\tZ" not in status
 
 
-def resources_for(hardware: str) -> dict[str, Any]:
-    """Ray task options for a hardware target."""
-    return Hardware.parse(hardware).ray_options()
-
-
-def unschedulable(hardware: list[str]) -> dict[str, str]:
+def unschedulable(hardware: list[Hardware]) -> dict[Hardware, str]:
     """Hardware targets that no alive node of the connected cluster can ever run, with the reason."""
     import ray
 
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     out = {}
-    for hw in hardware:
-        target = Hardware.parse(hw)
+    for target in hardware:
         if not any(target.fits(r) for r in nodes):
             have = "; ".join("{" + ", ".join(f"{k}={v:g}" for k, v in sorted(r.items())
                                              if not k.startswith(("node:", "memory", "object_store"))) + "}"
                              for r in nodes)
-            out[hw] = (f"no node of the Ray cluster can run hardware '{hw}' (needs {target.ray_options()}; "
+            out[target] = (f"no node of the Ray cluster can run hardware '{target}' (needs {target.ray_options()}; "
                        f"nodes have: {have or 'none'})")
     return out
 

@@ -142,12 +142,12 @@ def failure_kind(err: BaseException) -> str:
 def _setup(stage: dict[str, Any], timings: dict[str, float]):
     """The job, its device and its dense model, with threads and seed set as the hardware says."""
     from bench.spec.jobs import Job
-    from bench.model.load import device_for, load_model, threads_for
+    from bench.model.load import device_for, load_model
 
-    job = Job.from_dict(stage["job"])
-    torch.set_num_threads(threads_for(stage.get("hardware") or job.hardware))
+    job = Job.from_dict(stage["job"])  # the one conversion back from the JSON that crossed into the worker
+    torch.set_num_threads(job.hardware.threads)
     torch.manual_seed(job.seed)
-    device = device_for(stage.get("hardware") or job.hardware)
+    device = device_for(job.hardware)
     t = time.perf_counter()
     model, tokenizer = load_model(job.model, device)
     timings["load_s"] = time.perf_counter() - t
@@ -167,8 +167,6 @@ def _pruned(stage: dict[str, Any], timings: dict[str, float]):
 
 def _prune(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
     from bench.model.artifacts import Artifacts
-    from bench.patterns import pattern_from_dict
-    from bench.model.walk import LayerFilter
     from bench.prune.harness import prune_model
     from bench.registry import method_registry
 
@@ -179,23 +177,22 @@ def _prune(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
         return {**manifest["result"], "artifact": {"key": key, "bytes": artifacts.size(key), "reused": True,
                                                    "created_at": manifest.get("created_at")}}
     job, device, model, tokenizer = _setup(stage, timings)
-    pattern = pattern_from_dict(job.pattern)
+    pattern = job.pattern
     method = method_registry().get(job.method)(seed=job.seed, **job.method_params)
     calibration = None
     if method.needs_calibration or pattern.needs_calibration or job.refine:
         from bench.prune.calibration import calibration_tokens
 
         calibration = calibration_tokens(tokenizer, job.calibration)
-    layer_filter = LayerFilter(tuple(job.layers["include"]), tuple(job.layers["exclude"])) if job.layers else None
     rss_before = _rss_bytes()
-    report = prune_model(model, method, pattern, layer_filter, calibration=calibration, refine=job.refine)
+    report = prune_model(model, method, pattern, job.layers, calibration=calibration, refine=job.refine)
     timings["prune_s"] = report.seconds
     metrics = [
         _metric("measured_sparsity", report.measured_sparsity, "fraction", None, "prune",
                 {"target": pattern.sparsity, "layers": len(report.layers)}),
         _metric("prune_s", report.seconds, "s", False, "prune",
                 {"calibration_tokens": int(calibration.numel()) if calibration is not None else 0,
-                 "hardware": stage.get("hardware") or job.hardware}),
+                 "hardware": job.hardware.label}),
         _metric("prune_peak_rss_bytes", _peak_rss_bytes(), "bytes", False, "prune",
                 {"rss_before_prune_bytes": rss_before,
                  "cuda_peak_bytes": torch.cuda.max_memory_allocated() if device.type == "cuda" else None,
@@ -207,38 +204,36 @@ def _prune(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
     result = {"metrics": metrics, "layers": report.layers}
     manifest = artifacts.save(key, weights, report.masks, {
         "model": job.model.identity(), "model_name": job.model.name, "prune": job.prune_identity(),
-        "made_on": stage.get("hardware") or job.hardware, "result": result})
+        "made_on": job.hardware.label, "result": result})
     timings["artifact_save_s"] = time.perf_counter() - t
     return {**result, "artifact": {"key": key, "bytes": artifacts.size(key), "reused": False,
                                    "created_at": manifest["created_at"]}}
 
 
 def _evaluate(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
-    from bench.accuracy.perplexity import PerplexitySpec, perplexity
+    from bench.accuracy.perplexity import perplexity
 
     job, device, model, tokenizer, _ = _pruned(stage, timings)
     metrics = []
     t = time.perf_counter()
-    ppl = perplexity(model, tokenizer, PerplexitySpec(**job.perplexity))
+    ppl = perplexity(model, tokenizer, job.perplexity)
     timings["perplexity_s"] = time.perf_counter() - t
     # the protocol alone: the leaderboard matches dense references on it (where it ran is in the stage row)
     metrics.append(_metric("perplexity", ppl["perplexity"], "ppl", False, "perplexity", ppl["protocol"]))
     warnings = _dense_gate(job, ppl["perplexity"])
     if job.tasks is not None:
-        from bench.accuracy.lmeval import TasksSpec, run_tasks
+        from bench.accuracy.lmeval import run_tasks
 
         t = time.perf_counter()
-        spec = TasksSpec.from_dict({k: v for k, v in job.tasks.items() if k in TasksSpec.__dataclass_fields__})
-        metrics += run_tasks(model, tokenizer, spec, seed=job.seed)
+        metrics += run_tasks(model, tokenizer, job.tasks.spec, seed=job.seed)
         timings["lm_eval_s"] = time.perf_counter() - t
     return {"metrics": metrics, "warnings": warnings}
 
 
 def _latency(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
     from bench.speed.backends import call_counts
-    from bench.speed.latency import LatencySpec, measure
+    from bench.speed.latency import measure
     from bench.model.load import load_model
-    from bench.patterns import pattern_from_dict
     from bench.model.walk import target_layers
     from bench.registry import kernel_registry
 
@@ -246,9 +241,9 @@ def _latency(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]
     t = time.perf_counter()
     backend = kernel_registry().get(job.kernel)()
     layers = {name: module for name, _, module in target_layers(model)}
-    kernel = backend.prepare(model, layers, pattern_from_dict(job.pattern))
+    kernel = backend.prepare(model, layers, job.pattern)
     reference, _ = load_model(job.model, device)
-    spec = LatencySpec.from_dict(job.latency)
+    spec = job.latency
     rows = measure(model, reference, spec, model.config.vocab_size, seed=job.seed)
     metrics = []
     if device.type == "cpu":  # the probe and the per-shape stage time CPU kernels
@@ -281,8 +276,7 @@ def run_job(job_dict: dict[str, Any], artifacts: str) -> dict[str, Any]:
     job = Job.from_dict(job_dict)
     parts = {}
     for kind, key in job.stage_keys().items():
-        parts[kind] = run_stage({"kind": kind, "key": key, "job": job_dict, "artifacts": artifacts,
-                                 "hardware": job.hardware})
+        parts[kind] = run_stage({"kind": kind, "key": key, "job": job_dict, "artifacts": artifacts})
         if parts[kind]["status"] != "done":
             break
     from bench.run.plan import assemble

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.model.artifacts import Artifacts
+from bench.spec.hardware import Hardware
 from bench.spec.jobs import Job
 
 
@@ -32,15 +33,15 @@ class Stage:
     artifact_retried: bool = False  # evaluate/latency: already re-run once after a bad artifact
 
     @property
-    def hardware(self) -> str:
+    def hardware(self) -> Hardware:
         return self.job.hardware
 
     def payload(self, artifacts: Artifacts, timeout_s: float | None) -> dict[str, Any]:
-        return {"kind": self.kind, "key": self.key, "job": self.job.to_dict(), "hardware": self.hardware,
+        return {"kind": self.kind, "key": self.key, "job": self.job.to_dict(),
                 "artifacts": str(artifacts.root), "timeout_s": timeout_s, "rebuild": self.rebuild}
 
 
-def plan(jobs: list[Job], stored: dict[str, dict[str, Any]], artifacts: Artifacts, blocked: set[str],
+def plan(jobs: list[Job], stored: dict[str, dict[str, Any]], artifacts: Artifacts, blocked: set[Hardware],
          force: bool = False) -> tuple[dict[str, Stage], list[str]]:
     """The stages `jobs` are made of, each once, with the stored ones marked done. A stored prune stage whose
     artifact is missing or truncated is planned again when a stage that still has to run needs it."""

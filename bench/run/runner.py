@@ -30,8 +30,9 @@ from typing import Any
 
 from bench.errors import Interrupted
 from bench.model.artifacts import Artifacts
-from bench.run.cluster import init_ray, resources_for, unschedulable
+from bench.run.cluster import init_ray, unschedulable
 from bench.run.plan import Stage, assemble, dependents, plan
+from bench.spec.hardware import Hardware
 from bench.spec.jobs import Job
 from bench.store import Store
 
@@ -187,7 +188,7 @@ def _run_locked(spec, jobs, store, artifacts, address, force, max_in_flight, pro
     started_ray = init_ray(address, oom_retries=spec.max_retries)
     try:
         signals.check()
-        blocked = unschedulable(sorted({j.hardware for j in todo}))
+        blocked = unschedulable(sorted({j.hardware for j in todo}, key=str))
         stored = {} if force else store.stage_results(sorted({k for j in todo for k in j.stage_keys().values()}))
         stages, summary.notes = plan(todo, stored, artifacts, set(blocked), force)
         signals.check()
@@ -201,7 +202,7 @@ def _run_locked(spec, jobs, store, artifacts, address, force, max_in_flight, pro
         store.begin_run(run, todo, summary.skipped)
         sched = _Scheduler(spec, todo, stages, blocked, store, artifacts, summary, progress)
         store.queue_stages(summary.run_id, [{"key": s.key, "kind": s.kind, "prune_key": s.needs or s.key,
-                                             "hardware": s.hardware} for s in sched.to_run])
+                                             "hardware": s.hardware.label} for s in sched.to_run])
         if max_in_flight is None:
             max_in_flight = max(2, int(2 * ray.cluster_resources().get("CPU", 1)))
         if progress:
@@ -216,7 +217,7 @@ def _run_locked(spec, jobs, store, artifacts, address, force, max_in_flight, pro
 
 
 class _Scheduler:
-    def __init__(self, spec, todo: list[Job], stages: dict[str, Stage], blocked: dict[str, str], store: Store,
+    def __init__(self, spec, todo: list[Job], stages: dict[str, Stage], blocked: dict[Hardware, str], store: Store,
                  artifacts: Artifacts, summary: RunSummary, progress: bool):
         self.spec, self.stages, self.store, self.artifacts, self.summary = spec, stages, store, artifacts, summary
         self.todo, self.blocked = todo, blocked
@@ -252,7 +253,7 @@ class _Scheduler:
                 stage = ready.popleft()
                 if stage.state != "todo":
                     continue
-                opts = resources_for(stage.hardware)
+                opts = stage.hardware.ray_options()
                 ref = remote.options(max_retries=self.spec.max_retries, retry_exceptions=False,
                                      name=f"bench:{stage.kind}", **opts).remote(
                     stage.payload(self.artifacts, self.spec.stage_timeout_s))

@@ -33,7 +33,11 @@ class Hardware:
     label: str
     device: str  # "cpu" or "cuda"
     arg: str | None  # thread count for cpu, accelerator type for cuda
-    resources: dict[str, float] = field(default_factory=dict)
+    # follows from the label, which alone is compared and hashed (a target is a set member and a dict key)
+    resources: dict[str, float] = field(default_factory=dict, compare=False)
+
+    def __str__(self) -> str:
+        return self.label
 
     @staticmethod
     def parse(label: str) -> "Hardware":

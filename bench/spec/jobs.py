@@ -16,6 +16,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from bench.patterns import Pattern, pattern_from_dict
+from bench.spec.hardware import Hardware
+from bench.spec.protocols import (CalibrationSpec, LatencySpec, LayerFilter, PerplexitySpec, Refinement, TaskSuite,
+                                  as_json)
+
 # Bump a stage's version when a change to its code changes the numbers it produces: every stored result
 # of that stage then gets a new key and is recomputed instead of being reused.
 STAGE_VERSIONS = {"prune": 1, "perplexity": 1, "lm_eval": 1, "latency": 2}
@@ -68,42 +73,48 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class Job:
+    """One cell of a grid. Its pattern, hardware target and protocols are typed, frozen values shared with
+    the grid's other jobs; `to_dict` turns it into JSON once (for a Ray worker and for the store) and
+    `from_dict` is the one way back."""
+
     model: ModelSpec
     method: str
     method_version: str
     method_params: dict[str, Any]
-    pattern: dict[str, Any]
-    hardware: str
+    pattern: Pattern
+    hardware: Hardware
     kernel: str
     kernel_version: str
     seed: int
-    calibration: dict[str, Any] | None
-    perplexity: dict[str, Any]
-    latency: dict[str, Any] | None
-    tasks: dict[str, Any] | None = None  # lm-eval: TasksSpec plus lm-eval's version and the task folders' fingerprint
-    layers: dict[str, Any] | None = None  # the layer filter: {"include": [...], "exclude": [...]}; None = default
-    refine: dict[str, Any] | None = None  # a mask refinement after the method, e.g. {"name": "dsnot", "cycles": 50}
+    calibration: CalibrationSpec | None
+    perplexity: PerplexitySpec
+    latency: LatencySpec | None
+    tasks: TaskSuite | None = None  # lm-eval: the tasks plus lm-eval's version and the task folders' fingerprints
+    layers: LayerFilter | None = None  # the layer filter; None = every linear layer of the blocks
+    refine: Refinement | None = None  # a mask refinement after the method, e.g. DSnoT for 50 cycles
 
     def prune_identity(self) -> dict[str, Any]:
         return {
             "model": self.model.identity(), "method": self.method, "method_version": self.method_version,
-            "params": self.method_params, "pattern": self.pattern, "calibration": self.calibration,
-            **({"layers": self.layers} if self.layers else {}),
-            **({"refine": self.refine} if self.refine else {}),
+            "params": self.method_params, "pattern": as_json(self.pattern), "calibration": as_json(self.calibration),
+            **({"layers": as_json(self.layers)} if self.layers else {}),
+            **({"refine": as_json(self.refine)} if self.refine else {}),
             "seed": self.seed, "code": STAGE_VERSIONS["prune"],
         }
 
+    def _accuracy_identity(self) -> dict[str, Any]:
+        return {"perplexity": [as_json(self.perplexity), STAGE_VERSIONS["perplexity"]],
+                "tasks": [as_json(self.tasks), STAGE_VERSIONS["lm_eval"]] if self.tasks else None}
+
+    def _speed_identity(self) -> dict[str, Any]:
+        return {"latency": [as_json(self.latency), STAGE_VERSIONS["latency"]],
+                "hardware": self.hardware.label, "kernel": [self.kernel, self.kernel_version]}
+
     @cached_property  # a job is frozen: computed once (100k-job grids call these many times)
     def key(self) -> str:
-        return content_key({
-            "prune": self.prune_identity(),
-            "perplexity": [self.perplexity, STAGE_VERSIONS["perplexity"]],
-            "tasks": [self.tasks, STAGE_VERSIONS["lm_eval"]] if self.tasks else None,
-            "latency": [self.latency, STAGE_VERSIONS["latency"]],
-            "hardware": self.hardware, "kernel": [self.kernel, self.kernel_version],
-        })
+        return content_key({"prune": self.prune_identity(), **self._accuracy_identity(), **self._speed_identity()})
 
-    # The stage graph (see bench.run.runner): one prune stage per pruned model, shared by every job that needs
+    # The stage graph (see bench.run.plan): one prune stage per pruned model, shared by every job that needs
     # it; one evaluation per pruned model and accuracy protocol (hardware-independent); one latency stage
     # per pruned model x hardware x kernel. Each stage's key covers exactly what determines its output.
     @cached_property
@@ -112,15 +123,13 @@ class Job:
 
     @cached_property
     def eval_key(self) -> str:
-        return content_key({"evaluate": self.prune_key, "perplexity": [self.perplexity, STAGE_VERSIONS["perplexity"]],
-                            "tasks": [self.tasks, STAGE_VERSIONS["lm_eval"]] if self.tasks else None}, length=24)
+        return content_key({"evaluate": self.prune_key, **self._accuracy_identity()}, length=24)
 
     @cached_property
     def latency_key(self) -> str | None:
         if self.latency is None:
             return None
-        return content_key({"time": self.prune_key, "latency": [self.latency, STAGE_VERSIONS["latency"]],
-                            "hardware": self.hardware, "kernel": [self.kernel, self.kernel_version]}, length=24)
+        return content_key({"time": self.prune_key, **self._speed_identity()}, length=24)
 
     def stage_keys(self) -> dict[str, str]:
         """{"prune": key, "evaluate": key[, "latency": key]}: the stages this job's record is made of."""
@@ -129,36 +138,41 @@ class Job:
             keys["latency"] = self.latency_key
         return keys
 
-    @cached_property
-    def pattern_label(self) -> str:
-        from bench.patterns import pattern_from_dict
-
-        return pattern_from_dict(self.pattern).label
-
-    @cached_property
-    def sparsity(self) -> float:
-        from bench.patterns import pattern_from_dict
-
-        return pattern_from_dict(self.pattern).sparsity
-
     @property
     def method_label(self) -> str:
         """The method as shown on the leaderboard: its name, plus `+dsnot` when refined."""
-        return self.method + (f"+{self.refine['name']}" if self.refine else "")
+        return method_label(self.method, self.refine)
 
     def describe(self) -> str:
-        return f"{self.model.name} · {self.method_label} · {self.pattern_label} · {self.hardware} · {self.kernel} · seed {self.seed}"
+        return (f"{self.model.name} · {self.method_label} · {self.pattern.label} · {self.hardware.label} · "
+                f"{self.kernel} · seed {self.seed}")
 
     def to_dict(self) -> dict[str, Any]:
-        """The job as JSON-able values, for the Ray boundary and the store. Shallow: the nested dicts are the
-        job's own, not copies (dataclasses.asdict deep-copied them: 10 s for 100k jobs); do not mutate them."""
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        """The job as JSON, for the Ray boundary and the store. The nested dicts are shared with the job's
+        other conversions and with the grid's other jobs (made once per spec object): do not mutate them."""
+        d: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
         d["model"] = {f.name: getattr(self.model, f.name) for f in fields(self.model)}
+        for name in ("pattern", "calibration", "perplexity", "latency", "tasks", "layers", "refine"):
+            d[name] = as_json(d[name])
+        d["hardware"] = self.hardware.label
         d["key"] = self.key
         return d
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "Job":
+        def typed(cls, value):
+            return None if value is None else cls.from_dict(value)
+
         d = {k: v for k, v in d.items() if k != "key"}
-        d["model"] = ModelSpec(**d["model"])
-        return Job(**d)
+        return Job(**{
+            **d, "model": ModelSpec(**d["model"]), "pattern": pattern_from_dict(d["pattern"]),
+            "hardware": Hardware.parse(d["hardware"]), "calibration": typed(CalibrationSpec, d["calibration"]),
+            "perplexity": PerplexitySpec.from_dict(d["perplexity"]), "latency": typed(LatencySpec, d["latency"]),
+            "tasks": typed(TaskSuite, d.get("tasks")), "layers": typed(LayerFilter, d.get("layers")),
+            "refine": typed(Refinement, d.get("refine")),
+        })
+
+
+def method_label(name: str, refine: Refinement | None) -> str:
+    """How the leaderboard names a method: `wanda`, or `wanda+dsnot` when its masks are refined."""
+    return name + (f"+{refine.name}" if refine else "")

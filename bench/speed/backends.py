@@ -32,10 +32,9 @@ class KernelBackend:
     description: ClassVar[str] = ""
 
     @classmethod
-    def supports_device(cls, hardware: str) -> bool:
-        from bench.spec.hardware import Hardware
-
-        return Hardware.parse(hardware).device in cls.devices
+    def supports_device(cls, device: str) -> bool:
+        """Whether the backend runs on a device kind: "cpu" or "cuda" (a hardware target's `device`)."""
+        return device in cls.devices
 
     @classmethod
     def describe(cls) -> dict[str, Any]:

@@ -20,31 +20,12 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import torch
 
+from bench.spec.protocols import LatencySpec  # noqa: F401 (the protocol; imported from here too)
 from bench.stats import Summary
-
-
-@dataclass(frozen=True)
-class LatencySpec:
-    prefill_length: int = 128
-    prompt_length: int = 16
-    decode_tokens: int = 32
-    decode_batch: tuple[int, ...] = (1,)
-    warmup: int = 2
-    repeats: int = 7
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["decode_batch"] = list(self.decode_batch)
-        return d
-
-    @staticmethod
-    def from_dict(d: dict[str, Any]) -> "LatencySpec":
-        return LatencySpec(**{**d, "decode_batch": tuple(d["decode_batch"])})
 
 
 def _timer(device: torch.device) -> Callable[[Callable[[], None]], float]:

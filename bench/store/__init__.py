@@ -211,17 +211,18 @@ class Store:
                 con.execute("DELETE FROM metrics WHERE job_key IN (SELECT unnest(?))", [keys])
                 con.execute("DELETE FROM layers WHERE job_key IN (SELECT unnest(?))", [keys])
                 con.execute("DELETE FROM jobs WHERE job_key IN (SELECT unnest(?))", [keys])
+            specs = [j.to_dict() for j in jobs]  # each job's JSON form, made once here
             _insert_frame(con, "jobs", pd.DataFrame({
                 "job_key": [j.key for j in jobs], "run_id": run["run_id"],
                 "model": [j.model.name for j in jobs], "model_source": [j.model.source for j in jobs],
                 "model_location": [j.model.location for j in jobs],
                 "model_fingerprint": [j.model.fingerprint for j in jobs], "method": [j.method_label for j in jobs],
                 "method_version": [j.method_version for j in jobs], "method_params": [_j(j.method_params) for j in jobs],
-                "pattern": [j.pattern_label for j in jobs], "pattern_spec": [_j(j.pattern) for j in jobs],
-                "target_sparsity": pd.Series([j.sparsity for j in jobs], dtype="float64"),
-                "hardware": [j.hardware for j in jobs], "kernel": [j.kernel for j in jobs],
+                "pattern": [j.pattern.label for j in jobs], "pattern_spec": [_j(d["pattern"]) for d in specs],
+                "target_sparsity": pd.Series([j.pattern.sparsity for j in jobs], dtype="float64"),
+                "hardware": [j.hardware.label for j in jobs], "kernel": [j.kernel for j in jobs],
                 "kernel_version": [j.kernel_version for j in jobs], "seed": pd.Series([j.seed for j in jobs], dtype="int64"),
-                "spec": [_j(j.to_dict()) for j in jobs], "status": "queued", "attempts": 0,
+                "spec": [_j(d) for d in specs], "status": "queued", "attempts": 0,
                 "prune_key": [j.prune_key for j in jobs], "eval_key": [j.eval_key for j in jobs],
                 "latency_key": [j.latency_key for j in jobs],
             }), now=["queued_at"])
