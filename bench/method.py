@@ -78,6 +78,32 @@ class LayerPruner:
         return None
 
 
+class InputStats:
+    """Per input feature of one layer, over every calibration token it saw: the sum, the sum of squares
+    (`sq`, the ||X_j||^2 of Wanda and OWL scores) and the token count `n`, hence the mean E[x_j] (DSnoT).
+    In float64 on the inputs' device; `sum` and `sq` are None until the first batch."""
+
+    def __init__(self):
+        self.sum: torch.Tensor | None = None
+        self.sq: torch.Tensor | None = None
+        self.n = 0
+
+    def add_batch(self, inputs: torch.Tensor) -> None:
+        x = inputs.detach().double()  # (tokens, in_features)
+        s, sq = x.sum(dim=0), (x * x).sum(dim=0)
+        self.sum, self.sq = (s, sq) if self.sq is None else (self.sum + s, self.sq + sq)
+        self.n += x.shape[0]
+
+    @property
+    def norm(self) -> torch.Tensor:
+        """||X_j||_2 per input feature."""
+        return self.sq.sqrt()
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.sum / self.n
+
+
 class ScorePruner(LayerPruner):
     """Prune by a per-weight importance score: keep what the pattern's mask keeps, zero the rest."""
 

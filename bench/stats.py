@@ -1,10 +1,12 @@
-"""Summary statistics of repeated measurements, computed in one place."""
+"""Summary statistics of repeated measurements, and the record every stage returns per figure, each made
+in one place."""
 
 from __future__ import annotations
 
 import math
 import statistics
 from dataclasses import asdict, dataclass
+from typing import Any
 
 
 def quantile(sorted_values: list[float], q: float) -> float:
@@ -43,3 +45,11 @@ class Summary:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def metric(name: str, value: float, unit: str, higher_is_better: bool | None, stage: str,
+           details: dict[str, Any] | None = None, stderr: float | None = None) -> dict[str, Any]:
+    """One figure as a stage returns it and the store's metrics table holds it. `higher_is_better` is None
+    for a figure that is neither (measured sparsity); `details` holds what produced it."""
+    return {"name": name, "value": float(value), "unit": unit, "higher_is_better": higher_is_better,
+            "stderr": None if stderr is None else float(stderr), "stage": stage, "details": details}

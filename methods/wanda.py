@@ -6,27 +6,22 @@ comparison group; `comparison = "layer"` compares across the whole layer instead
 each group of M inputs. No weight update.
 """
 
-import torch
-
-from bench.method import LayerPruner, Method, Param
+from bench.method import InputStats, LayerPruner, Method, Param
 from bench.patterns import Unstructured
 
 
 class _Wanda(LayerPruner):
-    def __init__(self, in_features: int, comparison: str):
-        self.sq_norm = torch.zeros(in_features, dtype=torch.float64)  # sum over tokens of x_j^2
-        self.tokens = 0
+    def __init__(self, comparison: str):
+        self.inputs = InputStats()  # ||X_j||^2 per input feature, summed over the calibration tokens
         self.comparison = comparison
 
     def add_batch(self, inputs):
-        x = inputs.detach().to(torch.float64)
-        self.sq_norm += (x * x).sum(dim=0).cpu()
-        self.tokens += x.shape[0]
+        self.inputs.add_batch(inputs)
 
     def scores(self, weight):
-        if self.tokens == 0:
+        if self.inputs.n == 0:
             raise RuntimeError("wanda saw no calibration inputs for this layer")
-        return weight.abs().float() * self.sq_norm.sqrt().float().to(weight.device).unsqueeze(0)  # (out, in)
+        return weight.abs().float() * self.inputs.norm.float().to(weight.device).unsqueeze(0)  # (out, in)
 
     def prune(self, weight, pattern):
         score = self.scores(weight)
@@ -45,4 +40,4 @@ class Wanda(Method):
     description = "|W| x ||X||_2 per input feature, compared per output row."
 
     def pruner(self, layer_name, weight):
-        return _Wanda(weight.shape[1], self.comparison)
+        return _Wanda(self.comparison)

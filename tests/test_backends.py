@@ -266,3 +266,28 @@ def test_transposed_conv1d_layers(backend):
         torch.testing.assert_close(candidate(ids).logits, reference(ids).logits, atol=1e-4, rtol=0)
     rows = measure_layers(candidate, reference, prov, (1,), warmup=1, repeats=2, bandwidth=1e10)
     assert {r["details"]["shape"] for r in rows} == set(prov["shapes"])
+
+
+def test_one_nm_rule_from_the_extension():
+    """Which N:M masks the nm format holds is stated once, by the extension (NM_GROUPS); the backend's claim
+    to accelerate a pattern, its format choice and the packer agree on every n:m. (8:16 keeps half of each
+    group but is no group size the kernel takes: it was claimed as accelerated, then failed to pack.)"""
+    from bench import _native
+    from bench.speed.backends import Native, choose_format
+    from bench.speed.packers import NM_GROUPS, PackError, nm_supported, pack
+
+    assert NM_GROUPS == tuple(_native.NM_GROUPS) == (2, 4, 8)
+    native = Native()
+    for m in (2, 4, 8, 16):
+        for n in range(1, m):
+            pattern = NM(n, m)
+            w = pattern.mask(torch.randn(8, 32)) * torch.randn(8, 32)
+            assert native.accelerates(pattern) == nm_supported(n, m) == (2 * n == m and m <= 8), (n, m)
+            if nm_supported(n, m):
+                assert choose_format(w, pattern)[0] == "nm"
+                assert pack(w, "nm", nm=(n, m)).format == "nm"
+            else:
+                with pytest.raises(Unsupported):
+                    choose_format(w, pattern)
+                with pytest.raises(PackError):
+                    pack(w, "nm", nm=(n, m))

@@ -19,6 +19,7 @@ from typing import Any
 from bench.world import language as world
 from bench.errors import BenchError
 from bench.spec.protocols import TasksSpec  # noqa: F401 (the protocol; imported from here too)
+from bench.stats import metric as record
 
 TASKS_DIR = Path(__file__).resolve().parent.parent / "assets" / "tasks"  # bench/assets/tasks
 SYNTHETIC_DIR = TASKS_DIR / "synthetic"
@@ -79,19 +80,18 @@ def run_tasks(model, tokenizer, spec: TasksSpec, seed: int) -> list[dict[str, An
             metric, filt = key.split(",", 1)
             stderr = metrics.get(f"{metric}_stderr,{filt}")
             name = f"{task}/{metric}" if filt == "none" else f"{task}/{metric},{filt}"
-            rows.append({
-                "name": name, "value": float(value), "unit": "fraction", "higher_is_better": True,
-                "stderr": float(stderr) if isinstance(stderr, (int, float)) else None, "stage": "lm_eval",
-                "details": {"lm_eval": lm_eval_version, "task": task, "metric": metric, "filter": filt,
-                            "num_fewshot": spec.num_fewshot, "limit": spec.limit, "documents": n,
-                            "task_version": out.get("versions", {}).get(task)},
-            })
+            rows.append(record(
+                name, value, "fraction", True, "lm_eval",
+                {"lm_eval": lm_eval_version, "task": task, "metric": metric, "filter": filt,
+                 "num_fewshot": spec.num_fewshot, "limit": spec.limit, "documents": n,
+                 "task_version": out.get("versions", {}).get(task)},
+                stderr=stderr if isinstance(stderr, (int, float)) else None))
     return rows
 
 
 # ---- the shipped task folder --------------------------------------------------------------------
 
-# The files' bytes are part of every task stage's key (bench.grid.expand._tasks_identity): the text stays as it
+# The files' bytes are part of every task stage's key (bench.grid.expand._task_suite): the text stays as it
 # was written, module name of that time included (now bench.accuracy.lmeval), so stored results stay valid.
 TASK_YAML = """\
 # One multiple-choice task of the synthetic language: {ability} ({n} choices, chance {chance:.3f}).

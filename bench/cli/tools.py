@@ -48,6 +48,7 @@ def cmd_kernels(args) -> int:
     import torch
 
     from bench.speed import kernelbench
+    from bench.speed.packers import MAX_BATCH, NM_RULE, nm_supported
     from bench.speed.latency import read_bandwidth
     from bench.registry import kernel_registry
 
@@ -69,12 +70,12 @@ def cmd_kernels(args) -> int:
             raise BenchError(f"--{field}: give at least one value; see bench kernels --help for the format")
     if args.threads < 0:
         raise BenchError("--threads: must be a positive number (0 or absent: PyTorch's thread count)")
-    if any(not 1 <= b <= 32 for b in config.batches):
-        raise BenchError("--batch: the native kernels take batches of 1 to 32 rows; larger batches run dense")
+    if any(not 1 <= b <= MAX_BATCH for b in config.batches):
+        raise BenchError(f"--batch: the native kernels take batches of 1 to {MAX_BATCH} rows; larger batches run dense")
     if any(not 0 < s < 1 for s in config.sparsities):
         raise BenchError("--sparsity: each value must be in (0, 1), e.g. 0.7")
-    if any(len(p) != 2 or 2 * p[0] != p[1] or p[1] not in (2, 4, 8) for p in config.nm):
-        raise BenchError("--nm: the nm kernel covers 1:2, 2:4 and 4:8 (half of each group kept)")
+    if any(len(p) != 2 or not nm_supported(*p) for p in config.nm):
+        raise BenchError(f"--nm: {NM_RULE}")
     if any(d not in ("float32", "bfloat16") for d in config.dtypes):
         raise BenchError("--dtype: the native kernels take float32 and bfloat16")
     if config.repeats < 1:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from bench.errors import BenchError
-from bench.method import Method
+from bench.method import InputStats, Method
 from bench.model.walk import find_blocks, target_layers, weight_view
 from bench.patterns import Pattern, PatternViolation, Unstructured
 from bench.spec.protocols import REFINEMENTS, LayerFilter, Refinement
@@ -122,7 +122,7 @@ def prune_model(model: nn.Module, method: Method, pattern: Pattern, layer_filter
         layers = by_block.get(index, [])
         block_pattern = pattern.for_block(block_targets[index]) if index in block_targets else pattern
         pruners = {name: method.pruner(name, weight_view(module).detach()) for name, module in layers}
-        stats = {name: _InputNorms() for name, _ in layers} if refine is not None else {}
+        stats = {name: InputStats() for name, _ in layers} if refine is not None else {}
         if calls is not None and layers:
             observers = [(module, pruners[name]) for name, module in layers if method.needs_calibration]
             observers += [(module, stats[name]) for name, module in layers if stats]
@@ -139,21 +139,6 @@ def prune_model(model: nn.Module, method: Method, pattern: Pattern, layer_filter
     return report
 
 
-class _InputNorms:
-    """Per input feature, over all calibration tokens: the sum, the sum of squares (||X_j||^2 of Wanda
-    and OWL scores) and the count, hence the mean E[x_j] that DSnoT needs."""
-
-    def __init__(self):
-        self.sum = self.sq = None
-        self.n = 0
-
-    def add_batch(self, x):
-        x = x.detach().double()
-        s, sq = x.sum(dim=0), (x * x).sum(dim=0)
-        self.sum, self.sq = (s, sq) if self.sq is None else (self.sum + s, self.sq + sq)
-        self.n += x.shape[0]
-
-
 def _owl_targets(blocks: nn.ModuleList, calls: list[Call], by_block, pattern: Unstructured) -> dict[int, float]:
     """Per-block sparsity under OWL: a dense pass measures each block's outlier ratio D (the fraction of
     scores |W| * ||X|| above owl_m times their layer's mean); blocks keep 1 - target + (D scaled to
@@ -161,12 +146,12 @@ def _owl_targets(blocks: nn.ModuleList, calls: list[Call], by_block, pattern: Un
     ratios: dict[int, float] = {}
     for index, block in enumerate(blocks):
         layers = by_block.get(index, [])
-        norms = {name: _InputNorms() for name, _ in layers}
+        norms = {name: InputStats() for name, _ in layers}
         outputs = _observe_block(block, calls, [(module, norms[name]) for name, module in layers])
         if layers:
             outliers = total = 0
             for name, module in layers:
-                score = weight_view(module).detach().abs().double() * norms[name].sq.sqrt().unsqueeze(0)
+                score = weight_view(module).detach().abs().double() * norms[name].norm.unsqueeze(0)
                 outliers += int((score > pattern.owl_m * score.mean()).sum())
                 total += score.numel()
             ratios[index] = outliers / total
@@ -223,13 +208,13 @@ def _observer(pruner):
 
 
 def _prune_layer(report: PruneReport, method: Method, pattern: Pattern, name: str, block: int, module: nn.Module,
-                 pruner, stats: _InputNorms | None = None, refine: Refinement | None = None) -> None:
+                 pruner, stats: InputStats | None = None, refine: Refinement | None = None) -> None:
     w = weight_view(module)
     new_w, mask = pruner.prune(w.detach().clone(), pattern)
     if refine is not None and mask.shape == w.shape:
         from bench.prune.refine import dsnot
 
-        new_w, mask = dsnot(w.detach(), new_w, mask, (stats.sum / stats.n).float(), stats.sq.sqrt().float(),
+        new_w, mask = dsnot(w.detach(), new_w, mask, stats.mean.float(), stats.norm.float(),
                             pattern, cycles=refine.cycles)
     if new_w.shape != w.shape or mask.shape != w.shape or mask.dtype != torch.bool:
         raise BenchError(f"method '{method.name}' returned a weight {tuple(new_w.shape)} and mask "

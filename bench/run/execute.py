@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from bench.stats import metric as _metric
+
 STAGES = ("prune", "evaluate", "latency")
 # What a failed stage's result says went wrong (`result["failure"]`), so that the scheduler acts on a kind,
 # never on the text of a message: a damaged artifact is rebuilt; the others fail the stage's jobs.
@@ -38,11 +40,6 @@ FAILURES = ("artifact", "timeout", "out_of_memory", "lost", "cancelled", "unsche
 class StageTimeout(BaseException):
     """Raised in a stage by its deadline. A BaseException, like KeyboardInterrupt, so that the `except
     Exception` of a library (or of bench.model.load.load_model) does not turn it into another error."""
-
-
-def _metric(name, value, unit, higher_is_better, stage, details=None, stderr=None):
-    return {"name": name, "value": float(value), "unit": unit, "higher_is_better": higher_is_better,
-            "stderr": stderr, "stage": stage, "details": details}
 
 
 def _peak_rss_bytes() -> int:

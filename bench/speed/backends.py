@@ -18,8 +18,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from bench.patterns import NM, Block, Dense, Pattern
 from bench.model.walk import weight_view
+from bench.patterns import NM, Block, Dense, Pattern
+from bench.speed.packers import MAX_BATCH, NM_COVERS, NM_RULE, PackError, SparseLinear, nm_supported
 
 
 class KernelBackend:
@@ -149,11 +150,11 @@ class NativeDense(KernelBackend):
     name = "native-dense"
     version = "1"
     dtypes = ("float32", "bfloat16")
-    max_batch = 32  # bench._native.MAX_BATCH
-    description = "SparseBench's own dense GEMV/SpMM kernel (zeros multiplied); batches above 32 rows run PyTorch dense."
+    max_batch = MAX_BATCH
+    description = (f"SparseBench's own dense GEMV/SpMM kernel (zeros multiplied); batches above {MAX_BATCH} rows "
+                   "run PyTorch dense.")
 
     def convert(self, linear, pattern):
-        from bench.speed.packers import SparseLinear
         return SparseLinear.from_linear(linear, "dense"), "dense"
 
 
@@ -168,15 +169,15 @@ class Native(KernelBackend):
     name = "native"
     version = "1"
     dtypes = ("float32", "bfloat16")
-    max_batch = 32  # bench._native.MAX_BATCH
-    patterns = "1:2, 2:4, 4:8 (nm); block (bsr); unstructured and channels (bitmask below 65%, csr16 from 65%)"
-    description = "SparseBench's native CPU kernels (AVX2/AVX-512/portable); batches above 32 rows run PyTorch dense."
+    max_batch = MAX_BATCH
+    patterns = f"{NM_COVERS} (nm); block (bsr); unstructured and channels (bitmask below 65%, csr16 from 65%)"
+    description = (f"SparseBench's native CPU kernels (AVX2/AVX-512/portable); batches above {MAX_BATCH} rows run "
+                   "PyTorch dense.")
 
     def accelerates(self, pattern):
-        return pattern.sparsity > 0 and not (isinstance(pattern, NM) and 2 * pattern.n != pattern.m)
+        return pattern.sparsity > 0 and not (isinstance(pattern, NM) and not nm_supported(pattern.n, pattern.m))
 
     def convert(self, linear, pattern):
-        from bench.speed.packers import PackError, SparseLinear
         fmt, kw = choose_format(linear.weight, pattern)
         try:
             return SparseLinear.from_linear(linear, fmt, **kw), fmt
@@ -188,8 +189,8 @@ def choose_format(weight: torch.Tensor, pattern: Pattern) -> tuple[str, dict[str
     if isinstance(pattern, Dense) or pattern.sparsity == 0:
         return "dense", {}
     if isinstance(pattern, NM):
-        if 2 * pattern.n != pattern.m:
-            raise Unsupported(f"the nm kernel keeps half of each group; {pattern.n}:{pattern.m} is not")
+        if not nm_supported(pattern.n, pattern.m):
+            raise Unsupported(f"{NM_RULE}, not {pattern.n}:{pattern.m}")
         return "nm", {"nm": (pattern.n, pattern.m)}
     if isinstance(pattern, Block):
         return "bsr", {"block": (pattern.rows, pattern.cols)}

@@ -25,7 +25,7 @@ from typing import Any, Callable
 import torch
 
 from bench.spec.protocols import LatencySpec  # noqa: F401 (the protocol; imported from here too)
-from bench.stats import Summary
+from bench.stats import Summary, metric
 
 
 def _timer(device: torch.device) -> Callable[[Callable[[], None]], float]:
@@ -185,5 +185,4 @@ def measure_layers(candidate: torch.nn.Module, reference: torch.nn.Module, kerne
 
 
 def _row(name, value, unit, higher_is_better, details):
-    return {"name": name, "value": float(value), "unit": unit, "higher_is_better": higher_is_better,
-            "stderr": None, "stage": "latency", "details": details}
+    return metric(name, value, unit, higher_is_better, "latency", details)

@@ -26,10 +26,20 @@ import torch.nn.functional as F
 
 from bench import _native
 
-FORMATS = ("dense", "nm", "bitmask", "csr16", "bsr")
+# What the kernels take, as the extension states it (kernels/src/module.cpp): format names and codes, the
+# N:M group sizes of the nm format (each keeps half of its group) and the rows of activations per call.
+_CODE: dict[str, int] = dict(_native.FORMATS)
+FORMATS: tuple[str, ...] = tuple(_CODE)
+NM_GROUPS: tuple[int, ...] = tuple(_native.NM_GROUPS)
 MAX_BATCH: int = _native.MAX_BATCH
 VALUE_PAD = 64  # zero values after the last one: the bitmask kernel reads up to 16 past a row's end
-_CODE = {"dense": _native.DENSE, "nm": _native.NM, "bitmask": _native.BITMASK, "csr16": _native.CSR16, "bsr": _native.BSR}
+NM_COVERS = ", ".join(f"{m // 2}:{m}" for m in NM_GROUPS)
+NM_RULE = f"the nm kernel covers {NM_COVERS} (exactly half of each group kept)"
+
+
+def nm_supported(n: int, m: int) -> bool:
+    """Whether the nm format holds n:m masks: half of each group kept, in a group size the kernel takes."""
+    return 2 * n == m and m in NM_GROUPS
 
 
 class PackError(ValueError):
@@ -103,8 +113,8 @@ def pack(weight: torch.Tensor, format: str, *, nm: tuple[int, int] | None = None
 
 def _pack_nm(w: torch.Tensor, n: int, m: int) -> Packed:
     rows, k = w.shape
-    if 2 * n != m or m not in (2, 4, 8):
-        raise PackError(f"the nm kernel covers 1:2, 2:4 and 4:8 (half of each group kept), not {n}:{m}")
+    if not nm_supported(n, m):
+        raise PackError(f"{NM_RULE}, not {n}:{m}")
     if k % m or k % 4:
         raise PackError(f"K={k} is not a multiple of {max(m, 4)}")
     nonzero = (w != 0).view(rows, k // m, m)

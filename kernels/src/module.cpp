@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <iterator>
 #include <mutex>
 #include <optional>
 #include <stdexcept>
@@ -34,6 +35,27 @@ namespace sb {
 namespace {
 
 constexpr int64_t kMaxBatch = 32;  // beyond this the caller runs dense (recorded as a fallback)
+
+// The formats by name, in the order of the Format enum. Python takes the codes from here (FORMATS), so a
+// format added to the enum without a name, or names out of order, does not compile.
+constexpr const char* kFormatNames[] = {"dense", "nm", "bitmask", "csr16", "bsr"};
+static_assert(sizeof(kFormatNames) / sizeof(kFormatNames[0]) == NUM_FORMATS, "one name per Format");
+
+constexpr bool same(const char* a, const char* b) { return *a == *b && (*a == 0 || same(a + 1, b + 1)); }
+static_assert(same(kFormatNames[DENSE], "dense") && same(kFormatNames[NM], "nm") &&
+                  same(kFormatNames[BITMASK], "bitmask") && same(kFormatNames[CSR16], "csr16") &&
+                  same(kFormatNames[BSR], "bsr"),
+              "kFormatNames is in the order of the Format enum");
+
+// The N:M masks the nm format holds: groups of m columns keeping m / 2, so that every full byte of the
+// mask (8 columns) keeps exactly 4 (check_nm). Python takes the group sizes from here (NM_GROUPS).
+constexpr int kNmGroups[] = {2, 4, 8};
+constexpr bool groups_fill_bytes() {
+  for (int m : kNmGroups)
+    if (m < 2 || m % 2 || 8 % m) return false;
+  return true;
+}
+static_assert(groups_fill_bytes(), "every nm group size must be even and divide the 8 columns of a mask byte");
 
 // ------------------------------------------------------------------ instruction sets
 
@@ -386,12 +408,13 @@ NB_MODULE(_native, m) {
     g_table = best_table();
     if (env && *env) set_isa(env);
   }
-  m.attr("DENSE") = int(DENSE);
-  m.attr("NM") = int(NM);
-  m.attr("BITMASK") = int(BITMASK);
-  m.attr("CSR16") = int(CSR16);
-  m.attr("BSR") = int(BSR);
-  m.attr("MAX_BATCH") = kMaxBatch;
+  {
+    nb::dict formats;
+    for (int f = 0; f < NUM_FORMATS; ++f) formats[kFormatNames[f]] = f;
+    m.attr("FORMATS") = formats;  // name -> the code Packed takes
+  }
+  m.attr("NM_GROUPS") = nb::cast(std::vector<int>(std::begin(kNmGroups), std::end(kNmGroups)));
+  m.attr("MAX_BATCH") = kMaxBatch;  // rows of activations one mm call takes
   m.def("isa", [] { return std::string(table()->name); }, "The instruction set the kernels run with now.");
   m.def("set_isa", &set_isa, nb::arg("name"), "Run the kernels built for `name` (must be supported by this CPU).");
   m.def(
