@@ -269,78 +269,92 @@ def parse_pattern(value: Any) -> Pattern:
     {kind="block", target, rows=4, cols=4}, {kind="channels", target}. The ValueError's args are (field path relative to the value, message).
     """
     if isinstance(value, str):
-        text = value.strip().lower()
-        if text == "dense":
-            return Dense()
-        if text.endswith("%"):
-            return _unstructured(_number(text[:-1], "") / 100.0, "layer")
-        if text.startswith("unstructured:"):
-            return _unstructured(_number(text.split(":", 1)[1], ""), "layer")
-        if text.count(":") == 1:
-            n, m = text.split(":")
-            if n.strip().isdigit() and m.strip().isdigit():
-                return _nm(int(n), int(m))
-        raise ValueError(
-            "", f"'{value}' is not a pattern; write 'dense', 'unstructured:0.5', '50%', '2:4' or a table"
-        )
+        return _from_text(value)
     if isinstance(value, dict):
-        kind = value.get("kind")
-        if kind not in PATTERN_KINDS:
-            from bench.errors import did_you_mean
-
-            raise ValueError(
-                "kind", f"'{kind}' is not a pattern kind{did_you_mean(kind, PATTERN_KINDS)}; "
-                f"known: {', '.join(PATTERN_KINDS)}"
-            )
-        allowed = {"kind"} | {f for f in PATTERN_KINDS[kind].__dataclass_fields__}
-        for key in value:
-            if key not in allowed:
-                raise ValueError(key, f"unknown field for a {kind} pattern; allowed: {', '.join(sorted(allowed))}")
-        if kind == "dense":
-            return Dense()
-        if kind in ("block", "channels"):
-            if "target" not in value:
-                raise ValueError("target", f"missing; give the fraction of {'tiles' if kind == 'block' else 'channels'} to remove")
-            target = _unstructured(_number(value["target"], "target"), "layer").target
-            if kind == "channels":
-                return Channels(target=target)
-            for key in ("rows", "cols"):
-                v = value.get(key, 4)
-                if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                    raise ValueError(key, f"{v!r} is not a positive integer")
-            return Block(target=target, rows=value.get("rows", 4), cols=value.get("cols", 4))
-        if kind == "unstructured":
-            if "target" not in value:
-                raise ValueError("target", "missing; give the fraction of weights to remove, e.g. target = 0.5")
-            scope = value.get("scope", "layer")
-            if scope not in Unstructured.SCOPES:
-                raise ValueError("scope", f"'{scope}' is not one of {', '.join(Unstructured.SCOPES)}")
-            base = _unstructured(_number(value["target"], "target"), scope)
-            allocation = value.get("allocation", "uniform")
-            if allocation not in Unstructured.ALLOCATIONS:
-                raise ValueError("allocation", f"'{allocation}' is not one of {', '.join(Unstructured.ALLOCATIONS)}")
-            if allocation == "uniform":  # OWL's settings mean nothing here: refused if given, never checked
-                for key in ("owl_m", "owl_lambda"):
-                    if key in value:
-                        raise ValueError(key, "applies only with allocation = \"owl\"; drop it or set the allocation")
-                return base
-            if scope == "global":
-                raise ValueError("allocation", "a global scope already sets every layer's share; use one or the other")
-            d = Unstructured()
-            m, lam = _number(value.get("owl_m", d.owl_m), "owl_m"), _number(value.get("owl_lambda", d.owl_lambda), "owl_lambda")
-            if m <= 0:
-                raise ValueError("owl_m", f"{m:g} must be > 0")
-            bound = min(base.target, 1 - base.target)
-            if not 0 <= lam <= bound:
-                given = "" if "owl_lambda" in value else " (the default)"
-                raise ValueError("owl_lambda", f"{lam:g}{given} must be in [0, {bound:g}] at target {base.target:g}, "
-                                 "so that every block's sparsity stays in [0, 1]; set owl_lambda to at most that")
-            return Unstructured(base.target, scope, allocation, m, lam)
-        for key in ("n", "m"):
-            if not isinstance(value.get(key), int) or isinstance(value.get(key), bool):
-                raise ValueError(key, f"{value.get(key)!r} is not an integer")
-        return _nm(value["n"], value["m"])
+        return _from_table(value)
     raise ValueError("", f"{value!r} is not a pattern; write a string like '2:4' or a table with `kind`")
+
+
+def _from_text(value: str) -> Pattern:
+    text = value.strip().lower()
+    if text == "dense":
+        return Dense()
+    if text.endswith("%"):
+        return _unstructured(_number(text[:-1], "") / 100.0, "layer")
+    if text.startswith("unstructured:"):
+        return _unstructured(_number(text.split(":", 1)[1], ""), "layer")
+    if text.count(":") == 1:
+        n, m = text.split(":")
+        if n.strip().isdigit() and m.strip().isdigit():
+            return _nm(int(n), int(m))
+    raise ValueError("", f"'{value}' is not a pattern; write 'dense', 'unstructured:0.5', '50%', '2:4' or a table")
+
+
+def _from_table(value: dict[str, Any]) -> Pattern:
+    kind = value.get("kind")
+    if kind not in PATTERN_KINDS:
+        from bench.errors import did_you_mean
+
+        raise ValueError("kind", f"'{kind}' is not a pattern kind{did_you_mean(kind, PATTERN_KINDS)}; "
+                         f"known: {', '.join(PATTERN_KINDS)}")
+    allowed = {"kind"} | {f for f in PATTERN_KINDS[kind].__dataclass_fields__}
+    for key in value:
+        if key not in allowed:
+            raise ValueError(key, f"unknown field for a {kind} pattern; allowed: {', '.join(sorted(allowed))}")
+    if kind == "dense":
+        return Dense()
+    if kind in ("block", "channels"):
+        return _tiles_table(kind, value)
+    if kind == "unstructured":
+        return _unstructured_table(value)
+    for key in ("n", "m"):
+        if not isinstance(value.get(key), int) or isinstance(value.get(key), bool):
+            raise ValueError(key, f"{value.get(key)!r} is not an integer")
+    return _nm(value["n"], value["m"])
+
+
+def _tiles_table(kind: str, value: dict[str, Any]) -> Pattern:
+    """{kind = "block", target, rows, cols} or {kind = "channels", target}."""
+    if "target" not in value:
+        raise ValueError("target", f"missing; give the fraction of {'tiles' if kind == 'block' else 'channels'} to remove")
+    target = _unstructured(_number(value["target"], "target"), "layer").target
+    if kind == "channels":
+        return Channels(target=target)
+    for key in ("rows", "cols"):
+        v = value.get(key, 4)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(key, f"{v!r} is not a positive integer")
+    return Block(target=target, rows=value.get("rows", 4), cols=value.get("cols", 4))
+
+
+def _unstructured_table(value: dict[str, Any]) -> Unstructured:
+    """{kind = "unstructured", target, scope, allocation[, owl_m, owl_lambda]}."""
+    if "target" not in value:
+        raise ValueError("target", "missing; give the fraction of weights to remove, e.g. target = 0.5")
+    scope = value.get("scope", "layer")
+    if scope not in Unstructured.SCOPES:
+        raise ValueError("scope", f"'{scope}' is not one of {', '.join(Unstructured.SCOPES)}")
+    base = _unstructured(_number(value["target"], "target"), scope)
+    allocation = value.get("allocation", "uniform")
+    if allocation not in Unstructured.ALLOCATIONS:
+        raise ValueError("allocation", f"'{allocation}' is not one of {', '.join(Unstructured.ALLOCATIONS)}")
+    if allocation == "uniform":  # OWL's settings mean nothing here: refused if given, never checked
+        for key in ("owl_m", "owl_lambda"):
+            if key in value:
+                raise ValueError(key, "applies only with allocation = \"owl\"; drop it or set the allocation")
+        return base
+    if scope == "global":
+        raise ValueError("allocation", "a global scope already sets every layer's share; use one or the other")
+    d = Unstructured()
+    m, lam = _number(value.get("owl_m", d.owl_m), "owl_m"), _number(value.get("owl_lambda", d.owl_lambda), "owl_lambda")
+    if m <= 0:
+        raise ValueError("owl_m", f"{m:g} must be > 0")
+    bound = min(base.target, 1 - base.target)
+    if not 0 <= lam <= bound:
+        given = "" if "owl_lambda" in value else " (the default)"
+        raise ValueError("owl_lambda", f"{lam:g}{given} must be in [0, {bound:g}] at target {base.target:g}, "
+                         "so that every block's sparsity stays in [0, 1]; set owl_lambda to at most that")
+    return Unstructured(base.target, scope, allocation, m, lam)
 
 
 def _number(x: Any, field: str) -> float:

@@ -92,3 +92,11 @@ def test_no_module_is_over_400_lines():
              for f in (root / folder).rglob("*.py")]
     too_long = {str(f.relative_to(root)): n for f in files if (n := len(f.read_text().splitlines())) > 400}
     assert too_long == {}
+
+
+def test_no_function_in_bench_is_over_60_lines():
+    """Long functions hide their steps: each grid table, CLI command group and pattern kind has its own."""
+    too_long = {f"{f.relative_to(BENCH.parent)}:{n.name}": n.end_lineno - n.lineno + 1
+                for f in BENCH.rglob("*.py") for n in ast.walk(ast.parse(f.read_text()))
+                if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > 60}
+    assert too_long == {}

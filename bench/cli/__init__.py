@@ -36,10 +36,19 @@ from bench.store import DEFAULT_DB
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench", description="SparseBench: accuracy and measured speed of pruned LLMs.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _run_commands(sub)
+    _result_commands(sub)
+    _tool_commands(sub)
+    return p
 
-    def db(sp):
-        sp.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"results store (default: {DEFAULT_DB})")
 
+def _db(sp) -> None:
+    sp.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"results store (default: {DEFAULT_DB})")
+
+
+def _run_commands(sub) -> None:
+    """submit and gc: the commands that write the store."""
+    db = _db
     s = sub.add_parser("submit", help="run a grid file")
     s.add_argument("grid", type=Path)
     db(s)
@@ -59,6 +68,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--artifacts", type=Path, default=None, help="artifact folder (default: as for submit)")
     s.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
 
+
+def _result_commands(sub) -> None:
+    """ls, show, leaderboard, export, dashboard: the commands that read the store."""
+    db = _db
     s = sub.add_parser("ls", help="list jobs in the store")
     db(s)
     s.add_argument("--status", help="only jobs with this status (queued, done, failed, cancelled)")
@@ -77,19 +90,21 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=("parquet", "csv"), required=True)
     s.add_argument("path", type=Path, help="a folder; one file per table is written into it")
 
-    sub.add_parser("methods", help="list registered pruning methods")
-
     s = sub.add_parser("dashboard", help="browse the store in the Streamlit dashboard (read-only)")
     db(s)
     s.add_argument("--port", type=int, default=8501, help="port to serve on (default: 8501)")
     s.add_argument("--address", default="localhost",
                    help="interface to listen on (default: localhost; 0.0.0.0 for every interface)")
 
+
+def _tool_commands(sub) -> None:
+    """methods, kernels, check-method, zoo: the tools around the benchmark."""
+    sub.add_parser("methods", help="list registered pruning methods")
     s = sub.add_parser("kernels", help="benchmark the native sparse kernels against dense and PyTorch CSR")
     s.add_argument("--json", action="store_true", help="print one JSON object per row instead of a table")
     s.add_argument("--quick", action="store_true", help="small shapes and few repeats (a smoke run)")
     s.add_argument("--shapes", default=None, help="comma-separated NxK, e.g. 4096x4096,11008x4096")
-    s.add_argument("--batch", default=None, help="comma-separated batch sizes (1-32), e.g. 1,8,32")
+    s.add_argument("--batch", default=None, help="comma-separated batch sizes, each at most the native kernels' batch limit, e.g. 1,8,32")
     s.add_argument("--sparsity", default=None, help="comma-separated unstructured sparsities, e.g. 0.5,0.7,0.9")
     s.add_argument("--nm", default=None, help="comma-separated N:M patterns, e.g. 2:4,4:8 ('' for none)")
     s.add_argument("--dtype", default=None, help="comma-separated: float32,bfloat16")
@@ -109,7 +124,6 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", type=Path, default=None, help="write the model here instead of into the package")
     b.add_argument("--steps", type=int, default=None, help="training steps (default: the model's recipe)")
     b.add_argument("--seed", type=int, default=0)
-    return p
 
 
 # PyTorch's OpenMP threads spin for a while after each parallel operator (libgomp's default), holding a

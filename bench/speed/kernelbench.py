@@ -126,22 +126,7 @@ def run(config: Config, bandwidth: float | None = None, log: Callable[[str], Non
             for b in config.batches:
                 t0 = time.perf_counter()
                 x = torch.randn(b, k, generator=gen)
-                cands: dict[tuple[str, str], _Candidate] = {
-                    ("dense", "native-dense"): _native_candidate("native-dense", "dense", weights["dense"], x, footprint, threads),
-                    ("dense", "torch-dense"): _torch_dense_candidate(weights["dense"], x, footprint),
-                }
-                for pat, w in weights.items():
-                    if pat == "dense":
-                        continue
-                    if isinstance(patterns[pat], NM):
-                        fmt, kw = choose_format(w, patterns[pat])
-                        cands[(pat, "native")] = _native_candidate("native", fmt, w, x, footprint, threads, **kw)
-                    else:
-                        for fmt in ("bitmask", "csr16"):
-                            cands[(pat, f"native:{fmt}")] = _native_candidate("native", fmt, w, x, footprint, threads)
-                    csr = _torch_csr_candidate(w, x, footprint)
-                    if csr is not None:
-                        cands[(pat, "torch-csr")] = csr
+                cands = _candidates(weights, patterns, x, footprint, threads)
                 names = {f"{p}|{c}": cand for (p, c), cand in cands.items()}
                 times = interleave(names, config.warmup, config.repeats)
 
@@ -171,6 +156,31 @@ def run(config: Config, bandwidth: float | None = None, log: Callable[[str], Non
                     }
                 if log:
                     log(f"{n}x{k} {dtype_name} batch {b}: {len(cands)} kernels in {time.perf_counter() - t0:.1f} s")
+
+
+def _candidates(weights: dict[str, torch.Tensor], patterns: dict[str, Pattern], x: torch.Tensor, footprint: int,
+                threads: int) -> dict[tuple[str, str], "_Candidate"]:
+    """{(pattern, kernel): candidate} for one shape, dtype and batch: both dense references, then per
+    pattern the native format(s) and PyTorch CSR where it runs."""
+    from bench.speed.backends import choose_format
+
+    cands: dict[tuple[str, str], _Candidate] = {
+        ("dense", "native-dense"): _native_candidate("native-dense", "dense", weights["dense"], x, footprint, threads),
+        ("dense", "torch-dense"): _torch_dense_candidate(weights["dense"], x, footprint),
+    }
+    for pat, w in weights.items():
+        if pat == "dense":
+            continue
+        if isinstance(patterns[pat], NM):
+            fmt, kw = choose_format(w, patterns[pat])
+            cands[(pat, "native")] = _native_candidate("native", fmt, w, x, footprint, threads, **kw)
+        else:
+            for fmt in ("bitmask", "csr16"):
+                cands[(pat, f"native:{fmt}")] = _native_candidate("native", fmt, w, x, footprint, threads)
+        csr = _torch_csr_candidate(w, x, footprint)
+        if csr is not None:
+            cands[(pat, "torch-csr")] = csr
+    return cands
 
 
 def machine(threads: int, bandwidth: Summary) -> dict[str, Any]:
