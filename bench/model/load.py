@@ -16,9 +16,14 @@ def load_model(spec: ModelSpec, device: str | torch.device = "cpu"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"revision": spec.revision} if spec.source == "hub" else {}
+    location = spec.location
+    if spec.source == "gguf":  # dequantized once per node into a cached folder (bench.model.gguf)
+        from bench.model.gguf import converted
+
+        location = str(converted(spec.location, spec.fingerprint))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(spec.location, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(spec.location, dtype=DTYPES[spec.dtype], **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=DTYPES[spec.dtype], **kwargs)
     except Exception as err:  # missing files, corrupt weights, unknown architecture: all name the model
         hint = " (is the hub reachable? set HF_HUB_OFFLINE=1 to use only the local cache)" if spec.source == "hub" else ""
         raise BenchError(f"cannot load model '{spec.name}' from {spec.location}: "

