@@ -18,9 +18,13 @@ def test_the_shipped_task_folder_is_what_the_generator_writes(tmp_path):
 
 
 def test_both_architectures_ship():
-    assert zoo.builtin_names() == ["tiny-gpt2", "tiny-llama"]
-    archs = {json.loads((zoo.builtin_path(n) / "config.json").read_text())["model_type"] for n in zoo.builtin_names()}
+    tiny = [n for n in zoo.builtin_names() if n not in zoo.GGUF_BUILTINS]
+    assert tiny == ["tiny-gpt2", "tiny-llama"]
+    archs = {json.loads((zoo.builtin_path(n) / "config.json").read_text())["model_type"] for n in tiny}
     assert archs == {"llama", "gpt2"}
+    # a GGUF built-in is listed where its package is installed, and names that package where it is not
+    for name in zoo.GGUF_BUILTINS:
+        assert (name in zoo.builtin_names()) == zoo.builtin_path(name).is_file()
 
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
