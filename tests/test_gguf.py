@@ -61,6 +61,13 @@ def test_smollm2_loads_from_its_gguf_converted_once_and_writes_english(tmp_path,
     nll = torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:])
     assert math.exp(float(nll)) < 60  # a real language model on plain English prose (a uniform guess: 49152)
 
+    from bench.accuracy.perplexity import perplexity
+    from bench.spec.protocols import PerplexitySpec
+
+    ppl = perplexity(model, tokenizer, PerplexitySpec("builtin:english", "test", 1024, 1024, max_tokens=2048))
+    assert 5 < ppl["perplexity"] < 60 and ppl["protocol"]["windows"] == 2, ppl
+    assert "CC-BY-SA-3.0" in ppl["protocol"]["dataset_provenance"]["licence"]
+
     mtime = (folder / "model.safetensors").stat().st_mtime_ns
     load_model(spec)  # the second load reads the cached folder
     assert (folder / "model.safetensors").stat().st_mtime_ns == mtime

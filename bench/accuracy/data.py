@@ -1,6 +1,8 @@
 """Text datasets for perplexity and calibration, named by one string:
 
     builtin:synthetic         the project's synthetic language (bench.world.language), splits train/validation/test
+    builtin:english           real English prose, The Debian Administrator's Handbook (bench.accuracy.english),
+                              splits train/validation/test; its source and licence go with every figure
     path/to/folder            a local folder holding `<split>.txt`
     path/to/file.txt          one local text file (the split name is recorded but not used to pick a file)
     hf:NAME or hf:NAME:CONFIG a Hugging Face dataset, e.g. hf:wikitext:wikitext-2-raw-v1; rows of its `text`
@@ -13,7 +15,7 @@ from pathlib import Path
 
 from bench.errors import BenchError
 
-BUILTIN = {"builtin:synthetic"}
+BUILTIN = {"builtin:synthetic", "builtin:english"}
 
 
 def check_dataset(dataset: str) -> str | None:
@@ -35,6 +37,10 @@ def load_text(dataset: str, split: str) -> str:
         if split not in world.SPLIT_SEEDS:
             raise BenchError(f"builtin:synthetic has no split '{split}'; known: {', '.join(world.SPLIT_SEEDS)}")
         return world.split_text(split)
+    if dataset == "builtin:english":
+        from bench.accuracy import english
+
+        return english.split_text(split)
     if dataset.startswith("hf:"):
         return _load_hub_text(dataset, split)
     p = Path(dataset).expanduser()
@@ -61,3 +67,13 @@ def _load_hub_text(dataset: str, split: str) -> str:
     if "text" not in ds.column_names:
         raise BenchError(f"{dataset} has no 'text' column (columns: {', '.join(ds.column_names)})")
     return "\n\n".join(ds["text"])
+
+
+def provenance(dataset: str) -> dict | None:
+    """Where a built-in dataset's text comes from and under what licence (None for the others: a local
+    path or hub id is its own record)."""
+    if dataset == "builtin:english":
+        from bench.accuracy import english
+
+        return english.source()
+    return None

@@ -25,7 +25,7 @@ from bench.spec.protocols import PerplexitySpec  # noqa: F401 (the protocol; imp
 
 @torch.inference_mode()
 def perplexity(model, tokenizer, spec: PerplexitySpec, text: str | None = None) -> dict[str, Any]:
-    from bench.accuracy.data import load_text
+    from bench.accuracy.data import load_text, provenance
 
     if text is None:
         text = load_text(spec.dataset, spec.split)
@@ -69,5 +69,6 @@ def perplexity(model, tokenizer, spec: PerplexitySpec, text: str | None = None) 
     return {
         "perplexity": math.exp(mean_nll),
         "mean_nll": mean_nll,
-        "protocol": {**spec.to_dict(), "tokens_total": n, "tokens_scored": scored, "windows": windows},
+        "protocol": {**spec.to_dict(), "tokens_total": n, "tokens_scored": scored, "windows": windows,
+                     **({"dataset_provenance": source} if (source := provenance(spec.dataset)) else {})},
     }
