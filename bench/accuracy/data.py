@@ -1,7 +1,7 @@
 """Text datasets for perplexity and calibration, named by one string:
 
     builtin:synthetic         the project's synthetic language (bench.world.language), splits train/validation/test
-    builtin:english           real English prose, The Debian Administrator's Handbook (bench.accuracy.english),
+    builtin:english           real English prose from two Debian manuals (bench.accuracy.english),
                               splits train/validation/test; its source and licence go with every figure
     path/to/folder            a local folder holding `<split>.txt`
     path/to/file.txt          one local text file (the split name is recorded but not used to pick a file)
