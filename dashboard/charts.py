@@ -41,8 +41,10 @@ class Axis:
 ACCURACY = {
     "perplexity": Axis("perplexity (lower is better, log scale)", False, log=True),
     "perplexity_change_vs_dense": Axis("perplexity change vs dense (lower is better)", False),
+    "kl_vs_dense": Axis("KL divergence from dense, nats/token (lower is better)", False),
     "task_acc_mean": Axis("mean task accuracy", True),
     "task_acc_change_vs_dense": Axis("task accuracy change vs dense", True),
+    "task_flips_mean": Axis("answers flipped vs dense (lower is better)", False),
 }
 SPEED = {
     "decode_speedup_b1": Axis("decode speedup vs dense, batch 1 (measured)", True,

@@ -27,7 +27,7 @@ from bench.store import with_task_columns
 IDENTITY = ["model", "method", "pattern", "target_sparsity", "hardware", "kernel", "seed"]
 
 # What the Compare page puts side by side (each with whether higher is better).
-COMPARED = {"perplexity": False, "task_acc_mean": True, "measured_sparsity": None, "decode_speedup_b1": True,
+COMPARED = {"perplexity": False, "kl_vs_dense": False, "task_acc_mean": True, "task_flips_mean": False, "measured_sparsity": None, "decode_speedup_b1": True,
             "prefill_speedup": True, "decode_tok_s_b1": True, "prefill_ms": False}
 
 

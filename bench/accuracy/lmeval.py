@@ -6,7 +6,10 @@ The model is wrapped with `HFLM(pretrained=model, tokenizer=tokenizer)` and eval
 `lm_eval.simple_evaluate` with a `TaskManager` that includes the project's task folder (and any folder
 the grid names). Every metric comes back with its stderr, the number of documents scored and lm-eval's
 version. The project ships one multiple-choice task per ability of its synthetic language
-(`bench/assets/tasks/synthetic`, tag `synthetic`); hub tasks such as `arc_easy` go through the same code.
+(`bench/assets/tasks/synthetic`, tag `synthetic`) and a cloze task on real English (`english_cloze`,
+`bench/assets/tasks/english`, bench.accuracy.cloze); hub tasks such as `arc_easy` go through the same
+code. `run_tasks_with_answers` also returns each document's answer, from which `flips` counts the answers
+that differ from the dense model's.
 """
 
 from __future__ import annotations
@@ -51,6 +54,44 @@ def unknown_tasks(names, include_path: str | None) -> tuple[list[str], list[str]
 
 
 def run_tasks(model, tokenizer, spec: TasksSpec, seed: int) -> list[dict[str, Any]]:
+    """The tasks' metrics, each with its stderr and protocol."""
+    return _rows(_evaluate(model, tokenizer, spec, seed, log_samples=False), spec)
+
+
+def run_tasks_with_answers(model, tokenizer, spec: TasksSpec, seed: int
+                           ) -> tuple[list[dict[str, Any]], dict[str, list[int]]]:
+    """`run_tasks`, plus each multiple-choice task's answers: per document (in document order) the index of
+    the choice of highest log-likelihood, the answer `acc` scores."""
+    out = _evaluate(model, tokenizer, spec, seed, log_samples=True)
+    answers = {}
+    for task, samples in sorted(out.get("samples", {}).items()):
+        if samples and all(_is_choice(s.get("filtered_resps")) for s in samples):
+            by_doc = sorted(samples, key=lambda s: s["doc_id"])
+            answers[task] = [max(range(len(s["filtered_resps"])), key=lambda i: s["filtered_resps"][i][0])
+                             for s in by_doc]
+    return _rows(out, spec), answers
+
+
+def _is_choice(resps) -> bool:
+    return isinstance(resps, (list, tuple)) and len(resps) > 1 and all(
+        isinstance(r, (list, tuple)) and isinstance(r[0], (int, float)) for r in resps)
+
+
+def flips(answers: dict[str, list[int]], dense: dict[str, list[int]], reference: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per multiple-choice task, the fraction of documents whose answer differs from the dense model's."""
+    rows = []
+    for task, mine in sorted(answers.items()):
+        theirs = dense.get(task)
+        if theirs is None or len(theirs) != len(mine):
+            continue
+        changed = sum(a != b for a, b in zip(mine, theirs))
+        rows.append(record(f"{task}/flips", changed / len(mine), "fraction", False, "lm_eval",
+                           {"task": task, "documents": len(mine), "flipped": changed, "versus": "the dense model's "
+                            "answer (the choice of highest log-likelihood, as acc)", "dense_reference": reference}))
+    return rows
+
+
+def _evaluate(model, tokenizer, spec: TasksSpec, seed: int, log_samples: bool) -> dict[str, Any]:
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
@@ -61,15 +102,18 @@ def run_tasks(model, tokenizer, spec: TasksSpec, seed: int) -> list[dict[str, An
     ours = set(task_manager(spec.include_path, defaults=False).all_tasks)
     manager = task_manager(spec.include_path, defaults=not set(spec.names) <= ours)
     try:
-        out = lm_eval.simple_evaluate(
+        return lm_eval.simple_evaluate(
             model=lm, tasks=list(spec.names), num_fewshot=spec.num_fewshot, limit=spec.limit,
-            task_manager=manager, log_samples=False, bootstrap_iters=1000, random_seed=seed,
+            task_manager=manager, log_samples=log_samples, bootstrap_iters=1000, random_seed=seed,
             numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
         )
     except Exception as err:
         offline = " (the hub is not reachable from this worker and the data is not in the local cache)" if not hub.reachable() else ""
         raise BenchError(f"lm-eval tasks {', '.join(spec.names)} failed{offline}: {type(err).__name__}: "
                          f"{' '.join(str(err).split())[:500]}") from err
+
+
+def _rows(out: dict[str, Any], spec: TasksSpec) -> list[dict[str, Any]]:
     lm_eval_version = version("lm_eval")
     rows = []
     for task, metrics in sorted(out["results"].items()):
@@ -152,6 +196,10 @@ def write_task_folder(folder: Path = SYNTHETIC_DIR) -> list[Path]:
 
 
 def chance(task: str) -> float | None:
-    """Accuracy of uniform guessing on a synthetic task, or None for other tasks."""
+    """Accuracy of uniform guessing on a shipped task, or None for other tasks."""
+    if task == "english_cloze":
+        from bench.accuracy.cloze import CHOICES
+
+        return 1 / CHOICES
     ability = task.removeprefix("synthetic_")
     return 1 / world.CHOICES[ability] if ability in world.CHOICES else None

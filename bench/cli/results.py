@@ -11,9 +11,9 @@ from bench.store import Store
 
 
 LEADERBOARD_COLUMNS = ["model", "method", "pattern", "hardware", "kernel", "seed", "measured_sparsity", "perplexity",
-                       "perplexity_change_vs_dense", "decode_tok_s_b1", "decode_speedup_b1", "decode_speedup_b1_p10",
+                       "perplexity_change_vs_dense", "kl_vs_dense", "decode_tok_s_b1", "decode_speedup_b1", "decode_speedup_b1_p10",
                        "decode_speedup_b1_p90", "prefill_ms", "prefill_speedup", "prefill_speedup_p10",
-                       "prefill_speedup_p90", "task_acc_mean", "task_acc_change_vs_dense", "kernel_status", "job_key"]
+                       "prefill_speedup_p90", "task_acc_mean", "task_acc_change_vs_dense", "task_flips_mean", "kernel_status", "job_key"]
 
 
 def cmd_ls(args) -> int:

@@ -6,8 +6,10 @@
 - prune: load the dense model, calibrate, prune, verify every layer, save the artifact (bench.model.artifacts)
   under the stage's key. If a sound artifact with that key is already there (another store, or a store that
   was lost), it is reused and its manifest's figures are returned.
-- evaluate: load the dense model, apply the artifact (checksums verified), perplexity under the recorded
-  protocol, the dense sanity gate, lm-eval tasks.
+- evaluate: load the dense model, take its reference for KL and flips (bench.accuracy.reference: stored
+  once per model and protocol, computed here on the dense model if absent), apply the artifact in place
+  (checksums verified), perplexity and KL vs dense under the recorded protocol, the dense sanity gate,
+  lm-eval tasks and the answers that flipped against the dense model.
 - latency: load the dense model twice (one copy gets the artifact and the kernel backend, the other is the
   dense reference), time both interleaved, then per layer shape.
 
@@ -42,7 +44,26 @@ class StageTimeout(BaseException):
     Exception` of a library (or of bench.model.load.load_model) does not turn it into another error."""
 
 
+def _reset_peak_rss() -> bool:
+    """Start the process's peak resident memory (VmHWM) afresh, so that a reused Ray worker reports the
+    stage's own peak, not its lifetime's (Linux: `5` to /proc/self/clear_refs). False where not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def _peak_rss_bytes() -> int:
+    """Peak resident memory since the last `_reset_peak_rss` (VmHWM), else over the process's life."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
@@ -100,7 +121,8 @@ def run_stage(stage: dict[str, Any]) -> dict[str, Any]:
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
-    result: dict[str, Any] = {"key": stage.get("key"), "kind": stage.get("kind"), "started_at": started.isoformat()}
+    result: dict[str, Any] = {"key": stage.get("key"), "kind": stage.get("kind"), "started_at": started.isoformat(),
+                              "peak_rss_scope": "stage" if _reset_peak_rss() else "process"}
     try:
         with _Deadline(stage.get("timeout_s")):
             result.update(RUNNERS[stage["kind"]](stage, timings))
@@ -193,7 +215,7 @@ def _prune(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
         _metric("prune_peak_rss_bytes", _peak_rss_bytes(), "bytes", False, "prune",
                 {"rss_before_prune_bytes": rss_before,
                  "cuda_peak_bytes": torch.cuda.max_memory_allocated() if device.type == "cuda" else None,
-                 "note": "peak resident memory of the worker process up to the end of pruning"}),
+                 "note": "peak resident memory of the worker from the start of the stage to the end of pruning"}),
     ]
     modules = dict(model.named_modules())
     weights = {name: modules[name].weight.detach().to("cpu", copy=True) for name in report.rewritten}
@@ -208,22 +230,36 @@ def _prune(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
 
 
 def _evaluate(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
+    from bench.accuracy import reference
     from bench.accuracy.perplexity import perplexity
+    from bench.model.artifacts import Artifacts
 
-    job, device, model, tokenizer, _ = _pruned(stage, timings)
-    metrics = []
+    job, device, model, tokenizer = _setup(stage, timings)
     t = time.perf_counter()
-    ppl = perplexity(model, tokenizer, job.perplexity)
+    ref = reference.obtain(stage["artifacts"], job, model, tokenizer, device)  # on the dense model, before the artifact
+    timings["dense_reference_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    Artifacts(stage["artifacts"]).load_into(model, job.prune_key)  # in place: one copy of the model at a time
+    timings["artifact_load_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    ppl = perplexity(model, tokenizer, job.perplexity, reference=ref.head_inputs)
     timings["perplexity_s"] = time.perf_counter() - t
     # the protocol alone: the leaderboard matches dense references on it (where it ran is in the stage row)
-    metrics.append(_metric("perplexity", ppl["perplexity"], "ppl", False, "perplexity", ppl["protocol"]))
+    metrics = [_metric("perplexity", ppl["perplexity"], "ppl", False, "perplexity", ppl["protocol"]),
+               _metric("kl_vs_dense", ppl["kl"], "nats/token", False, "perplexity",
+                       {**ppl["protocol"], "divergence": "mean over scored tokens of KL(dense || pruned) of the "
+                        "next-token distributions", "top1_agreement": ppl["top1_agreement"],
+                        "dense_reference": ref.record})]
     warnings = _dense_gate(job, ppl["perplexity"])
     if job.tasks is not None:
-        from bench.accuracy.lmeval import run_tasks
+        from bench.accuracy.lmeval import flips, run_tasks_with_answers
 
         t = time.perf_counter()
-        metrics += run_tasks(model, tokenizer, job.tasks.spec, seed=job.seed)
+        rows, answers = run_tasks_with_answers(model, tokenizer, job.tasks.spec, seed=job.seed)
+        metrics += rows + flips(answers, ref.answers, ref.record)
         timings["lm_eval_s"] = time.perf_counter() - t
+    metrics.append(_metric("evaluate_peak_rss_bytes", _peak_rss_bytes(), "bytes", False, "perplexity",
+                           {"note": "peak resident memory of the worker from the start of the stage to the end of the evaluation"}))
     return {"metrics": metrics, "warnings": warnings}
 
 

@@ -14,7 +14,7 @@ import duckdb
 
 from bench.errors import BenchError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class StoreError(BenchError):
@@ -57,15 +57,17 @@ WITH per_job AS (      -- metrics pivoted per job first: grouping by the key alo
                FILTER (WHERE name = 'prefill_speedup') AS prefill_speedup_p10,
            max(CAST(json_extract(details, '$.speedup_paired.p90') AS DOUBLE))
                FILTER (WHERE name = 'prefill_speedup') AS prefill_speedup_p90,
+           max(value) FILTER (WHERE name = 'kl_vs_dense') AS kl_vs_dense,
            avg(value) FILTER (WHERE stage = 'lm_eval' AND name LIKE '%/acc') AS task_acc_mean,
+           avg(value) FILTER (WHERE stage = 'lm_eval' AND name LIKE '%/flips') AS task_flips_mean,
            count(value) FILTER (WHERE stage = 'lm_eval' AND name LIKE '%/acc') AS tasks,
            max(details) FILTER (WHERE name = 'perplexity') AS perplexity_protocol
     FROM metrics GROUP BY job_key
 ), wide AS (
     SELECT j.job_key, j.run_id, j.model, j.method, j.pattern, j.target_sparsity, j.hardware, j.kernel,
-           j.seed, j.kernel_status, m.perplexity, m.measured_sparsity, m.decode_tok_s_b1, m.decode_speedup_b1,
+           j.seed, j.kernel_status, m.perplexity, m.kl_vs_dense, m.measured_sparsity, m.decode_tok_s_b1, m.decode_speedup_b1,
            m.decode_speedup_b1_p10, m.decode_speedup_b1_p90, m.prefill_ms, m.prefill_speedup,
-           m.prefill_speedup_p10, m.prefill_speedup_p90, m.task_acc_mean, coalesce(m.tasks, 0) AS tasks,
+           m.prefill_speedup_p10, m.prefill_speedup_p90, m.task_acc_mean, m.task_flips_mean, coalesce(m.tasks, 0) AS tasks,
            j.warnings, j.finished_at, m.perplexity_protocol
     FROM jobs j LEFT JOIN per_job m USING (job_key)
     WHERE j.status = 'done'
@@ -125,4 +127,7 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE jobs ADD COLUMN latency_key VARCHAR",
         "ALTER TABLE jobs ADD COLUMN artifact VARCHAR",
     ],
+    # 4: the leaderboard shows the KL divergence from the dense model and the mean fraction of task answers
+    # that flipped against it.
+    4: [LEADERBOARD_SQL],
 }

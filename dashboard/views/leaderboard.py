@@ -32,7 +32,8 @@ if mask_only:
                "zeros buy no speed; their speedup is measurement noise around 1.")
 
 shown = ["rank", "model", "method", "pattern", "target_sparsity", "measured_sparsity", "hardware", "kernel",
-         "kernel_status", "perplexity", "perplexity_change_vs_dense", "task_acc_mean", "task_acc_change_vs_dense",
+         "kernel_status", "perplexity", "perplexity_change_vs_dense", "kl_vs_dense", "task_acc_mean",
+         "task_acc_change_vs_dense", "task_flips_mean",
          "decode_speedup_b1", "decode_speedup_b1_p10", "decode_speedup_b1_p90", "prefill_speedup",
          "prefill_speedup_p10", "prefill_speedup_p90", "decode_tok_s_b1", "prefill_ms", *tasks, "seed", "run_id",
          "job_key"]
@@ -46,7 +47,11 @@ st.dataframe(
         "perplexity": number("perplexity", format="%.4f"),
         "perplexity_change_vs_dense": number("ppl vs dense", format="percent",
                                              help="perplexity / dense perplexity - 1 (same model, hardware, kernel, seed)"),
+        "kl_vs_dense": number("KL vs dense", format="%.4f",
+                              help="mean KL(dense || pruned) of next-token distributions on the perplexity text, nats/token"),
         "task_acc_mean": number("task acc", format="%.4f"),
+        "task_flips_mean": number("flips", format="%.4f",
+                                  help="fraction of multiple-choice answers that differ from the dense model's (mean over tasks)"),
         "task_acc_change_vs_dense": number("acc vs dense", format="%+.4f"),
         "decode_speedup_b1": number("decode speedup", format="%.3fx",
                                     help="median of paired per-round ratios against the dense model, same process"),
