@@ -140,3 +140,18 @@ def test_channels_mask_removes_whole_rows():
     Channels(0.3).verify(scores * mask)
     with pytest.raises(PatternViolation, match="output channels are all zero"):
         Channels(0.3).verify(scores)
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties", "zeros", "signed_zeros", "nan"])
+def test_the_selection_keeps_exactly_what_the_stable_sort_keeps(kind):
+    from bench.patterns import _keep_top
+
+    torch.manual_seed(0)
+    for shape in [(1, 5000), (40, 300), (3, 65)]:
+        s = {"normal": torch.randn(shape), "ties": torch.randint(0, 5, shape).float(), "zeros": torch.zeros(shape),
+             "signed_zeros": torch.where(torch.rand(shape) > 0.5, -0.0, 0.0),
+             "nan": torch.where(torch.rand(shape) > 0.9, float("nan"), torch.randn(shape))}[kind]
+        for n_keep in (0, 1, shape[-1] // 10, shape[-1] // 2, shape[-1] - 1, shape[-1]):
+            order = torch.argsort(s, dim=-1, descending=True, stable=True)
+            expected = torch.zeros_like(s, dtype=torch.bool).scatter_(-1, order[..., :n_keep], True)
+            assert torch.equal(_keep_top(s, n_keep), expected), (shape, n_keep)

@@ -30,6 +30,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from bench.accuracy.reference import FOLDER as REFERENCES  # the dense references beside the artifacts
 from bench.errors import BenchError
 
 FORMAT = 2  # 2: masks packed 8 per byte, weights only for rewritten layers
@@ -234,9 +235,11 @@ class Artifacts:
         return removed
 
     def foreign(self) -> list[str]:
-        """Names under the root that are neither artifacts nor staging folders (gc leaves them alone)."""
+        """Names under the root that are neither artifacts, staging folders nor the dense references
+        (bench.accuracy.reference: a few MB per model and protocol, made again when missing); gc leaves
+        all of these but artifacts and stale staging folders alone."""
         if not self.root.is_dir():
             return []
         return sorted(p.name for p in self.root.iterdir()
-                      if not is_artifact(p) and not STAGING.fullmatch(p.name))
+                      if not is_artifact(p) and not STAGING.fullmatch(p.name) and p.name != REFERENCES)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gc
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +84,18 @@ def _run_block(block: nn.Module, call: Call) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
+@contextmanager
+def _old_objects_frozen():
+    """Each block ends with gc.collect() (a pruner's state can be large); with everything made before
+    pruning frozen (gc.freeze), that pass looks only at the objects made since, instead of every object of
+    torch, transformers and the model (about 0.25 s a pass, 7.5 s for SmolLM2's 30 blocks)."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 @torch.no_grad()
 def prune_model(model: nn.Module, method: Method, pattern: Pattern, layer_filter: LayerFilter | None = None,
                 calibration: torch.Tensor | None = None, batch_size: int = 8,
@@ -118,23 +131,24 @@ def prune_model(model: nn.Module, method: Method, pattern: Pattern, layer_filter
     layer_targets = _global_targets(blocks, calls, by_block, method, pattern) if glob else {}
     if not observe:
         calls = None
-    for index, block in enumerate(blocks):
-        layers = by_block.get(index, [])
-        block_pattern = pattern.for_block(block_targets[index]) if index in block_targets else pattern
-        pruners = {name: method.pruner(name, weight_view(module).detach()) for name, module in layers}
-        stats = {name: InputStats() for name, _ in layers} if refine is not None else {}
-        if calls is not None and layers:
-            observers = [(module, pruners[name]) for name, module in layers if method.needs_calibration]
-            observers += [(module, stats[name]) for name, module in layers if stats]
-            _observe_block(block, calls, observers)
-        for name, module in layers:
-            layer_pattern = pattern.for_block(layer_targets[name]) if glob else block_pattern
-            _prune_layer(report, method, layer_pattern, name, index, module, pruners.pop(name),
-                         stats.pop(name, None), refine)
-        if calls is not None:
-            calls = [(_run_block(block, call), call[1], call[2]) for call in calls]  # inputs of the next block
-        del pruners
-        gc.collect()
+    with _old_objects_frozen():
+        for index, block in enumerate(blocks):
+            layers = by_block.get(index, [])
+            block_pattern = pattern.for_block(block_targets[index]) if index in block_targets else pattern
+            pruners = {name: method.pruner(name, weight_view(module).detach()) for name, module in layers}
+            stats = {name: InputStats() for name, _ in layers} if refine is not None else {}
+            if calls is not None and layers:
+                observers = [(module, pruners[name]) for name, module in layers if method.needs_calibration]
+                observers += [(module, stats[name]) for name, module in layers if stats]
+                _observe_block(block, calls, observers)
+            for name, module in layers:
+                layer_pattern = pattern.for_block(layer_targets[name]) if glob else block_pattern
+                _prune_layer(report, method, layer_pattern, name, index, module, pruners.pop(name),
+                             stats.pop(name, None), refine)
+            if calls is not None:
+                calls = [(_run_block(block, call), call[1], call[2]) for call in calls]  # inputs of the next block
+            del pruners
+            gc.collect()
     report.seconds = time.perf_counter() - start
     return report
 
