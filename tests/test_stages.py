@@ -43,7 +43,8 @@ def test_a_pruned_model_is_made_once_and_shared_then_only_missing_stages_run(tin
     st = stages(db)
     assert st.groupby("kind").size().to_dict() == {"evaluate": 3, "latency": 6, "prune": 3}
     assert set(st.status) == {"done"} and set(st.attempts) == {1}
-    assert sorted(os.listdir(art)) == sorted(st[st.kind == "prune"].stage_key)
+    assert sorted(os.listdir(art)) == sorted([*st[st.kind == "prune"].stage_key, "references"])
+    assert len(os.listdir(art / "references")) == 1  # the dense side of KL and flips: once per model and protocol
     jobs = Store(db).query("SELECT job_key, kernel, prune_key, eval_key, latency_key, artifact FROM jobs")
     assert jobs.prune_key.nunique() == 3 and jobs.latency_key.nunique() == 6
     board = Store(db).leaderboard()
@@ -69,6 +70,9 @@ def test_a_pruned_model_is_made_once_and_shared_then_only_missing_stages_run(tin
     assert all(json.loads(r)["artifact"]["reused"] for r in prunes.result)
     ppl = lambda d: Store(d).leaderboard().set_index(["pattern", "kernel"]).perplexity.sort_index()  # noqa: E731
     assert ppl(other).equals(ppl(db))
+    kl = Store(other).query("SELECT value, details FROM metrics WHERE name = 'kl_vs_dense'")
+    assert all(json.loads(d)["dense_reference"]["reused"] for d in kl.details)  # and neither is the reference
+    assert kl.value.min() == 0 and kl.value.max() > 0  # the dense job's own KL is exactly 0
 
 
 def test_a_damaged_artifact_is_detected_and_rebuilt(tiny_model, tmp_path):
@@ -110,9 +114,9 @@ def test_gc_removes_unreferenced_artifacts(tiny_model, tmp_path):
     assert real.returncode == 0 and "removed 1 artifacts" in real.stdout and "kept 2 referenced" in real.stdout
     assert "left alone: 1 entries" in real.stdout and "my-notes" in real.stdout
     (art / "my-notes").rmdir()
-    assert sorted(os.listdir(art)) == sorted(stages(db).query("kind == 'prune'").stage_key)
+    assert sorted(os.listdir(art)) == sorted([*stages(db).query("kind == 'prune'").stage_key, "references"])
     wrong = bench("gc", "--db", tmp_path / "typo.duckdb", "--artifacts", art)  # would see nothing referenced
-    assert wrong.returncode == 2 and "--db: no results store at" in wrong.stderr and len(os.listdir(art)) == 2
+    assert wrong.returncode == 2 and "--db: no results store at" in wrong.stderr and len(os.listdir(art)) == 3
     assert not (tmp_path / "typo.duckdb").exists() and not (tmp_path / "typo.duckdb.lock").exists()
 
 
@@ -198,3 +202,17 @@ def test_sigterm_cancels_records_and_a_resubmit_finishes(tiny_model, tmp_path):
     assert len(store.leaderboard()) == 14
     dupes = store.query("SELECT job_key, name, count(*) AS n FROM metrics GROUP BY ALL HAVING n > 1")
     assert dupes.empty
+
+
+def test_each_stage_reports_its_own_peak_memory_not_the_workers_lifetime_peak():
+    from bench.run.execute import _peak_rss_bytes, _reset_peak_rss, run_stage
+
+    big = bytearray(400 * 2**20)
+    big[::4096] = b"x" * len(big[::4096])  # touched, so resident
+    lifetime = _peak_rss_bytes()
+    del big
+    assert _reset_peak_rss()  # Linux: VmHWM starts again from the current RSS
+    assert _peak_rss_bytes() < lifetime - 300 * 2**20
+    result = run_stage({"kind": "no such stage", "key": "k", "job": {}, "artifacts": "."})  # fails at once
+    assert result["status"] == "failed" and result["peak_rss_scope"] == "stage"
+    assert result["peak_rss_bytes"] < lifetime - 300 * 2**20  # a later stage in this worker does not inherit it

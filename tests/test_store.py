@@ -93,15 +93,16 @@ def test_a_version_1_store_is_migrated(tmp_path):
     with Store(path).write():
         pass
     store = Store(path)
-    assert store.query("SELECT max(version) AS v FROM schema_version")["v"][0] == SCHEMA_VERSION == 3
-    assert MIGRATIONS[2] == [LEADERBOARD_SQL] and store.leaderboard().empty
+    assert store.query("SELECT max(version) AS v FROM schema_version")["v"][0] == SCHEMA_VERSION == 4
+    assert MIGRATIONS[2] == MIGRATIONS[4] == [LEADERBOARD_SQL] and store.leaderboard().empty
+    assert {"kl_vs_dense", "task_flips_mean"} <= set(store.leaderboard().columns)  # v4
     assert store.query("SELECT count(*) AS n FROM stages")["n"][0] == 0  # v3: the stage graph
     assert {"prune_key", "eval_key", "latency_key", "artifact"} <= set(store.query("SELECT * FROM jobs").columns)
 
 
 def test_a_version_2_store_keeps_its_results_when_migrated(tmp_path, jobs):
     """A store written before the stage graph: its done jobs stay done (a resubmit skips them) and its
-    leaderboard is unchanged after the migration to version 3."""
+    leaderboard is unchanged after the migration to the current version."""
     from bench.store import MIGRATIONS
 
     spec, js = jobs
@@ -121,7 +122,7 @@ def test_a_version_2_store_keeps_its_results_when_migrated(tmp_path, jobs):
     store.begin_run(run_row(spec), js[1:2], skipped=1)  # the first write migrates
     assert store.statuses([js[0].key]) == {js[0].key: "done"}
     assert store.leaderboard().equals(before)
-    assert store.query("SELECT max(version) AS v FROM schema_version")["v"][0] == 3
+    assert store.query("SELECT max(version) AS v FROM schema_version")["v"][0] == SCHEMA_VERSION
 
 
 def test_requeue_replaces_old_results(tmp_path, jobs):
