@@ -68,6 +68,13 @@ def test_smollm2_loads_from_its_gguf_converted_once_and_writes_english(tmp_path,
     assert 5 < ppl["perplexity"] < 60 and ppl["protocol"]["windows"] == 2, ppl
     assert ppl["protocol"]["dataset_provenance"]["licence"].startswith("GPL-2.0-or-later")
 
+    from bench.accuracy.lmeval import run_tasks
+    from bench.spec.protocols import TasksSpec
+
+    rows = {r["name"]: r for r in run_tasks(model, tokenizer, TasksSpec(names=("english_cloze",), limit=25), seed=0)}
+    acc = rows["english_cloze/acc"]
+    assert acc["details"]["documents"] == 25 and acc["value"] >= 0.6, acc  # chance is 0.25; 0.92 on the first 100
+
     mtime = (folder / "model.safetensors").stat().st_mtime_ns
     load_model(spec)  # the second load reads the cached folder
     assert (folder / "model.safetensors").stat().st_mtime_ns == mtime

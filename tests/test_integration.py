@@ -182,7 +182,10 @@ def test_lm_eval_scores_equal_a_direct_lm_eval_run(tmp_path):
     assert "WARNING: dense tiny-llama has perplexity" in proc.stdout and "expected 1.5" in proc.stdout
     store = Store(db)
     stored = store.query("SELECT name, value, stderr, details FROM metrics WHERE stage = 'lm_eval' ORDER BY name")
-    assert stored.name.tolist() == ["synthetic_add/acc", "synthetic_recall/acc"]
+    assert stored.name.tolist() == ["synthetic_add/acc", "synthetic_add/flips", "synthetic_recall/acc",
+                                    "synthetic_recall/flips"]
+    assert stored.set_index("name").value[["synthetic_add/flips", "synthetic_recall/flips"]].tolist() == [0, 0]
+    stored = stored[stored.name.str.endswith("/acc")]  # lm-eval's own figures (flips are ours: vs dense)
     assert store.query("SELECT warnings FROM jobs").warnings[0].startswith("dense tiny-llama has perplexity")
 
     torch.set_num_threads(1)  # as the worker ran it (hardware "cpu")
