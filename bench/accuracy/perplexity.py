@@ -68,7 +68,7 @@ def perplexity(model, tokenizer, spec: PerplexitySpec, text: str | None = None, 
     if spec.context_length - (1 if spec.bos else 0) < 1:
         raise BenchError("context_length must leave room for at least one text token")
     hook = _HeadInputs(model) if capture or reference is not None else None
-    acc = _Sums(reference)
+    acc = _Sums(reference, capture)
     try:
         windows = _windows(model, spec, torch.tensor(ids, dtype=torch.long), bos_id, hook, acc)
     finally:
@@ -92,20 +92,20 @@ def perplexity(model, tokenizer, spec: PerplexitySpec, text: str | None = None, 
 
 
 class _Sums:
-    def __init__(self, reference: torch.Tensor | None):
-        self.reference = reference
+    def __init__(self, reference: torch.Tensor | None, capture: bool):
+        self.reference, self.capture = reference, capture
         self.nll, self.scored, self.kl, self.agree, self.offset = 0.0, 0, 0.0, 0, 0
         self.captured: list[torch.Tensor] = []
 
-    def add(self, logprobs: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor, head_inputs, head) -> None:
+    def add(self, logprobs: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor, hook: _HeadInputs | None) -> None:
         self.nll -= float(logprobs.gather(1, targets.unsqueeze(1)).squeeze(1)[keep].double().sum())
         k = int(keep.sum())
         self.scored += k
-        if head_inputs is not None:
-            self.captured.append(head_inputs[keep].float().cpu())
+        if self.capture:
+            self.captured.append(hook.last[0, :-1][keep].float().cpu())
         if self.reference is not None:
-            dense = self.reference[self.offset:self.offset + k].to(logprobs.device, head.weight.dtype)
-            dense_logprobs = torch.log_softmax(head(dense).float(), dim=-1)
+            dense = self.reference[self.offset:self.offset + k].to(logprobs.device, hook.head.weight.dtype)
+            dense_logprobs = torch.log_softmax(hook.head(dense).float(), dim=-1)
             kl, agree = _kl(logprobs[keep], dense_logprobs)
             self.kl += kl
             self.agree += agree
@@ -126,9 +126,7 @@ def _windows(model, spec: PerplexitySpec, ids_t: torch.Tensor, bos_id, hook, acc
         logits = model(window.unsqueeze(0).to(device)).logits[0, :-1].float()  # (T-1, V)
         logprobs = torch.log_softmax(logits, dim=-1)
         positions = torch.arange(begin + 1 - shift, end, device=device)  # text position of each target
-        head_inputs = hook.last[0, :-1] if hook is not None else None
-        acc.add(logprobs, window[1:].to(device), positions >= scored_until, head_inputs,
-                hook.head if hook is not None else None)
+        acc.add(logprobs, window[1:].to(device), positions >= scored_until, hook)
         windows += 1
         scored_until = end
         if end >= n:

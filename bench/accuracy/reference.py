@@ -21,9 +21,10 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported by the functions that use it: bench.model.artifacts reads FOLDER
+    import torch
 
 FOLDER = "references"
 
@@ -85,7 +86,7 @@ def compute(job, model, tokenizer, key: str, device: torch.device) -> DenseRefer
 
         _, answers = run_tasks_with_answers(model, tokenizer, job.tasks.spec, seed=job.seed)
     record = {"key": key, "dense_perplexity": ppl["perplexity"], "tokens_scored": ppl["protocol"]["tokens_scored"],
-              "tasks": {t: len(a) for t, a in answers.items()}, "device": device.type,
+              "tasks": {task: len(a) for task, a in answers.items()}, "device": device.type,
               "seconds": time.perf_counter() - t}
     return DenseReference(ppl["head_inputs"], answers, record)
 

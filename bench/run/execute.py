@@ -173,15 +173,20 @@ def _setup(stage: dict[str, Any], timings: dict[str, float]):
     return job, device, model, tokenizer
 
 
-def _pruned(stage: dict[str, Any], timings: dict[str, float]):
-    """`_setup`, then the prune stage's artifact applied to the model."""
+def _apply_artifact(stage: dict[str, Any], job, model, timings: dict[str, float]) -> dict[str, Any]:
+    """The prune stage's artifact applied to `model` in place (checksums verified); its manifest."""
     from bench.model.artifacts import Artifacts
 
-    job, device, model, tokenizer = _setup(stage, timings)
     t = time.perf_counter()
     manifest = Artifacts(stage["artifacts"]).load_into(model, job.prune_key)
     timings["artifact_load_s"] = time.perf_counter() - t
-    return job, device, model, tokenizer, manifest
+    return manifest
+
+
+def _pruned(stage: dict[str, Any], timings: dict[str, float]):
+    """`_setup`, then the prune stage's artifact applied to the model."""
+    job, device, model, tokenizer = _setup(stage, timings)
+    return job, device, model, tokenizer, _apply_artifact(stage, job, model, timings)
 
 
 def _prune(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
@@ -232,15 +237,12 @@ def _prune(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
 def _evaluate(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
     from bench.accuracy import reference
     from bench.accuracy.perplexity import perplexity
-    from bench.model.artifacts import Artifacts
 
     job, device, model, tokenizer = _setup(stage, timings)
     t = time.perf_counter()
     ref = reference.obtain(stage["artifacts"], job, model, tokenizer, device)  # on the dense model, before the artifact
     timings["dense_reference_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    Artifacts(stage["artifacts"]).load_into(model, job.prune_key)  # in place: one copy of the model at a time
-    timings["artifact_load_s"] = time.perf_counter() - t
+    _apply_artifact(stage, job, model, timings)  # in place: one copy of the model at a time
     t = time.perf_counter()
     ppl = perplexity(model, tokenizer, job.perplexity, reference=ref.head_inputs)
     timings["perplexity_s"] = time.perf_counter() - t
@@ -258,8 +260,6 @@ def _evaluate(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any
         rows, answers = run_tasks_with_answers(model, tokenizer, job.tasks.spec, seed=job.seed)
         metrics += rows + flips(answers, ref.answers, ref.record)
         timings["lm_eval_s"] = time.perf_counter() - t
-    metrics.append(_metric("evaluate_peak_rss_bytes", _peak_rss_bytes(), "bytes", False, "perplexity",
-                           {"note": "peak resident memory of the worker from the start of the stage to the end of the evaluation"}))
     return {"metrics": metrics, "warnings": warnings}
 
 
