@@ -33,8 +33,9 @@ TRACES_UP_TO = 120
 class Axis:
     label: str
     higher_is_better: bool | None
-    p10: str | None = None  # columns holding the p10/p90 of a paired ratio, drawn as error bars
-    p90: str | None = None
+    lo: str | None = None  # columns holding the 95% interval of a paired ratio, drawn as error bars
+    hi: str | None = None
+    verdict: str | None = None  # the column holding a speedup's verdict (faster, slower, no measurable difference)
     log: bool = False  # perplexity spans orders of magnitude once a method breaks a model
 
 
@@ -48,9 +49,24 @@ ACCURACY = {
 }
 SPEED = {
     "decode_speedup_b1": Axis("decode speedup vs dense, batch 1 (measured)", True,
-                              "decode_speedup_b1_p10", "decode_speedup_b1_p90"),
-    "prefill_speedup": Axis("prefill speedup vs dense (measured)", True, "prefill_speedup_p10", "prefill_speedup_p90"),
+                              "decode_speedup_b1_lo", "decode_speedup_b1_hi", verdict="decode_speedup_b1_verdict"),
+    "prefill_speedup": Axis("prefill speedup vs dense (measured)", True, "prefill_speedup_lo", "prefill_speedup_hi",
+                            verdict="prefill_speedup_verdict"),
 }
+# Verdicts that may stand on a Pareto front: a measured speedup, and the dense model at 1x by definition.
+# A speedup within the noise (or slower) says nothing the dense model does not already say better.
+ON_FRONT = ("faster", "dense")
+
+
+def measured(board: pd.DataFrame, speed: str) -> pd.Series:
+    """True for rows whose speed is a measured verdict that may stand on a front (or a dense row); rows
+    without a verdict (stored before verdicts existed) never are, except dense ones."""
+    column = SPEED.get(speed, Axis(speed, True)).verdict
+    dense = board["method"] == "dense" if "method" in board.columns else pd.Series(False, index=board.index)
+    if column is None or column not in board.columns:
+        return dense
+    return board[column].isin(ON_FRONT) | dense
+
 
 
 def accuracy_axis(column: str) -> Axis:
@@ -91,10 +107,12 @@ def pareto_mask(df: pd.DataFrame, x: str, y: str, x_higher: bool = True, y_highe
 
 
 def pareto_rows(board: pd.DataFrame, accuracy: str, speed: str) -> pd.DataFrame:
-    """The rows on the Pareto front of their (model, hardware) panel: accuracy against `speed`."""
+    """The rows on the Pareto front of their (model, hardware) panel: accuracy against `speed`, among the
+    rows whose speed is a measured verdict (`measured`)."""
     higher = bool(accuracy_axis(accuracy).higher_is_better)
     mask = pd.Series(False, index=board.index)
-    for _, g in board.groupby(["model", "hardware"]):
+    eligible = board[measured(board, speed)]
+    for _, g in eligible.groupby(["model", "hardware"]):
         mask |= pareto_mask(g, speed, accuracy, True, higher).reindex(board.index, fill_value=False)
     return board[mask]
 
@@ -127,8 +145,10 @@ PROVENANCE = [("method", "method"), ("pattern", "pattern"), ("measured_sparsity"
 
 def tradeoff_figure(board: pd.DataFrame, accuracy: str = "perplexity", speed: str = "decode_speedup_b1",
                     title: str | None = None) -> go.Figure:
-    """Accuracy against measured speedup: one panel per (model, hardware), colour by method, symbol by pattern,
-    the p10-p90 of the speedup as horizontal bars, and the Pareto front of each panel as a dashed line."""
+    """Accuracy against measured speedup: one panel per (model, hardware), colour by method, symbol by pattern
+    (hollow where the speed is no measured verdict: noise, slower, or stored without one), the 95% interval
+    of the speedup as horizontal bars, and the Pareto front of each panel, over measured verdicts only, as a
+    dashed line."""
     acc, spd = accuracy_axis(accuracy), SPEED.get(speed, Axis(speed, True))
     frame = board.dropna(subset=[accuracy, speed]) if {accuracy, speed} <= set(board.columns) else board.iloc[0:0]
     if frame.empty:
@@ -145,7 +165,9 @@ def tradeoff_figure(board: pd.DataFrame, accuracy: str = "perplexity", speed: st
             panel = panels.get((model, hw))
             if panel is None:
                 continue
-            on_front = pareto_mask(panel, speed, accuracy, True, bool(acc.higher_is_better))
+            eligible = measured(panel, speed)
+            on_front = pareto_mask(panel[eligible], speed, accuracy, True, bool(acc.higher_is_better)).reindex(
+                panel.index, fill_value=False)
             marked = panel[on_front] if cloud else panel
             if cloud:
                 rest = panel[~on_front]
@@ -156,17 +178,18 @@ def tradeoff_figure(board: pd.DataFrame, accuracy: str = "perplexity", speed: st
                 shown.add("cloud")
             groups = marked.groupby("method", sort=True) if per_method else [(None, marked)]
             for method, g in groups:
-                custom, hover = _hover(g, [(accuracy, acc.label), (speed, spd.label), *PROVENANCE])
+                custom, hover = _hover(g, [(accuracy, acc.label), (speed, spd.label), (spd.verdict, "verdict"), *PROVENANCE])
                 error = None
-                if spd.p10 in g.columns and spd.p90 in g.columns:
-                    error = dict(type="data", symmetric=False, array=(g[spd.p90] - g[speed]).clip(lower=0),
-                                 arrayminus=(g[speed] - g[spd.p10]).clip(lower=0), thickness=1, width=0)
+                if spd.lo in g.columns and spd.hi in g.columns:
+                    error = dict(type="data", symmetric=False, array=(g[spd.hi] - g[speed]).clip(lower=0).fillna(0),
+                                 arrayminus=(g[speed] - g[spd.lo]).clip(lower=0).fillna(0), thickness=1, width=0)
+                solid = measured(g, speed)  # noise, slower and unverdicted points are drawn hollow
                 fig.add_trace(Scatter(
                     x=g[speed], y=g[accuracy], mode="markers", name=method or "configurations",
                     legendgroup=method, showlegend=method is not None and method not in shown, error_x=error,
                     customdata=custom, hovertemplate=hover,
                     marker=dict(color=colour[method] if method else [colour[m] for m in g["method"]],
-                                symbol=[symbol[p] for p in g["pattern"]], size=11,
+                                symbol=[symbol[p] + ("" if s else "-open") for p, s in zip(g["pattern"], solid)], size=11,
                                 line=dict(width=1, color="white"))), row=r, col=c)
                 shown.add(method)
             front = panel[on_front].sort_values(speed)
@@ -229,7 +252,7 @@ def sparsity_figure(board: pd.DataFrame, accuracy: str = "perplexity") -> go.Fig
 
 def kernel_figure(shapes: pd.DataFrame) -> go.Figure:
     """Measured per-layer speedup over the dense layer by shape (x), one panel per batch, colour by format,
-    with the p10-p90 as error bars and the ideal bound (dense bytes / bytes read) as a black bar per format."""
+    with the 95% interval as error bars and the ideal bound (dense bytes / bytes read) as a black bar per format."""
     if shapes.empty:
         return empty_figure("no per-shape kernel measurement in the selection (the latency stage writes them on CPU)")
     frame = shapes.copy()
@@ -249,15 +272,15 @@ def kernel_figure(shapes: pd.DataFrame) -> go.Figure:
             if g.empty:
                 continue
             custom, hover = _hover(g, [("shape", "shape"), ("format", "format"), ("speedup", "speedup"),
-                                       ("speedup_p10", "p10"), ("speedup_p90", "p90"), ("ideal_speedup", "ideal"),
+                                       ("speedup_lo", "95% low"), ("speedup_hi", "95% high"), ("verdict", "verdict"), ("ideal_speedup", "ideal"),
                                        ("GBps", "GB/s"), ("bandwidth_fraction", "of read bandwidth"),
                                        ("method", "method"), ("pattern", "pattern"), ("model", "model"),
                                        ("kernel", "kernel"), ("hardware", "hardware"), ("job_key", "job")])
             fig.add_trace(go.Scatter(
                 x=g["shape"], y=g["speedup"], mode="markers", name=fmt, legendgroup=fmt, offsetgroup=fmt,
                 showlegend=fmt not in shown, customdata=custom, hovertemplate=hover,
-                error_y=dict(type="data", symmetric=False, array=(g["speedup_p90"] - g["speedup"]).clip(lower=0),
-                             arrayminus=(g["speedup"] - g["speedup_p10"]).clip(lower=0), thickness=1, width=3),
+                error_y=dict(type="data", symmetric=False, array=(g["speedup_hi"] - g["speedup"]).clip(lower=0),
+                             arrayminus=(g["speedup"] - g["speedup_lo"]).clip(lower=0), thickness=1, width=3),
                 marker=dict(color=fcolour[fmt], size=9, line=dict(width=1, color="white"))), row=1, col=c)
             ideal = g.drop_duplicates(subset=["shape", "ideal_speedup"])
             fig.add_trace(go.Scatter(

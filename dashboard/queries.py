@@ -110,7 +110,7 @@ def leaderboard(con: duckdb.DuckDBPyConnection, filters: Filters = Filters()) ->
 
 def kernel_shapes(con: duckdb.DuckDBPyConnection, filters: Filters = Filters()) -> pd.DataFrame:
     """One row per (job, layer shape, batch) from the latency stage's per-shape measurement: the paired
-    speedup of the backend's layer over the dense layer, its p10/p90, the format, bytes read and the ideal
+    speedup of the backend's layer over the dense layer, its 95% interval and verdict, the format, bytes read and the ideal
     speedup (dense bytes / bytes read: the bound for a memory-bound kernel)."""
     where, params = filters.where("j.")
     return con.execute(f"""
@@ -123,8 +123,9 @@ def kernel_shapes(con: duckdb.DuckDBPyConnection, filters: Filters = Filters()) 
                json_extract_string(d, '$.shape') AS shape,
                CAST(json_extract(d, '$.batch') AS INTEGER) AS batch,
                json_extract_string(d, '$.format') AS format,
-               CAST(json_extract(d, '$.speedup_paired.p10') AS DOUBLE) AS speedup_p10,
-               CAST(json_extract(d, '$.speedup_paired.p90') AS DOUBLE) AS speedup_p90,
+               CAST(json_extract(d, '$.speedup_paired.lo') AS DOUBLE) AS speedup_lo,
+               CAST(json_extract(d, '$.speedup_paired.hi') AS DOUBLE) AS speedup_hi,
+               json_extract_string(d, '$.verdict') AS verdict,
                CAST(json_extract(d, '$.speedup_paired.count') AS INTEGER) AS rounds,
                CAST(json_extract(d, '$.ideal_speedup') AS DOUBLE) AS ideal_speedup,
                CAST(json_extract(d, '$.bandwidth_fraction') AS DOUBLE) AS bandwidth_fraction,

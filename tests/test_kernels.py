@@ -168,9 +168,20 @@ def test_two_threads_split_rows_bit_identically(isa, kw):
         assert_matches(y2, w, x, what=f"{isa} {kw} B={b}")
 
 
-def test_concurrent_calls_from_python_threads(isa):
+@pytest.mark.parametrize("spin_us", [0, 200])
+def test_concurrent_calls_from_python_threads(isa, spin_us):
     """mm releases the GIL: calls from several Python threads (with different thread counts) share one
-    worker pool and must not disturb each other's results."""
+    worker pool and must not disturb each other's results, whether its threads sleep at once between calls
+    or spin for the next one first (workers that take no part in a call included)."""
+    _native.set_spin_us(spin_us)
+    try:
+        _concurrent_calls()
+    finally:
+        _native.set_spin_us(0)
+    assert _native.spin_us() == 0
+
+
+def _concurrent_calls():
     gen = torch.Generator().manual_seed(8)
     w = sparse_weight(dict(format="bitmask"), 512, 1024, "random", gen)
     packed = pack(w, "bitmask")

@@ -2,8 +2,9 @@
 
 tests/data/example_keys.json holds, for every example grid, each job's key and its stage keys as the code
 computed them. A change that is meant to alter results bumps STAGE_VERSIONS and rewrites this file on
-purpose; the last such rewrite: perplexity 2 and lm_eval 2 (the evaluate stage adds KL vs dense and answer
-flips, and the task folder gained english_cloze), which changed every evaluate key and no prune or latency key.
+purpose; the last such rewrite: latency 3 (candidate, reference and A/A in rounds until precise, with
+intervals, verdicts and the Amdahl prediction; the latency protocol gained max_repeats, precision and
+max_seconds), which changed every latency key and no prune or evaluate key.
 """
 
 import json

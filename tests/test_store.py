@@ -93,9 +93,12 @@ def test_a_version_1_store_is_migrated(tmp_path):
     with Store(path).write():
         pass
     store = Store(path)
-    assert store.query("SELECT max(version) AS v FROM schema_version")["v"][0] == SCHEMA_VERSION == 4
-    assert MIGRATIONS[2] == MIGRATIONS[4] == [LEADERBOARD_SQL] and store.leaderboard().empty
+    assert store.query("SELECT max(version) AS v FROM schema_version")["v"][0] == SCHEMA_VERSION == 5
+    assert MIGRATIONS[2] == MIGRATIONS[4] == MIGRATIONS[5] == [LEADERBOARD_SQL] and store.leaderboard().empty
     assert {"kl_vs_dense", "task_flips_mean"} <= set(store.leaderboard().columns)  # v4
+    assert {"decode_speedup_b1_lo", "decode_speedup_b1_hi", "decode_speedup_b1_verdict", "decode_aa_b1",
+            "decode_predicted_speedup_b1", "prefill_speedup_verdict"} <= set(store.leaderboard().columns)  # v5
+    assert not any(c.endswith(("_p10", "_p90")) for c in store.leaderboard().columns)  # intervals, not spreads
     assert store.query("SELECT count(*) AS n FROM stages")["n"][0] == 0  # v3: the stage graph
     assert {"prune_key", "eval_key", "latency_key", "artifact"} <= set(store.query("SELECT * FROM jobs").columns)
 

@@ -11,9 +11,25 @@ from bench.store import Store
 
 
 LEADERBOARD_COLUMNS = ["model", "method", "pattern", "hardware", "kernel", "seed", "measured_sparsity", "perplexity",
-                       "perplexity_change_vs_dense", "kl_vs_dense", "decode_tok_s_b1", "decode_speedup_b1", "decode_speedup_b1_p10",
-                       "decode_speedup_b1_p90", "prefill_ms", "prefill_speedup", "prefill_speedup_p10",
-                       "prefill_speedup_p90", "task_acc_mean", "task_acc_change_vs_dense", "task_flips_mean", "kernel_status", "job_key"]
+                       "perplexity_change_vs_dense", "kl_vs_dense", "decode_tok_s_b1", "decode_speedup_b1",
+                       "decode_speedup_b1_lo", "decode_speedup_b1_hi", "decode_speedup_b1_verdict", "decode_speedup_b1_rounds",
+                       "decode_aa_b1", "decode_aa_b1_lo", "decode_aa_b1_hi", "decode_predicted_speedup_b1",
+                       "decode_outside_share_b1", "prefill_ms", "prefill_speedup", "prefill_speedup_lo", "prefill_speedup_hi",
+                       "prefill_speedup_verdict", "prefill_speedup_rounds", "prefill_aa", "task_acc_mean",
+                       "task_acc_change_vs_dense", "task_flips_mean", "kernel_status", "job_key"]
+
+
+def speed_cell(value: float, lo: float, hi: float, verdict: str | None) -> str:
+    """A speedup as the table shows it: the median with its 95% interval and verdict, or 1x by definition."""
+    if value != value:  # NaN: not timed
+        return ""
+    if verdict == "dense":
+        return "1x (dense)"
+    interval = f" [{lo:.3g}-{hi:.3g}]" if lo == lo and hi == hi else ""
+    return f"{value:.3g}{interval} {VERDICT_SHORT.get(verdict, 'no verdict')}"
+
+
+VERDICT_SHORT = {"faster": "faster", "slower": "slower", "no measurable difference": "no diff."}
 
 
 def cmd_ls(args) -> int:
@@ -86,12 +102,15 @@ def cmd_leaderboard(args) -> int:
         print("the leaderboard is empty: no job has finished yet")
     else:
         # Display only: the store and the csv/json formats keep every digit. A speedup is shown with the
-        # p10-p90 range of its paired per-round ratios, so a ratio inside the noise reads as such.
+        # 95% interval of its paired per-round ratios and its verdict against the A/A noise floor.
         df = df.drop(columns=["job_key"]).copy()
         for col in ("decode_speedup_b1", "prefill_speedup"):
             if col in df:
-                df[col] = [f"{v:.3g} [{lo:.3g}-{hi:.3g}]" if v == v else "" for v, lo, hi in
-                           zip(df[col], df.pop(col + "_p10"), df.pop(col + "_p90"))]
+                df[col] = [speed_cell(v, lo, hi, verdict) for v, lo, hi, verdict in
+                           zip(df[col], df.pop(col + "_lo"), df.pop(col + "_hi"), df.pop(col + "_verdict"))]
+        if "decode_aa_b1" in df:
+            df["decode_aa_b1"] = [f"{v:.3g} [{lo:.3g}-{hi:.3g}]" if v == v else "" for v, lo, hi in
+                                  zip(df["decode_aa_b1"], df.pop("decode_aa_b1_lo"), df.pop("decode_aa_b1_hi"))]
         print(df.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     return 0
 

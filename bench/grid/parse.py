@@ -136,7 +136,13 @@ def _latency(lat: "_Table") -> LatencySpec | None:
         decode_batch=tuple(batches),
         warmup=lat.take("warmup", int, d.warmup, check=_nonnegative),
         repeats=lat.take("repeats", int, d.repeats, check=_positive),
+        max_repeats=lat.take("max_repeats", int, d.max_repeats, check=_positive),
+        precision=float(lat.take("precision", (int, float), d.precision,
+                                 check=lambda v: None if 0 < v < 1 else f"{v} must be a fraction in (0, 1), e.g. 0.03 for +-3%")),
+        max_seconds=float(lat.take("max_seconds", (int, float), d.max_seconds, check=_positive)),
     )
+    if latency.max_repeats < latency.repeats:
+        lat.fail("max_repeats", f"{latency.max_repeats} is below repeats = {latency.repeats}; raise it or lower repeats")
     lat.finish()
     return latency if enabled else None
 

@@ -11,7 +11,10 @@
   (checksums verified), perplexity and KL vs dense under the recorded protocol, the dense sanity gate,
   lm-eval tasks and the answers that flipped against the dense model.
 - latency: load the dense model twice (one copy gets the artifact and the kernel backend, the other is the
-  dense reference), time both interleaved, then per layer shape.
+  dense reference), time the candidate, the reference and the reference again (A/A, the noise floor) in
+  rounds until their intervals are tight or a cap is reached, then the same per layer shape, and predict the
+  end-to-end speedup from the per-shape ones and the dense decode's time in the pruned layers (Amdahl). A
+  dense job the backend left on the reference's kernels is 1x by definition: only its A/A is timed.
 
 Workers hold no state from the driver and never touch the store; they return a plain dict that the driver
 writes. A deterministic error (bad weights, a pattern a layer cannot take, a stage over its timeout) is
@@ -265,7 +268,7 @@ def _evaluate(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any
 
 def _latency(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
     from bench.speed.backends import call_counts
-    from bench.speed.latency import measure
+    from bench.speed.latency import amdahl, decode_shares, measure
     from bench.model.load import load_model
     from bench.model.walk import target_layers
     from bench.registry import kernel_registry
@@ -275,20 +278,32 @@ def _latency(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]
     backend = kernel_registry().get(job.kernel)()
     layers = {name: module for name, _, module in target_layers(model)}
     kernel = backend.prepare(model, layers, job.pattern)
+    # A dense model whose layers the backend left as they were is the reference itself: 1x by definition.
+    same = kernel["status"] == "dense" and all(model.get_submodule(n) is m for n, m in layers.items())
     reference, _ = load_model(job.model, device)
     spec = job.latency
-    rows = measure(model, reference, spec, model.config.vocab_size, seed=job.seed)
+    rows = measure(model, reference, spec, model.config.vocab_size, seed=job.seed, candidate_is_reference=same)
     metrics = []
-    if device.type == "cpu":  # the probe and the per-shape stage time CPU kernels
+    if device.type == "cpu" and not same:  # the probe and the per-shape stage time CPU kernels
         from bench.speed.latency import measure_layers, read_bandwidth
 
         bandwidth = read_bandwidth()
         metrics.append(_metric("read_bandwidth_GBps", bandwidth.median / 1e9, "GB/s", True, "latency",
                                {"bytes_per_s": bandwidth.to_dict(), "threads": torch.get_num_threads(),
                                 "probe": "native vector sum over 256 MiB"}))
-        rows += measure_layers(model, reference, kernel, spec.decode_batch, spec.warmup, spec.repeats,
-                               bandwidth.median, seed=job.seed)
+        layer_rows = measure_layers(model, reference, kernel, spec, bandwidth.median, seed=job.seed)
+        rows += layer_rows
+        shares = decode_shares(reference, spec, model.config.vocab_size, seed=job.seed)
+        measured = {r["name"]: r for r in rows}
+        for b, share in shares.items():
+            per_shape = {r["details"]["shape"]: r["value"] for r in layer_rows if r["name"].startswith(f"layer_speedup_b{b}:")}
+            why = amdahl(share, per_shape)
+            details = {**why, "measured_speedup": measured[f"decode_speedup_b{b}"]["value"], "decode_share_timing": share,
+                       "note": "shares of the dense model's decode time, timed by forward hooks around each pruned layer"}
+            rows.append(_metric(f"decode_predicted_speedup_b{b}", why["predicted_speedup"], "x", True, "latency", details))
+            rows.append(_metric(f"decode_outside_share_b{b}", why["outside_share"], "fraction", None, "latency", details))
     kernel["calls"] = call_counts(model)
+    kernel["timed_as_reference"] = same
     for row in rows:
         row["details"] = {**row["details"], "threads": torch.get_num_threads(), "kernel": kernel["backend"],
                           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}

@@ -94,7 +94,10 @@ class TaskSuite:
 
 @dataclass(frozen=True)
 class LatencySpec:
-    """End-to-end prefill and decode timing, candidate against dense reference (bench.speed.latency)."""
+    """End-to-end prefill and decode timing, candidate against dense reference and the reference against
+    itself (bench.speed.latency). Rounds: `warmup` unrecorded, then at least `repeats` and at most
+    `max_repeats`, stopping (from `repeats` on) once every speedup's 95% interval is within `precision` of
+    its median or after `max_seconds` of recorded rounds (the per-shape loops share another `max_seconds`)."""
 
     prefill_length: int = 128
     prompt_length: int = 16
@@ -102,6 +105,9 @@ class LatencySpec:
     decode_batch: tuple[int, ...] = (1,)
     warmup: int = 2
     repeats: int = 7
+    max_repeats: int = 50
+    precision: float = 0.03
+    max_seconds: float = 60.0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

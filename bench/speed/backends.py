@@ -179,6 +179,8 @@ class Native(KernelBackend):
 
     def convert(self, linear, pattern):
         fmt, kw = choose_format(linear.weight, pattern)
+        if fmt == "dense":  # no zeros to skip: the layer stays PyTorch's, the dense reference's own kernel
+            return linear, "dense"
         try:
             return SparseLinear.from_linear(linear, fmt, **kw), fmt
         except PackError as err:

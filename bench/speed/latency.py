@@ -4,28 +4,40 @@
 
 Both regimes are measured: prefill (one forward over `prefill_length` tokens, batch 1: compute-bound
 matrix-matrix) and decode (`decode_tokens` greedy steps with a KV cache after a `prompt_length` prompt,
-at each batch of `decode_batch`: memory-bound matrix-vector). The candidate (pruned model on its kernel
-backend) and the reference (the dense model on PyTorch's dense kernels) alternate in ABBA order through
-`warmup` unrecorded rounds and `repeats` recorded ones, so machine drift cancels in their ratio. The
-figures are medians with p10/p90 and the count. Speedup is the median over rounds of the paired ratio
-reference time / candidate time (the two timings of a round share the machine's state), stored with the
-p10/p90 of those ratios: a dense model timed against itself shows the noise floor of the measurement.
+at each batch of `decode_batch`: memory-bound matrix-vector).
 
-Per unique layer shape (`measure_layers`), the candidate's layer and the reference's dense nn.Linear are
-timed the same way on activations of each decode batch, with the bytes of weights each call reads turned
-into GB/s and a fraction of the machine's read bandwidth, measured in the same job (`read_bandwidth`).
+Three timings make a round: the candidate (the pruned model on its kernel backend), the reference (the
+dense model on PyTorch's dense kernels) and the reference again (A/A). Their order is reversed on every
+other round, so drift of the machine lands evenly on all three. After `warmup` unrecorded rounds, rounds go
+on until every ratio's interval is within `precision` of its median (at least `repeats` rounds), or until
+`max_repeats` rounds or `max_seconds` of recorded rounds; which one stopped it is recorded.
+
+A speedup is the median over rounds of the paired ratio reference time / candidate time, with its
+distribution-free 95% interval (`bench.stats.Speedup`). The reference against itself (A/A) is the stage's
+noise floor: how far from 1 a ratio that is truly 1 reads on this machine now. Its verdict is `faster`,
+`slower` or `no measurable difference` against that floor. A dense candidate (kernel status "dense": the
+same model on the same kernels as the reference) is 1x by definition and is not timed as a third party;
+its row carries the A/A figure.
+
+Per unique layer shape (`measure_layers`), the candidate's layer, the reference's dense nn.Linear and
+that layer again are timed the same way on activations of each decode batch, with the bytes of weights
+each call reads turned into GB/s and a fraction of the machine's read bandwidth, measured in the same job
+(`read_bandwidth`). `decode_shares` times the dense model's pruned layers inside a decode (forward hooks)
+so that `amdahl` can predict the end-to-end speedup from the per-shape ones and say how much of the decode
+lies outside the pruned layers.
 """
 
 from __future__ import annotations
 
 import itertools
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
 from bench.spec.protocols import LatencySpec  # noqa: F401 (the protocol; imported from here too)
-from bench.stats import Summary, metric
+from bench.stats import Speedup, Summary, metric
 
 
 def _timer(device: torch.device) -> Callable[[Callable[[], None]], float]:
@@ -63,48 +75,117 @@ def _decode(model, prompt: torch.Tensor, steps: int) -> Callable[[], None]:
     return run
 
 
-def measure(candidate, reference, spec: LatencySpec, vocab_size: int, seed: int = 0) -> list[dict[str, Any]]:
-    """Interleaved measurement; returns metric rows (name, value, unit, higher_is_better, details)."""
-    device = next(candidate.parameters()).device
-    timer = _timer(device)
+@dataclass(frozen=True)
+class Rounds:
+    """What `run_rounds` measured: seconds per slot per recorded round, and why it stopped."""
+
+    times: dict[str, list[float]]
+    rounds: int
+    stop: str            # "precision", "max_repeats" or "max_seconds"
+    seconds: float       # wall time of the recorded rounds
+
+    def speedup(self, reference: str, candidate: str) -> Speedup:
+        return Speedup.from_times(self.times[reference], self.times[candidate])
+
+    def record(self, precision: float) -> dict[str, Any]:
+        return {"rounds": self.rounds, "stopped_by": self.stop, "cap_hit": self.stop != "precision",
+                "precision_target": precision, "recorded_s": self.seconds}
+
+
+def run_rounds(slots: dict[str, Callable[[], Callable[[], None]]], pairs: list[tuple[str, str]], *,
+               warmup: int, repeats: int, max_repeats: int, precision: float, max_seconds: float,
+               timer: Callable[[Callable[[], None]], float] | None = None) -> Rounds:
+    """Time every slot once per round until the ratios of `pairs` (reference slot, candidate slot) are
+    precise enough: each slot is a factory whose own work is untimed and which returns the closure to time.
+
+    Rounds alternate forward and reverse slot order. After `warmup` unrecorded rounds, at least `repeats`
+    and at most `max_repeats` are recorded; from `repeats` on, the loop stops as soon as every pair's
+    interval half-width is at most `precision` (relative to its median), or once the recorded rounds have
+    taken `max_seconds`.
+    """
+    timer = timer or _timer(torch.device("cpu"))
+    names = list(slots)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    r, started, stop = 0, None, "max_repeats"
+    while True:
+        if r == warmup:
+            started = time.perf_counter()
+        for name in (names if r % 2 == 0 else names[::-1]):
+            t = timer(slots[name]())
+            if r >= warmup:
+                times[name].append(t)
+        r += 1
+        done = r - warmup
+        if done < 1:
+            continue
+        if done >= max_repeats:
+            break
+        if done < repeats:
+            continue
+        if all(Speedup.from_times(times[a], times[b]).half_width <= precision for a, b in pairs):
+            stop = "precision"
+            break
+        if time.perf_counter() - started >= max_seconds:
+            stop = "max_seconds"
+            break
+    return Rounds(times=times, rounds=r - warmup, stop=stop, seconds=time.perf_counter() - started)
+
+
+def measure(candidate, reference, spec: LatencySpec, vocab_size: int, seed: int = 0,
+            candidate_is_reference: bool = False) -> list[dict[str, Any]]:
+    """Interleaved measurement; returns metric rows (name, value, unit, higher_is_better, details).
+
+    `candidate_is_reference`: the candidate is the dense model on the reference's kernels (a dense job), so
+    its speedup is 1 by definition; only the reference and its A/A twin are timed.
+    """
+    device = next(reference.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     prefill_ids = torch.randint(0, vocab_size, (1, spec.prefill_length), generator=gen).to(device)
     prompts = {b: torch.randint(0, vocab_size, (b, spec.prompt_length), generator=gen).to(device) for b in spec.decode_batch}
-    models = {"candidate": candidate, "reference": reference}
-    times: dict[tuple[str, str], list[float]] = {}
+    who = {"reference": reference, "reference_again": reference}
+    if not candidate_is_reference:
+        who = {"candidate": candidate, **who}
 
     def prefill(model):
-        with torch.inference_mode():
-            model(prefill_ids, use_cache=False)
+        def run():
+            with torch.inference_mode():
+                model(prefill_ids, use_cache=False)
+        return lambda: run
 
-    for r in range(spec.warmup + spec.repeats):
-        order = ("candidate", "reference") if r % 2 == 0 else ("reference", "candidate")
-        for who in order:
-            model = models[who]
-            t = timer(lambda: prefill(model))
-            if r >= spec.warmup:
-                times.setdefault((who, "prefill"), []).append(t)
-            for b, prompt in prompts.items():
-                t = timer(_decode(model, prompt, spec.decode_tokens))
-                if r >= spec.warmup:
-                    times.setdefault((who, f"decode_b{b}"), []).append(t)
+    def decode(model, prompt):
+        return lambda: _decode(model, prompt, spec.decode_tokens)
 
-    def summarise(regime: str, extra: dict[str, Any]) -> tuple[Summary, dict[str, Any]]:
-        cand_t, ref_t = times[("candidate", regime)], times[("reference", regime)]
-        ratios = Summary.paired_ratios(ref_t, cand_t)
-        cand = Summary.from_values(cand_t)
-        details = {"candidate_s": cand.to_dict(), "reference_s": Summary.from_values(ref_t).to_dict(),
-                   "speedup_paired": ratios.to_dict(), **extra}
-        return cand, details
+    regimes = {"prefill": lambda m: prefill(m), **{f"decode_b{b}": (lambda m, p=p: decode(m, p)) for b, p in prompts.items()}}
+    slots = {f"{w}|{regime}": make(m) for regime, make in regimes.items() for w, m in who.items()}
+    pairs = [(f"reference|{g}", f"{w}|{g}") for g in regimes for w in who if w != "reference"]
+    rounds = run_rounds(slots, pairs, warmup=spec.warmup, repeats=spec.repeats, max_repeats=spec.max_repeats,
+                        precision=spec.precision, max_seconds=spec.max_seconds, timer=_timer(device))
 
     rows = []
-    cand, details = summarise("prefill", {"tokens": spec.prefill_length, "batch": 1})
-    rows.append(_row("prefill_ms", cand.median * 1e3, "ms", False, details))
-    rows.append(_row("prefill_speedup", details["speedup_paired"]["median"], "x", True, details))
-    for b in spec.decode_batch:
-        cand, details = summarise(f"decode_b{b}", {"tokens": spec.decode_tokens, "batch": b, "prompt_length": spec.prompt_length})
-        rows.append(_row(f"decode_tok_s_b{b}", b * spec.decode_tokens / cand.median, "tokens/s", True, details))
-        rows.append(_row(f"decode_speedup_b{b}", details["speedup_paired"]["median"], "x", True, details))
+    for regime in regimes:
+        cand_key = f"reference|{regime}" if candidate_is_reference else f"candidate|{regime}"
+        cand = Summary.from_values(rounds.times[cand_key])
+        aa = rounds.speedup(f"reference|{regime}", f"reference_again|{regime}")
+        if candidate_is_reference:
+            speed, value, verdict = None, 1.0, "dense"
+        else:
+            speed = rounds.speedup(f"reference|{regime}", cand_key)
+            value, verdict = speed.median, speed.verdict(aa)
+        extra = ({"tokens": spec.prefill_length, "batch": 1} if regime == "prefill" else
+                 {"tokens": spec.decode_tokens, "batch": int(regime.removeprefix("decode_b")),
+                  "prompt_length": spec.prompt_length})
+        details = {"candidate_s": cand.to_dict(), "reference_s": Summary.from_values(rounds.times[f"reference|{regime}"]).to_dict(),
+                   "speedup_paired": None if speed is None else speed.to_dict(), "verdict": verdict,
+                   "by_definition": candidate_is_reference, "aa": aa.to_dict(), **rounds.record(spec.precision), **extra}
+        if regime == "prefill":
+            rows.append(_row("prefill_ms", cand.median * 1e3, "ms", False, details))
+            rows.append(_row("prefill_speedup", value, "x", True, details))
+            rows.append(_row("aa_prefill_speedup", aa.median, "x", None, details))
+        else:
+            b = extra["batch"]
+            rows.append(_row(f"decode_tok_s_b{b}", b * spec.decode_tokens / cand.median, "tokens/s", True, details))
+            rows.append(_row(f"decode_speedup_b{b}", value, "x", True, details))
+            rows.append(_row(f"aa_decode_speedup_b{b}", aa.median, "x", None, details))
     return rows
 
 
@@ -148,40 +229,113 @@ def _rotating(modules: list[torch.nn.Module], x: torch.Tensor) -> Callable[[], N
 
 
 def measure_layers(candidate: torch.nn.Module, reference: torch.nn.Module, kernel: dict[str, Any],
-                   batches: tuple[int, ...], warmup: int, repeats: int, bandwidth: float, seed: int = 0,
+                   spec: LatencySpec, bandwidth: float, seed: int = 0,
                    footprint_bytes: int = 256 * 2**20) -> list[dict[str, Any]]:
     """Per unique layer shape in `kernel["shapes"]`: the candidate's layer against the reference's dense
-    layer of the same name, at each batch. Every layer of that shape takes part in the rotation (up to a
-    footprint of `footprint_bytes`), so a small model's weights are as cold as they are in a real forward."""
+    layer of the same name and that layer again (A/A), at each decode batch, in rounds as `run_rounds` runs
+    them (every loop gets an equal share of `spec.max_seconds`). Every layer of that shape takes part in
+    the rotation (up to a footprint of `footprint_bytes`), so a small model's weights are as cold as they
+    are in a real forward."""
     from bench.model.walk import target_layers, weight_view
 
     ref = {name: m for name, _, m in target_layers(reference)}
     cand = {name: candidate.get_submodule(name) for name in ref}  # converted by the backend, same names
     gen = torch.Generator().manual_seed(seed)
+    shapes = kernel.get("shapes", {})
+    budget = spec.max_seconds / max(1, len(shapes) * len(spec.decode_batch))
     rows = []
-    for key, shape in kernel.get("shapes", {}).items():
+    for key, shape in shapes.items():
         names = [n for n in ref if tuple(weight_view(ref[n]).shape) == (shape["N"], shape["K"])]  # (out, in)
         if not names:
             continue
         per_layer = max(shape["dense_weight_bytes"], 1)
         names = names[: max(1, footprint_bytes // per_layer)]
         dtype = ref[names[0]].weight.dtype
-        for b in batches:
+        for b in spec.decode_batch:
             x = torch.randn(b, shape["K"], generator=gen).to(dtype)
-            t = interleave({"candidate": _rotating([cand[n] for n in names], x),
-                            "reference": _rotating([ref[n] for n in names], x)}, warmup, repeats)
-            cand_s, ref_s = Summary.from_values(t["candidate"]), Summary.from_values(t["reference"])
-            ratios = Summary.paired_ratios(t["reference"], t["candidate"])
+            slots = {"candidate": _rotating([cand[n] for n in names], x),
+                     "reference": _rotating([ref[n] for n in names], x),
+                     "reference_again": _rotating([ref[n] for n in names], x)}
+            rounds = run_rounds({k: (lambda f=f: f) for k, f in slots.items()},
+                                [("reference", "candidate"), ("reference", "reference_again")],
+                                warmup=spec.warmup, repeats=spec.repeats, max_repeats=spec.max_repeats,
+                                precision=spec.precision, max_seconds=budget)
+            cand_s, ref_s = Summary.from_values(rounds.times["candidate"]), Summary.from_values(rounds.times["reference"])
+            speed, aa = rounds.speedup("reference", "candidate"), rounds.speedup("reference", "reference_again")
             gbps = shape["weight_bytes"] / cand_s.median
             details = {"shape": key, "batch": b, "format": shape["format"], "layers_rotated": len(names),
                        "weight_bytes": shape["weight_bytes"], "dense_weight_bytes": shape["dense_weight_bytes"],
                        "candidate_s": cand_s.to_dict(), "reference_s": ref_s.to_dict(),
-                       "speedup_paired": ratios.to_dict(), "read_bandwidth_Bps": bandwidth,
+                       "speedup_paired": speed.to_dict(), "verdict": speed.verdict(aa), "aa": aa.to_dict(),
+                       **rounds.record(spec.precision), "read_bandwidth_Bps": bandwidth,
                        "bandwidth_fraction": gbps / bandwidth if bandwidth else None,
                        "ideal_speedup": shape["dense_weight_bytes"] / max(shape["weight_bytes"], 1)}
-            rows.append(_row(f"layer_speedup_b{b}:{key}", ratios.median, "x", True, details))
+            rows.append(_row(f"layer_speedup_b{b}:{key}", speed.median, "x", True, details))
             rows.append(_row(f"layer_GBps_b{b}:{key}", gbps / 1e9, "GB/s", True, details))
     return rows
+
+
+def decode_shares(model: torch.nn.Module, spec: LatencySpec, vocab_size: int, seed: int = 0,
+                  passes: int = 2) -> dict[int, dict[str, Any]]:
+    """Per decode batch: seconds of `passes` decodes of the model and, per layer shape ("NxK"), the seconds
+    spent inside its target layers, timed by forward hooks around each layer (their own cost, a few
+    microseconds a call, lands in the layers' share). One untimed decode first."""
+    from bench.model.walk import target_layers, weight_view
+
+    device = next(model.parameters()).device
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    shape_of = {m: "x".join(map(str, weight_view(m).shape)) for _, _, m in target_layers(model)}
+    spent: dict[str, float] = {}
+    started: dict[int, float] = {}
+    timing = [False]  # the hooks record only inside the timed decode, not the prompt before it
+
+    def before(module, args):
+        if timing[0]:
+            sync()
+            started[id(module)] = time.perf_counter()
+
+    def after(module, args, output):
+        if timing[0]:
+            sync()
+            key = shape_of[module]
+            spent[key] = spent.get(key, 0.0) + time.perf_counter() - started.pop(id(module))
+
+    gen = torch.Generator().manual_seed(seed + 1)
+    out = {}
+    handles = [m.register_forward_pre_hook(before) for m in shape_of] + [m.register_forward_hook(after) for m in shape_of]
+    try:
+        for b in spec.decode_batch:
+            prompt = torch.randint(0, vocab_size, (b, spec.prompt_length), generator=gen).to(device)
+            _decode(model, prompt, spec.decode_tokens)()  # warm, untimed
+            spent.clear()
+            total = 0.0
+            for _ in range(passes):
+                run = _decode(model, prompt, spec.decode_tokens)
+                sync()
+                timing[0] = True
+                t0 = time.perf_counter()
+                run()
+                sync()
+                total += time.perf_counter() - t0
+                timing[0] = False
+            out[b] = {"decode_s": total, "layers_s": dict(spent), "passes": passes}
+    finally:
+        timing[0] = False
+        for h in handles:
+            h.remove()
+    return out
+
+
+def amdahl(shares: dict[str, Any], layer_speedups: dict[str, float]) -> dict[str, Any]:
+    """The end-to-end speedup the per-shape speedups predict: 1 / ((1 - sum f) + sum f_s / s_s), with f_s
+    the share of the dense decode spent in layers of shape s and s_s their measured speedup (1 for a shape
+    not measured), and the share of the decode outside the pruned layers."""
+    total = shares["decode_s"]
+    fractions = {k: v / total for k, v in shares["layers_s"].items()}
+    outside = max(0.0, 1 - sum(fractions.values()))
+    inside = sum(f / layer_speedups.get(k, 1.0) for k, f in fractions.items())
+    return {"predicted_speedup": 1 / (outside + inside), "outside_share": outside,
+            "layer_shares": fractions, "layer_speedups": {k: layer_speedups.get(k) for k in fractions}}
 
 
 def _row(name, value, unit, higher_is_better, details):

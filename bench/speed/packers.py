@@ -83,9 +83,23 @@ class Packed:
         return self.shape[0] * self.shape[1] * torch.finfo(self.dtype).bits // 8
 
     def mm(self, x: torch.Tensor, threads: int | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+        """y (B, N) = x (B, K) @ W.T in float32 on the CPU, into `out` if given. The tensors are checked here
+        and handed to the extension as addresses (a DLPack exchange per call cost more than a small layer's
+        arithmetic)."""
+        if x.dim() != 2:
+            raise ValueError(f"x must be 2-D (B, K), got shape {tuple(x.shape)}")
+        if x.shape[1] != self.shape[1]:
+            raise ValueError(f"x has {x.shape[1]} columns, W has K={self.shape[1]}")
+        if x.device.type != "cpu":
+            raise ValueError(f"x must be on the CPU, not {x.device}")
         x = x.to(torch.float32).contiguous()  # (B, K)
-        out = torch.empty(x.shape[0], self.shape[0], dtype=torch.float32) if out is None else out  # (B, N)
-        self.native.mm(x, out, torch.get_num_threads() if threads is None else threads)
+        n = self.shape[0]
+        if out is None:
+            out = torch.empty(x.shape[0], n, dtype=torch.float32)
+        elif (out.dtype != torch.float32 or out.device.type != "cpu" or not out.is_contiguous()
+              or tuple(out.shape) != (x.shape[0], n)):
+            raise ValueError(f"out must be a contiguous float32 CPU tensor of shape ({x.shape[0]}, {n})")
+        self.native.mm_at(x.data_ptr(), out.data_ptr(), x.shape[0], torch.get_num_threads() if threads is None else threads)
         return out
 
 
@@ -197,6 +211,18 @@ class SparseLinear(torch.nn.Module):
         return SparseLinear(pack(linear.weight, format, **kw), linear.weight, linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The common case first, with as few PyTorch calls as possible (each costs about a microsecond of
+        # Python and dispatch, and a decode step makes hundreds of these calls): float32, contiguous, on the
+        # CPU, at most MAX_BATCH rows. The output is allocated once, in its final shape.
+        if x.dtype is torch.float32 and x.is_cpu and x.shape[-1] == self.in_features and x.is_contiguous():
+            rows = x.numel() // self.in_features
+            if 0 < rows <= MAX_BATCH:
+                self.calls["native"] += 1
+                out = torch.empty((*x.shape[:-1], self.out_features), dtype=torch.float32)
+                self.packed.native.mm_at(x.data_ptr(), out.data_ptr(), rows, torch.get_num_threads())
+                if self.bias is not None:
+                    out += self.bias
+                return out
         rows = x.numel() // self.in_features
         if rows == 0:  # an empty batch: nothing to multiply, same result as nn.Linear
             return F.linear(x, self.weight, self.bias)

@@ -14,7 +14,7 @@ import duckdb
 
 from bench.errors import BenchError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class StoreError(BenchError):
@@ -47,16 +47,22 @@ WITH per_job AS (      -- metrics pivoted per job first: grouping by the key alo
            max(value) FILTER (WHERE name = 'measured_sparsity') AS measured_sparsity,
            max(value) FILTER (WHERE name = 'decode_tok_s_b1') AS decode_tok_s_b1,
            max(value) FILTER (WHERE name = 'decode_speedup_b1') AS decode_speedup_b1,
-           max(CAST(json_extract(details, '$.speedup_paired.p10') AS DOUBLE))
-               FILTER (WHERE name = 'decode_speedup_b1') AS decode_speedup_b1_p10,
-           max(CAST(json_extract(details, '$.speedup_paired.p90') AS DOUBLE))
-               FILTER (WHERE name = 'decode_speedup_b1') AS decode_speedup_b1_p90,
+           max(CAST(json_extract(details, '$.speedup_paired.lo') AS DOUBLE)) FILTER (WHERE name = 'decode_speedup_b1') AS decode_speedup_b1_lo,
+           max(CAST(json_extract(details, '$.speedup_paired.hi') AS DOUBLE)) FILTER (WHERE name = 'decode_speedup_b1') AS decode_speedup_b1_hi,
+           max(json_extract_string(details, '$.verdict')) FILTER (WHERE name = 'decode_speedup_b1') AS decode_speedup_b1_verdict,
+           max(CAST(json_extract(details, '$.rounds') AS INTEGER)) FILTER (WHERE name = 'decode_speedup_b1') AS decode_speedup_b1_rounds,
+           max(value) FILTER (WHERE name = 'aa_decode_speedup_b1') AS decode_aa_b1,
+           max(CAST(json_extract(details, '$.aa.lo') AS DOUBLE)) FILTER (WHERE name = 'aa_decode_speedup_b1') AS decode_aa_b1_lo,
+           max(CAST(json_extract(details, '$.aa.hi') AS DOUBLE)) FILTER (WHERE name = 'aa_decode_speedup_b1') AS decode_aa_b1_hi,
+           max(value) FILTER (WHERE name = 'decode_predicted_speedup_b1') AS decode_predicted_speedup_b1,
+           max(value) FILTER (WHERE name = 'decode_outside_share_b1') AS decode_outside_share_b1,
            max(value) FILTER (WHERE name = 'prefill_ms') AS prefill_ms,
            max(value) FILTER (WHERE name = 'prefill_speedup') AS prefill_speedup,
-           max(CAST(json_extract(details, '$.speedup_paired.p10') AS DOUBLE))
-               FILTER (WHERE name = 'prefill_speedup') AS prefill_speedup_p10,
-           max(CAST(json_extract(details, '$.speedup_paired.p90') AS DOUBLE))
-               FILTER (WHERE name = 'prefill_speedup') AS prefill_speedup_p90,
+           max(CAST(json_extract(details, '$.speedup_paired.lo') AS DOUBLE)) FILTER (WHERE name = 'prefill_speedup') AS prefill_speedup_lo,
+           max(CAST(json_extract(details, '$.speedup_paired.hi') AS DOUBLE)) FILTER (WHERE name = 'prefill_speedup') AS prefill_speedup_hi,
+           max(json_extract_string(details, '$.verdict')) FILTER (WHERE name = 'prefill_speedup') AS prefill_speedup_verdict,
+           max(CAST(json_extract(details, '$.rounds') AS INTEGER)) FILTER (WHERE name = 'prefill_speedup') AS prefill_speedup_rounds,
+           max(value) FILTER (WHERE name = 'aa_prefill_speedup') AS prefill_aa,
            max(value) FILTER (WHERE name = 'kl_vs_dense') AS kl_vs_dense,
            avg(value) FILTER (WHERE stage = 'lm_eval' AND name LIKE '%/acc') AS task_acc_mean,
            avg(value) FILTER (WHERE stage = 'lm_eval' AND name LIKE '%/flips') AS task_flips_mean,
@@ -66,8 +72,10 @@ WITH per_job AS (      -- metrics pivoted per job first: grouping by the key alo
 ), wide AS (
     SELECT j.job_key, j.run_id, j.model, j.method, j.pattern, j.target_sparsity, j.hardware, j.kernel,
            j.seed, j.kernel_status, m.perplexity, m.kl_vs_dense, m.measured_sparsity, m.decode_tok_s_b1, m.decode_speedup_b1,
-           m.decode_speedup_b1_p10, m.decode_speedup_b1_p90, m.prefill_ms, m.prefill_speedup,
-           m.prefill_speedup_p10, m.prefill_speedup_p90, m.task_acc_mean, m.task_flips_mean, coalesce(m.tasks, 0) AS tasks,
+           m.decode_speedup_b1_lo, m.decode_speedup_b1_hi, m.decode_speedup_b1_verdict, m.decode_speedup_b1_rounds,
+           m.decode_aa_b1, m.decode_aa_b1_lo, m.decode_aa_b1_hi, m.decode_predicted_speedup_b1, m.decode_outside_share_b1,
+           m.prefill_ms, m.prefill_speedup, m.prefill_speedup_lo, m.prefill_speedup_hi, m.prefill_speedup_verdict,
+           m.prefill_speedup_rounds, m.prefill_aa, m.task_acc_mean, m.task_flips_mean, coalesce(m.tasks, 0) AS tasks,
            j.warnings, j.finished_at, m.perplexity_protocol
     FROM jobs j LEFT JOIN per_job m USING (job_key)
     WHERE j.status = 'done'
@@ -130,4 +138,9 @@ MIGRATIONS: dict[int, list[str]] = {
     # 4: the leaderboard shows the KL divergence from the dense model and the mean fraction of task answers
     # that flipped against it.
     4: [LEADERBOARD_SQL],
+    # 5: honest speed. Each speedup carries its 95% interval (lo, hi) in place of the p10/p90 spread, its
+    # verdict and how many rounds it took; beside it the dense model timed against itself (A/A, the noise
+    # floor) and the end-to-end speedup the per-shape ones predict, with the decode's share outside the
+    # pruned layers. Rows stored before carry no interval or verdict (NULL).
+    5: [LEADERBOARD_SQL],
 }

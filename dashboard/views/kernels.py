@@ -30,14 +30,14 @@ if len(hardware) > 1:
 
 st.plotly_chart(charts.kernel_figure(view), key="kernels_chart")
 st.caption("Each point is one job's layer of that shape, timed against the dense layer in the same process "
-           "(median of paired per-round ratios; bars p10-p90). The black bar is the ideal: the speedup a kernel "
+           "(median of paired per-round ratios; bars: its 95% interval). The black bar is the ideal: the speedup a kernel "
            "limited only by memory traffic would reach with these bytes. A format at 1x reads the full dense "
            "weight (mask only).")
 
 bandwidth = view["read_bandwidth_GBps"].dropna()
 if not bandwidth.empty:
     st.caption(f"Read bandwidth measured by the jobs: {bandwidth.min():.1f}-{bandwidth.max():.1f} GB/s.")
-st.dataframe(view[["shape", "batch", "format", "method", "pattern", "speedup", "speedup_p10", "speedup_p90",
+st.dataframe(view[["shape", "batch", "format", "method", "pattern", "speedup", "speedup_lo", "speedup_hi", "verdict",
                    "ideal_speedup", "GBps", "bandwidth_fraction", "weight_bytes", "dense_weight_bytes", "rounds",
                    "layers_rotated", "threads", "kernel_status", "job_key"]],
              hide_index=True, key="kernels_table",

@@ -29,13 +29,15 @@ board = queries.ranked(board, rank_by, bool(axis.higher_is_better))
 mask_only = int((board["kernel_status"] == "mask only").sum())
 if mask_only:
     st.caption(f"{mask_only} row(s) are **mask only**: their kernel runs the pruned weights as dense, so the "
-               "zeros buy no speed; their speedup is measurement noise around 1.")
+               "zeros buy no speed; their speedup is measurement noise around 1, and their verdict says so.")
 
 shown = ["rank", "model", "method", "pattern", "target_sparsity", "measured_sparsity", "hardware", "kernel",
          "kernel_status", "perplexity", "perplexity_change_vs_dense", "kl_vs_dense", "task_acc_mean",
          "task_acc_change_vs_dense", "task_flips_mean",
-         "decode_speedup_b1", "decode_speedup_b1_p10", "decode_speedup_b1_p90", "prefill_speedup",
-         "prefill_speedup_p10", "prefill_speedup_p90", "decode_tok_s_b1", "prefill_ms", *tasks, "seed", "run_id",
+         "decode_speedup_b1", "decode_speedup_b1_lo", "decode_speedup_b1_hi", "decode_speedup_b1_verdict",
+         "decode_aa_b1", "decode_predicted_speedup_b1", "decode_outside_share_b1", "prefill_speedup",
+         "prefill_speedup_lo", "prefill_speedup_hi", "prefill_speedup_verdict", "decode_tok_s_b1", "prefill_ms",
+         *tasks, "seed", "run_id",
          "job_key"]
 number = st.column_config.NumberColumn
 st.dataframe(
@@ -54,10 +56,22 @@ st.dataframe(
                                   help="fraction of multiple-choice answers that differ from the dense model's (mean over tasks)"),
         "task_acc_change_vs_dense": number("acc vs dense", format="%+.4f"),
         "decode_speedup_b1": number("decode speedup", format="%.3fx",
-                                    help="median of paired per-round ratios against the dense model, same process"),
-        "decode_speedup_b1_p10": number("p10", format="%.3f"), "decode_speedup_b1_p90": number("p90", format="%.3f"),
+                                    help="median of paired per-round ratios against the dense model, same process; "
+                                         "1x by definition for a dense row"),
+        "decode_speedup_b1_lo": number("decode 95% low", format="%.3f"),
+        "decode_speedup_b1_hi": number("decode 95% high", format="%.3f"),
+        "decode_speedup_b1_verdict": st.column_config.TextColumn(
+            "decode verdict", help="faster or slower: the interval excludes 1 and the median lies beyond the A/A "
+                                   "band; otherwise no measurable difference"),
+        "decode_aa_b1": number("A/A (noise)", format="%.3fx",
+                               help="the dense model timed against itself in the same rounds: the noise floor"),
+        "decode_predicted_speedup_b1": number("predicted (Amdahl)", format="%.3fx",
+                                              help="from the per-shape speedups and the dense decode's time in the pruned layers"),
+        "decode_outside_share_b1": number("decode outside pruned layers", format="percent"),
         "prefill_speedup": number("prefill speedup", format="%.3fx"),
-        "prefill_speedup_p10": number("p10 ", format="%.3f"), "prefill_speedup_p90": number("p90 ", format="%.3f"),
+        "prefill_speedup_lo": number("prefill 95% low", format="%.3f"),
+        "prefill_speedup_hi": number("prefill 95% high", format="%.3f"),
+        "prefill_speedup_verdict": st.column_config.TextColumn("prefill verdict"),
         "decode_tok_s_b1": number("decode tok/s", format="%.1f"), "prefill_ms": number("prefill ms", format="%.2f"),
         **{t: number(t.removesuffix("/acc"), format="%.3f") for t in tasks},
     })

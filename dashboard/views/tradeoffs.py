@@ -30,7 +30,9 @@ if len(board) > charts.MARKED_UP_TO:
     st.caption(f"{len(board)} configurations: those on a Pareto front are marked by method and pattern, the others "
                "are the grey cloud (narrow the filters to mark every point).")
 st.caption("One panel per model and hardware: every kernel measured there competes. Horizontal bars are the "
-           "p10-p90 of the paired per-round speedups; a point left of the dotted line is slower than dense.")
+           "95% interval of the median paired per-round speedup. Hollow points have no measured verdict (no "
+           "measurable difference from dense, slower, or stored before verdicts) and never stand on a front; "
+           "dense is 1x by definition.")
 
 st.subheader("Accuracy against sparsity")
 st.plotly_chart(charts.sparsity_figure(board, accuracy), key="tradeoff_sparsity")
@@ -40,4 +42,4 @@ st.caption("Solid lines join unstructured sparsities of a method; N:M patterns a
 front = charts.pareto_rows(board, accuracy, speed)
 with st.expander(f"The {len(front)} configurations on the Pareto fronts"):
     st.dataframe(front[["model", "hardware", "method", "pattern", "kernel", "kernel_status", accuracy, speed,
-                        "measured_sparsity", "job_key"]], hide_index=True)
+                        charts.SPEED[speed].verdict, "measured_sparsity", "job_key"]], hide_index=True)

@@ -3,6 +3,7 @@
 //   from bench import _native
 //   w = _native.Packed(_native.BITMASK, N, K, values, mask=mask_bytes, ptr=row_ptr)
 //   w.mm(x, y, torch.get_num_threads())    # y (B, N) = x (B, K) @ W.T, fp32, zero-copy via DLPack
+//   w.mm_at(x.data_ptr(), y.data_ptr(), B, threads)   # the same on addresses the caller has checked
 //
 // The instruction set is chosen once at import from what the CPU reports (the environment variable
 // SPARSEBENCH_ISA may lower it); set_isa() changes it, e.g. to test the portable build on this machine.
@@ -14,6 +15,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
@@ -35,6 +37,7 @@ namespace sb {
 namespace {
 
 constexpr int64_t kMaxBatch = 32;  // beyond this the caller runs dense (recorded as a fallback)
+constexpr int kDefaultSpinUs = 0;  // microseconds the pool's threads spin for the next call before sleeping
 
 // The formats by name, in the order of the Format enum. Python takes the codes from here (FORMATS), so a
 // format added to the enum without a name, or names out of order, does not compile.
@@ -113,18 +116,24 @@ const Table* table() { return g_table.load(std::memory_order_relaxed); }
 
 // ------------------------------------------------------------------ threads
 
-// A persistent pool: workers sleep on a condition variable between calls (no spinning, so they take no
-// core from PyTorch's own threads while the model runs its other operators).
+// A persistent pool. Between calls a worker first spins for up to `spin_us` microseconds watching for the
+// next call (a decode step calls the kernels of a block back to back, microseconds apart, and waking a
+// sleeping thread costs more than that), then sleeps on a condition variable, so that between forward
+// passes it takes no core from PyTorch's own threads. The caller likewise spins for the last workers
+// before sleeping. spin_us = 0 is the plain condition-variable pool.
 class Pool {
  public:
   ~Pool() {
     {
       std::lock_guard<std::mutex> lk(mu_);
-      stop_ = true;
+      stop_.store(true);
     }
     start_.notify_all();
     for (auto& t : workers_) t.join();
   }
+
+  void set_spin_us(int us) { spin_us_.store(std::max(0, us)); }
+  int spin_us() const { return spin_us_.load(); }
 
   void run(int nthreads, const std::function<void(int)>& fn) {
     if (nthreads <= 1) return fn(0);
@@ -134,33 +143,63 @@ class Pool {
       workers_.emplace_back([this, id] { loop(id); });
     }
     {
+      // Under the lock: a worker reads the call (generation, job, how many take part) in one piece, and
+      // one about to sleep checks the generation under it, so no wake-up is lost.
       std::lock_guard<std::mutex> lk(mu_);
       job_ = &fn;
       active_ = nthreads;
-      pending_ = nthreads - 1;
-      ++generation_;
+      pending_.store(nthreads - 1);
+      generation_.fetch_add(1, std::memory_order_release);
     }
-    start_.notify_all();
+    if (sleepers_.load() > 0) start_.notify_all();
     fn(0);
-    std::unique_lock<std::mutex> lk(mu_);
-    done_.wait(lk, [&] { return pending_ == 0; });
+    if (!spin_until([&] { return pending_.load(std::memory_order_acquire) == 0; })) {
+      std::unique_lock<std::mutex> lk(mu_);
+      done_.wait(lk, [&] { return pending_.load(std::memory_order_acquire) == 0; });
+    }
+    std::lock_guard<std::mutex> lk(mu_);
     job_ = nullptr;
   }
 
  private:
+  template <class Ready>
+  bool spin_until(Ready ready) const {
+    const int us = spin_us_.load(std::memory_order_relaxed);
+    if (us <= 0) return ready();
+    const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(us);
+    for (int i = 0;; ++i) {
+      if (ready()) return true;
+      if ((i & 63) == 63 && std::chrono::steady_clock::now() >= until) return false;
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+    }
+  }
+
   void loop(int id) {
     uint64_t seen = 0;
-    std::unique_lock<std::mutex> lk(mu_);
     for (;;) {
-      start_.wait(lk, [&] { return stop_ || generation_ != seen; });
-      if (stop_) return;
-      seen = generation_;
-      if (id >= active_) continue;
+      auto fresh = [&] { return stop_.load() || generation_.load(std::memory_order_acquire) != seen; };
+      std::unique_lock<std::mutex> lk(mu_, std::defer_lock);
+      if (spin_until(fresh)) {
+        lk.lock();
+      } else {
+        lk.lock();
+        sleepers_.fetch_add(1);
+        start_.wait(lk, fresh);
+        sleepers_.fetch_sub(1);
+      }
+      if (stop_.load()) return;
+      seen = generation_.load(std::memory_order_acquire);
+      const int active = active_;
       const std::function<void(int)>* job = job_;
       lk.unlock();
+      if (id >= active) continue;
       (*job)(id);
-      lk.lock();
-      if (--pending_ == 0) done_.notify_one();
+      if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        std::lock_guard<std::mutex> done_lk(mu_);  // the caller checks pending_ under this lock before it sleeps
+        done_.notify_one();
+      }
     }
   }
 
@@ -168,9 +207,10 @@ class Pool {
   std::condition_variable start_, done_;
   std::vector<std::thread> workers_;
   const std::function<void(int)>* job_ = nullptr;
-  uint64_t generation_ = 0;
-  int active_ = 0, pending_ = 0;
-  bool stop_ = false;
+  int active_ = 0;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> pending_{0}, sleepers_{0}, spin_us_{0};
+  std::atomic<bool> stop_{false};
 };
 
 Pool& pool() {
@@ -283,11 +323,22 @@ class Packed {
     const int64_t B = static_cast<int64_t>(x.shape(0));
     if (static_cast<int64_t>(x.shape(1)) != a_.K) bad("x has " + std::to_string(x.shape(1)) + " columns, W has K=" + std::to_string(a_.K));
     if (static_cast<int64_t>(y.shape(0)) != B || static_cast<int64_t>(y.shape(1)) != a_.N) bad("y must be (B, N)");
+    run(static_cast<const float*>(x.data()), static_cast<float*>(y.data()), B, nthreads);
+  }
+
+  // The same on raw addresses: x holds B*K contiguous float32, y room for B*N. No DLPack exchange per call
+  // (the caller, bench.speed.packers, has checked dtype, shape and contiguity); the batch is still checked.
+  void mm_at(uintptr_t x, uintptr_t y, int64_t B, int nthreads) {
     if (B < 1 || B > kMaxBatch) bad("batch must be in [1, " + std::to_string(kMaxBatch) + "]");
-    const float* xs = static_cast<const float*>(x.data());
+    if (x == 0 || y == 0) bad("x and y must be valid addresses");
+    run(reinterpret_cast<const float*>(x), reinterpret_cast<float*>(y), B, nthreads);
+  }
+
+  void run(const float* xs, float* y, int64_t B, int nthreads) {
+    if (B < 1 || B > kMaxBatch) bad("batch must be in [1, " + std::to_string(kMaxBatch) + "]");
     Args a = a_;
     a.B = B;
-    a.y = static_cast<float*>(y.data());
+    a.y = y;
     const Table* t = table();
     nb::gil_scoped_release release;
     thread_local std::vector<float> scratch;
@@ -407,6 +458,8 @@ NB_MODULE(_native, m) {
     const char* env = std::getenv("SPARSEBENCH_ISA");
     g_table = best_table();
     if (env && *env) set_isa(env);
+    const char* spin = std::getenv("SPARSEBENCH_SPIN_US");  // the pool's spin between calls (see Pool)
+    pool().set_spin_us(spin && *spin ? std::atoi(spin) : kDefaultSpinUs);
   }
   {
     nb::dict formats;
@@ -432,6 +485,9 @@ NB_MODULE(_native, m) {
     return names;
   });
   m.def("read_sum", &read_sum, nb::arg("a"), nb::arg("nthreads"));
+  m.def("set_spin_us", [](int us) { pool().set_spin_us(us); }, nb::arg("us"),
+        "Microseconds the pool's threads spin for the next call before they sleep (0: sleep at once).");
+  m.def("spin_us", [] { return pool().spin_us(); });
   nb::class_<Packed>(m, "Packed")
       .def(nb::init<int, int64_t, int64_t, Arr, std::optional<Arr>, std::optional<Arr>, std::optional<Arr>,
                     std::optional<Arr>, int64_t, int64_t, int64_t>(),
@@ -439,5 +495,7 @@ NB_MODULE(_native, m) {
            nb::arg("ptr").none() = nb::none(), nb::arg("cols").none() = nb::none(),
            nb::arg("bcols").none() = nb::none(), nb::arg("tile") = 65536, nb::arg("bh") = 1, nb::arg("bw") = 1)
       .def("mm", &Packed::mm, nb::arg("x"), nb::arg("y"), nb::arg("nthreads"))
+      .def("mm_at", &Packed::mm_at, nb::arg("x"), nb::arg("y"), nb::arg("batch"), nb::arg("nthreads"),
+           "mm on raw addresses (x: batch*K float32, y: batch*N float32, both contiguous), checked by the caller")
       .def_prop_ro("weight_bytes", &Packed::weight_bytes);
 }
