@@ -87,13 +87,14 @@ def main(argv=None) -> int:
         per_shape = measure_layers(candidate, dense, kernel, spec, bandwidth.median, seed=0)
         shares = decode_shares(dense, spec, dense.config.vocab_size, seed=0)[1]
         speeds = {r["details"]["shape"]: r["value"] for r in per_shape if r["name"].startswith("layer_speedup_b1:")}
-        why = amdahl(shares, speeds)
+        why = amdahl(shares, speeds, {k: s["dense_weight_bytes"] / max(s["weight_bytes"], 1) for k, s in kernel["shapes"].items()})
         d = e2e["decode_speedup_b1"]["details"]
         row = {"pattern": label, "formats": kernel["format"], "status": kernel["status"],
                "decode_speedup": d["speedup_paired"], "verdict": d["verdict"], "aa": d["aa"],
                "rounds": d["rounds"], "stopped_by": d["stopped_by"],
                "prefill_speedup": e2e["prefill_speedup"]["details"]["speedup_paired"],
-               "predicted": why["predicted_speedup"], "outside_share": why["outside_share"],
+               "predicted": why["predicted_speedup"], "amdahl_bound": why["bound_from_bytes"],
+               "outside_share": why["outside_share"],
                "layer_shares": why["layer_shares"], "per_shape": {r["details"]["shape"]: {
                    "speedup": r["details"]["speedup_paired"], "verdict": r["details"]["verdict"],
                    "format": r["details"]["format"], "ideal": r["details"]["ideal_speedup"],

@@ -27,6 +27,9 @@ def test_kernels_json_rows(capsys):
         t = r["time_s"]
         assert t["count"] == 2 and t["p10"] <= t["median"] <= t["p90"]
         assert r["GBps"] == pytest.approx(r["weight_bytes"] / t["median"] / 1e9)
+        ci = r["speedup_vs_native_dense_interval"]
+        assert ci["lo"] <= r["speedup_vs_native_dense"] <= ci["hi"]
+        assert r["verdict_vs_native_dense"] in ("faster", "slower", "no measurable difference")
         assert 0 < r["bandwidth_fraction"]
         if r["pattern"] == "dense":
             assert r["ideal_speedup"] == pytest.approx(1.0) or r["kernel"] == "torch-dense"
@@ -98,3 +101,9 @@ def test_job_on_native_kernels_records_layers_and_provenance(tiny_model, tmp_pat
         assert d["speedup_paired"]["p10"] <= speed["value"] <= d["speedup_paired"]["p90"]
         assert gbps["value"] == pytest.approx(shape["weight_bytes"] / d["candidate_s"]["median"] / 1e9)
         assert d["bandwidth_fraction"] == pytest.approx(gbps["value"] * 1e9 / d["read_bandwidth_Bps"])
+        assert d["verdict"] in ("faster", "slower", "no measurable difference") and d["aa"]["count"] == d["rounds"]
+    # the end-to-end figure explained: Amdahl from the per-shape speedups, and what lies outside the layers
+    predicted, outside = metrics["decode_predicted_speedup_b1"], metrics["decode_outside_share_b1"]
+    assert predicted["value"] > 0 and 0 < outside["value"] < 1
+    assert set(predicted["details"]["layer_shares"]) == set(kernel["shapes"])
+    assert predicted["details"]["bound_from_bytes"] > 1 and predicted["details"]["measured_speedup"] == metrics["decode_speedup_b1"]["value"]

@@ -130,6 +130,8 @@ def test_amdahl_from_shares_and_per_shape_speedups():
     assert got["outside_share"] == pytest.approx(0.4)
     assert got["predicted_speedup"] == pytest.approx(1 / (0.4 + 0.4 / 2 + 0.2))
     assert amdahl(shares, {"4x8": 1.0, "8x4": 1.0})["predicted_speedup"] == pytest.approx(1.0)
+    bound = amdahl(shares, {}, ideal={"4x8": 4.0, "8x4": 2.0})["bound_from_bytes"]
+    assert bound == pytest.approx(1 / (0.4 + 0.4 / 4 + 0.2 / 2))  # every layer at its ideal
 
 
 def test_decode_shares_time_the_pruned_layers_inside_the_decode(tiny_model):

@@ -297,7 +297,8 @@ def _latency(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]
         measured = {r["name"]: r for r in rows}
         for b, share in shares.items():
             per_shape = {r["details"]["shape"]: r["value"] for r in layer_rows if r["name"].startswith(f"layer_speedup_b{b}:")}
-            why = amdahl(share, per_shape)
+            ideal = {k: s["dense_weight_bytes"] / max(s["weight_bytes"], 1) for k, s in kernel["shapes"].items()}
+            why = amdahl(share, per_shape, ideal)
             details = {**why, "measured_speedup": measured[f"decode_speedup_b{b}"]["value"], "decode_share_timing": share,
                        "note": "shares of the dense model's decode time, timed by forward hooks around each pruned layer"}
             rows.append(_metric(f"decode_predicted_speedup_b{b}", why["predicted_speedup"], "x", True, "latency", details))

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from bench.speed.latency import interleave
 from bench.patterns import NM, Dense, Pattern, Unstructured
-from bench.stats import Summary
+from bench.stats import Speedup, Summary
 
 LLM_SHAPES = ((4096, 4096), (11008, 4096), (4096, 11008), (14336, 4096))
 QUICK_SHAPES = ((256, 512), (384, 1024))
@@ -138,6 +138,7 @@ def run(config: Config, bandwidth: float | None = None, log: Callable[[str], Non
                     key = f"{pat}|{cname}"
                     summ = Summary.from_values(times[key])
                     vs_ours = paired("dense|native-dense", key)
+                    vs_ours_ci = Speedup.from_times(times["dense|native-dense"], times[key])
                     vs_torch = paired("dense|torch-dense", key)
                     vs_csr = paired(f"{pat}|torch-csr", key)
                     sparsity = patterns[pat].sparsity
@@ -149,6 +150,8 @@ def run(config: Config, bandwidth: float | None = None, log: Callable[[str], Non
                         "time_s": summ.to_dict(), "weight_bytes": cand.weight_bytes, "GBps": gbps,
                         "bandwidth_fraction": gbps * 1e9 / bandwidth if bandwidth else None,
                         "speedup_vs_native_dense": vs_ours.median, "speedup_vs_native_dense_paired": vs_ours.to_dict(),
+                        "speedup_vs_native_dense_interval": {k: getattr(vs_ours_ci, k) for k in ("lo", "hi", "coverage")},
+                        "verdict_vs_native_dense": vs_ours_ci.verdict(),
                         "speedup_vs_torch_dense": vs_torch.median,
                         "speedup_vs_torch_csr": vs_csr.median if vs_csr else None,
                         "ideal_speedup": dense_bytes / cand.weight_bytes,
@@ -197,7 +200,7 @@ def machine(threads: int, bandwidth: Summary) -> dict[str, Any]:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     head = ("shape", "dtype", "B", "pattern", "kernel", "format", "ms", "[p10-p90]", "GB/s", "%bw",
-            "vs ours", "[p10-p90]", "vs torch", "vs csr", "ideal")
+            "vs ours", "[95%]", "verdict", "vs torch", "vs csr", "ideal")
     lines = [head]
     for r in rows:
         t = r["time_s"]
@@ -206,7 +209,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                       f"{t['p10'] * 1e3:.3f}-{t['p90'] * 1e3:.3f}", f"{r['GBps']:.1f}",
                       "" if r["bandwidth_fraction"] is None else f"{100 * r['bandwidth_fraction']:.0f}%",
                       f"{r['speedup_vs_native_dense']:.2f}",
-                      f"{r['speedup_vs_native_dense_paired']['p10']:.2f}-{r['speedup_vs_native_dense_paired']['p90']:.2f}",
+                      f"{r['speedup_vs_native_dense_interval']['lo']:.2f}-{r['speedup_vs_native_dense_interval']['hi']:.2f}",
+                      r["verdict_vs_native_dense"],
                       f"{r['speedup_vs_torch_dense']:.2f}",
                       "" if r["speedup_vs_torch_csr"] is None else f"{r['speedup_vs_torch_csr']:.2f}",
                       f"{r['ideal_speedup']:.2f}"))
@@ -226,6 +230,6 @@ def save(folder: Path, meta: dict[str, Any], config: Config, rows: list[dict[str
     path.with_suffix(".md").write_text(
         f"# Kernel benchmark {stamp}\n\nISA {meta['isa']}, {meta['threads']} threads, read bandwidth "
         f"{meta['read_bandwidth_Bps']['median'] / 1e9:.1f} GB/s (median of {meta['read_bandwidth_Bps']['count']}).\n"
-        f"`*` marks the format the `native` backend picks. Speedups are medians of per-round paired ratios.\n\n```\n"
+        f"`*` marks the format the `native` backend picks. Speedups are medians of per-round paired ratios, with the distribution-free 95% interval of the median and its verdict.\n\n```\n"
         f"{format_table(rows)}\n```\n")
     return path

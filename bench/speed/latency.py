@@ -326,16 +326,21 @@ def decode_shares(model: torch.nn.Module, spec: LatencySpec, vocab_size: int, se
     return out
 
 
-def amdahl(shares: dict[str, Any], layer_speedups: dict[str, float]) -> dict[str, Any]:
+def amdahl(shares: dict[str, Any], layer_speedups: dict[str, float],
+           ideal: dict[str, float] | None = None) -> dict[str, Any]:
     """The end-to-end speedup the per-shape speedups predict: 1 / ((1 - sum f) + sum f_s / s_s), with f_s
     the share of the dense decode spent in layers of shape s and s_s their measured speedup (1 for a shape
-    not measured), and the share of the decode outside the pruned layers."""
+    not measured), and the share of the decode outside the pruned layers. With `ideal` (per shape, dense
+    bytes / bytes read), also the bound: the same with every layer at its ideal speedup."""
     total = shares["decode_s"]
     fractions = {k: v / total for k, v in shares["layers_s"].items()}
     outside = max(0.0, 1 - sum(fractions.values()))
     inside = sum(f / layer_speedups.get(k, 1.0) for k, f in fractions.items())
-    return {"predicted_speedup": 1 / (outside + inside), "outside_share": outside,
-            "layer_shares": fractions, "layer_speedups": {k: layer_speedups.get(k) for k in fractions}}
+    out = {"predicted_speedup": 1 / (outside + inside), "outside_share": outside,
+           "layer_shares": fractions, "layer_speedups": {k: layer_speedups.get(k) for k in fractions}}
+    if ideal is not None:
+        out["bound_from_bytes"] = 1 / (outside + sum(f / ideal.get(k, 1.0) for k, f in fractions.items()))
+    return out
 
 
 def _row(name, value, unit, higher_is_better, details):
