@@ -27,11 +27,7 @@ set is the extension's (`SPARSEBENCH_ISA=avx2` lowers it).
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import subprocess
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,9 +36,12 @@ import torch.nn.functional as F
 
 from bench import _native
 from bench.patterns import NM, Unstructured
+from bench.provenance import git_state, hardware_fingerprint, package_versions
 from bench.speed.latency import run_rounds
 from bench.speed.packers import MAX_BATCH, SparseLinear
 from bench.stats import Summary, median_interval
+
+from _results import save  # benchmarks/_results.py (these scripts run from benchmarks/)
 
 SHAPES = ((8, 64), (576, 576), (192, 576), (1536, 576), (576, 1536))
 FORMATS = {"dense": (None, "dense", {}), "2:4 nm": (NM(2, 4), "nm", {"nm": (2, 4)}),
@@ -122,20 +121,10 @@ def main(argv=None) -> int:
                 cells = "  ".join(f"{c} {row[c]['median']:.2f} [{row[c]['lo']:.2f}-{row[c]['hi']:.2f}]"
                                   for c in ("torch", "before", "module", "module_spin", "raw_dlpack", "raw_at"))
                 print(f"{n}x{k} {label:<12} t={threads}: {cells}  (us/call)", flush=True)
-    root = Path(__file__).resolve().parent.parent
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                capture_output=True, text=True).stdout.strip())
-    record = {"benchmark": "call_overhead", "isa": _native.isa(), "torch": torch.__version__,
-              "commit": commit, "git_dirty": dirty,
-              "python": sys.version.split()[0], "machine": platform.processor() or platform.machine(),
-              "finished_at": datetime.now(timezone.utc).isoformat(), "rows": rows}
+    record = {"benchmark": "call_overhead", "isa": _native.isa(), **git_state(), "versions": package_versions(),
+              "hardware": hardware_fingerprint(), "finished_at": datetime.now(timezone.utc).isoformat(), "rows": rows}
     if args.save:
-        args.save.mkdir(parents=True, exist_ok=True)
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        path = args.save / f"call-overhead-{_native.isa()}-{stamp}.json"
-        path.write_text(json.dumps(record, indent=1) + "\n")
-        print(path)
+        print(save(args.save, f"call-overhead-{_native.isa()}", record))
     return 0
 
 

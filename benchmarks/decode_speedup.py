@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -34,12 +31,13 @@ from bench.grid import parse_grid
 from bench.model.load import load_model
 from bench.model.walk import target_layers
 from bench.patterns import parse_pattern
+from bench.provenance import git_state, hardware_fingerprint, package_versions
 from bench.prune.harness import prune_model
 from bench.registry import kernel_registry, method_registry
 from bench.speed.latency import amdahl, decode_shares, measure, measure_layers, read_bandwidth
 from bench.spec.protocols import LatencySpec
 
-ROOT = Path(__file__).resolve().parent.parent
+from _results import save  # benchmarks/_results.py (these scripts run from benchmarks/)
 
 
 def main(argv=None) -> int:
@@ -118,19 +116,12 @@ def main(argv=None) -> int:
               + ", ".join(f"{k} {v['speedup']['median']:.2f}x/{v['ideal']:.2f}" for k, v in row["per_shape"].items()),
               flush=True)
         del candidate
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                                capture_output=True, text=True).stdout.strip())
     record = {"benchmark": "decode_speedup", "model": "builtin:smollm2-135m", "threads": args.threads,
-              "isa": _native.isa(), "torch": torch.__version__, "commit": commit, "git_dirty": dirty,
-              "machine": platform.processor() or platform.machine(), "read_bandwidth_Bps": bandwidth.to_dict(),
-              "spec": spec.to_dict(), "finished_at": datetime.now(timezone.utc).isoformat(), "rows": rows}
+              "isa": _native.isa(), **git_state(), "versions": package_versions(), "hardware": hardware_fingerprint(),
+              "read_bandwidth_Bps": bandwidth.to_dict(), "spec": spec.to_dict(),
+              "finished_at": datetime.now(timezone.utc).isoformat(), "rows": rows}
     if args.save:
-        args.save.mkdir(parents=True, exist_ok=True)
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        path = args.save / f"decode-speedup-{_native.isa()}-t{args.threads}-{stamp}.json"
-        path.write_text(json.dumps(record, indent=1) + "\n")
-        print(path)
+        print(save(args.save, f"decode-speedup-{_native.isa()}-t{args.threads}", record))
     return 0
 
 
