@@ -34,7 +34,7 @@ from bench.patterns import parse_pattern
 from bench.provenance import git_state, hardware_fingerprint, package_versions
 from bench.prune.harness import prune_model
 from bench.registry import kernel_registry, method_registry
-from bench.speed.latency import amdahl, decode_shares, measure, measure_layers, read_bandwidth
+from bench.speed.latency import amdahl, decode_shares, ideal_speedup, measure, measure_layers, read_bandwidth
 from bench.spec.protocols import LatencySpec
 
 from _results import save  # benchmarks/_results.py (these scripts run from benchmarks/)
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
         per_shape = measure_layers(candidate, dense, kernel, spec, bandwidth.median, seed=0)
         shares = decode_shares(dense, spec, dense.config.vocab_size, seed=0)[1]
         speeds = {r["details"]["shape"]: r["value"] for r in per_shape if r["name"].startswith("layer_speedup_b1:")}
-        why = amdahl(shares, speeds, {k: s["dense_weight_bytes"] / max(s["weight_bytes"], 1) for k, s in kernel["shapes"].items()})
+        why = amdahl(shares, speeds, {k: ideal_speedup(s) for k, s in kernel["shapes"].items()})
         d = e2e["decode_speedup_b1"]["details"]
         row = {"pattern": label, "formats": kernel["format"], "status": kernel["status"],
                "decode_speedup": d["speedup_paired"], "verdict": d["verdict"], "aa": d["aa"],

@@ -268,7 +268,7 @@ def _evaluate(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any
 
 def _latency(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
     from bench.speed.backends import call_counts
-    from bench.speed.latency import amdahl, decode_shares, measure
+    from bench.speed.latency import amdahl, decode_shares, ideal_speedup, measure
     from bench.model.load import load_model
     from bench.model.walk import target_layers
     from bench.registry import kernel_registry
@@ -295,9 +295,9 @@ def _latency(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]
         rows += layer_rows
         shares = decode_shares(reference, spec, model.config.vocab_size, seed=job.seed)
         measured = {r["name"]: r for r in rows}
+        ideal = {k: ideal_speedup(s) for k, s in kernel["shapes"].items()}
         for b, share in shares.items():
             per_shape = {r["details"]["shape"]: r["value"] for r in layer_rows if r["name"].startswith(f"layer_speedup_b{b}:")}
-            ideal = {k: s["dense_weight_bytes"] / max(s["weight_bytes"], 1) for k, s in kernel["shapes"].items()}
             why = amdahl(share, per_shape, ideal)
             details = {**why, "measured_speedup": measured[f"decode_speedup_b{b}"]["value"], "decode_share_timing": share,
                        "note": "shares of the dense model's decode time, timed by forward hooks around each pruned layer"}

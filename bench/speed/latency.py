@@ -30,6 +30,7 @@ lies outside the pruned layers.
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -196,15 +197,9 @@ def interleave(candidates: dict[str, Callable[[], Any]], warmup: int, repeats: i
     Each round runs every candidate once, in forward order on even rounds and reverse order on odd
     ones (ABBA for two), so slow drift of the machine lands evenly on all of them.
     """
-    timer = timer or _timer(torch.device("cpu"))
-    names = list(candidates)
-    out: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(warmup + repeats):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            t = timer(candidates[name])
-            if r >= warmup:
-                out[name].append(t)
-    return out
+    slots = {name: (lambda fn=fn: fn) for name, fn in candidates.items()}  # nothing untimed to prepare
+    return run_rounds(slots, [], warmup=warmup, repeats=repeats, max_repeats=repeats, precision=1.0,
+                      max_seconds=math.inf, timer=timer).times
 
 
 def read_bandwidth(threads: int | None = None, mib: int = 256, repeats: int = 5) -> Summary:
@@ -269,10 +264,15 @@ def measure_layers(candidate: torch.nn.Module, reference: torch.nn.Module, kerne
                        "speedup_paired": speed.to_dict(), "verdict": speed.verdict(aa), "aa": aa.to_dict(),
                        **rounds.record(spec.precision), "read_bandwidth_Bps": bandwidth,
                        "bandwidth_fraction": gbps / bandwidth if bandwidth else None,
-                       "ideal_speedup": shape["dense_weight_bytes"] / max(shape["weight_bytes"], 1)}
+                       "ideal_speedup": ideal_speedup(shape)}
             rows.append(_row(f"layer_speedup_b{b}:{key}", speed.median, "x", True, details))
             rows.append(_row(f"layer_GBps_b{b}:{key}", gbps / 1e9, "GB/s", True, details))
     return rows
+
+
+def ideal_speedup(shape: dict[str, Any]) -> float:
+    """The speedup from bytes alone of one layer shape of a backend's provenance: dense bytes / bytes read."""
+    return shape["dense_weight_bytes"] / max(shape["weight_bytes"], 1)
 
 
 def decode_shares(model: torch.nn.Module, spec: LatencySpec, vocab_size: int, seed: int = 0,
