@@ -10,6 +10,8 @@ Per (shape, format, threads), batch 1, fp32, these are timed side by side in one
   activations and the output to the extension through DLPack), kept here to measure the difference;
 - `module_spin`: the same with the native thread pool spinning `--spin-us` between calls instead of
   sleeping at once (`_native.set_spin_us`);
+- `custom_op`: the same native call registered as a PyTorch operator (`torch.library.custom_op`, with a
+  fake implementation, so that `torch.compile` could trace through it), called eagerly as a model would;
 - `packed`: Packed.mm with a preallocated output (the Python wrapper around the extension);
 - `raw_dlpack` and `raw_at`: the extension's two entry points with everything prepared: tensors exchanged
   through DLPack, or addresses (what is left is the kernel and the binding's own cost).
@@ -70,6 +72,22 @@ def before(module: SparseLinear, x: torch.Tensor) -> torch.Tensor:
     return y.view(*x.shape[:-1], module.out_features)
 
 
+_LAYERS: dict[int, SparseLinear] = {}  # what the operator's integer handle names (an op takes no Python objects)
+
+
+@torch.library.custom_op("sparsebench_bench::native_linear", mutates_args=())
+def native_linear(x: torch.Tensor, handle: int) -> torch.Tensor:
+    module = _LAYERS[handle]
+    out = torch.empty(x.shape[0], module.out_features, dtype=torch.float32)
+    module.packed.native.mm_at(x.data_ptr(), out.data_ptr(), x.shape[0], torch.get_num_threads())
+    return out
+
+
+@native_linear.register_fake
+def _(x: torch.Tensor, handle: int) -> torch.Tensor:
+    return x.new_empty(x.shape[0], _LAYERS[handle].out_features)
+
+
 def measure(n: int, k: int, label: str, threads: int, rounds: int, calls: int, gen: torch.Generator,
             spin_us: int) -> dict:
     pattern, fmt, kw = FORMATS[label]
@@ -83,13 +101,16 @@ def measure(n: int, k: int, label: str, threads: int, rounds: int, calls: int, g
     x = torch.randn(1, k, generator=gen)
     out = torch.empty(1, n)
     torch.set_num_threads(threads)
+    _LAYERS[id(module)] = module
     fns = {"torch": lambda: F.linear(x, w), "module": lambda: module(x), "before": lambda: before(module, x),
+           "custom_op": lambda: native_linear(x, id(module)),
            "packed": lambda: packed.mm(x, threads, out), "raw_dlpack": lambda: packed.native.mm(x, out, threads),
            "raw_at": lambda: packed.native.mm_at(x.data_ptr(), out.data_ptr(), 1, threads)}
     spin = {"module_spin": spin_us}  # the same module call with the pool's threads spinning between calls
     with torch.inference_mode():
         torch.testing.assert_close(module(x), F.linear(x, w), atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(before(module, x), module(x), atol=0, rtol=0)
+        torch.testing.assert_close(native_linear(x, id(module)), module(x), atol=0, rtol=0)
         slots = {name: (lambda f=burst(f, calls): (lambda: (_native.set_spin_us(0), f()))) for name, f in fns.items()}
         slots["module_spin"] = lambda f=burst(fns["module"], calls): (lambda: (_native.set_spin_us(spin["module_spin"]), f()))
         got = run_rounds(slots, [],
@@ -100,12 +121,14 @@ def measure(n: int, k: int, label: str, threads: int, rounds: int, calls: int, g
         lo, hi, coverage = median_interval(per_call)
         row[name] = {**Summary.from_values(per_call).to_dict(), "lo": lo, "hi": hi, "coverage": coverage}
     _native.set_spin_us(0)
+    del _LAYERS[id(module)]
     return row
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--shapes", default=",".join(f"{n}x{k}" for n, k in SHAPES))
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--calls", type=int, default=200)
     ap.add_argument("--spin-us", type=int, default=50, help="the pool's spin for the module_spin column")
@@ -114,12 +137,12 @@ def main(argv=None) -> int:
     gen = torch.Generator().manual_seed(0)
     rows = []
     for threads in [int(t) for t in args.threads.split(",")]:
-        for n, k in SHAPES:
+        for n, k in [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]:
             for label in FORMATS:
                 row = measure(n, k, label, threads, args.rounds, args.calls, gen, args.spin_us)
                 rows.append(row)
                 cells = "  ".join(f"{c} {row[c]['median']:.2f} [{row[c]['lo']:.2f}-{row[c]['hi']:.2f}]"
-                                  for c in ("torch", "before", "module", "module_spin", "raw_dlpack", "raw_at"))
+                                  for c in ("torch", "before", "module", "custom_op", "module_spin", "raw_dlpack", "raw_at"))
                 print(f"{n}x{k} {label:<12} t={threads}: {cells}  (us/call)", flush=True)
     record = {"benchmark": "call_overhead", "isa": _native.isa(), **git_state(), "versions": package_versions(),
               "hardware": hardware_fingerprint(), "finished_at": datetime.now(timezone.utc).isoformat(), "rows": rows}

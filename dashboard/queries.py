@@ -131,10 +131,10 @@ def kernel_shapes(con: duckdb.DuckDBPyConnection, filters: Filters = Filters()) 
                CAST(json_extract(d, '$.bandwidth_fraction') AS DOUBLE) AS bandwidth_fraction,
                CAST(json_extract(d, '$.weight_bytes') AS BIGINT) AS weight_bytes,
                CAST(json_extract(d, '$.dense_weight_bytes') AS BIGINT) AS dense_weight_bytes,
-               CAST(json_extract(d, '$.weight_bytes') AS DOUBLE)
+               CAST(json_extract(d, '$.weight_bytes') AS DOUBLE) * COALESCE(CAST(json_extract(d, '$.layers_per_sweep') AS DOUBLE), 1)
                    / CAST(json_extract(d, '$.candidate_s.median') AS DOUBLE) / 1e9 AS GBps,
                CAST(json_extract(d, '$.read_bandwidth_Bps') AS DOUBLE) / 1e9 AS read_bandwidth_GBps,
-               CAST(json_extract(d, '$.layers_rotated') AS INTEGER) AS layers_rotated,
+               CAST(json_extract(d, '$.layers_per_sweep') AS INTEGER) AS layers_per_sweep,
                CAST(json_extract(d, '$.threads') AS INTEGER) AS threads
         FROM rows
         ORDER BY hardware, kernel, batch, shape, format, method, pattern""", params).df()

@@ -35,6 +35,8 @@ decode_tokens = 4
 decode_batch = [1]
 warmup = 1
 repeats = 3
+max_repeats = 5
+max_seconds = 1
 """
 
 FAST_PPL = """

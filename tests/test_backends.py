@@ -45,6 +45,17 @@ def pruned_pair(folder, pattern, dtype=torch.float32):
     return candidate, reference
 
 
+def native_formats(prov: dict, key: str) -> dict[str, int]:
+    """Layers per format that the native backend runs: the rule's format (NATIVE_FORMAT) for every shape,
+    unless its measurement found another format faster there (and says so in `format_choice`)."""
+    counts: dict[str, int] = {}
+    for group, c in prov["format_choice"].items():
+        assert c["rule"] == NATIVE_FORMAT[key], (group, c)
+        assert c["format"] == c["rule"] or c["chosen_by"].startswith("measurement"), (group, c)
+        counts[c["format"]] = counts.get(c["format"], 0) + c["layers"]
+    return counts
+
+
 def expected(backend: str, key: str) -> tuple[str, str, str | None] | None:
     """(status, the format of every layer, substring of every fallback reason) a built-in backend reports."""
     sparse = key != "dense"
@@ -98,7 +109,10 @@ def test_backend_contract(tiny_model, backend, key):
     if want is not None:
         status, fmt, reason = want
         assert prov["status"] == status, prov
-        assert prov["format"] == {fmt: len(layers)}, prov["format"]
+        if backend == "native" and status == "accelerated":
+            assert prov["format"] == native_formats(prov, key), prov["format"]
+        else:
+            assert prov["format"] == {fmt: len(layers)}, prov["format"]
         if reason is None:
             assert prov["fallbacks"] == {}
         else:
@@ -107,7 +121,7 @@ def test_backend_contract(tiny_model, backend, key):
         assert prov["max_batch"] == MAX_BATCH
     if backend == "native" and prov["status"] == "accelerated":
         assert prov["weight_bytes"] < prov["dense_weight_bytes"]
-        assert all(s["format"] == NATIVE_FORMAT[key] for s in prov["shapes"].values())
+        assert all(s["format"] == prov["format_choice"][f"{k}:float32"]["format"] for k, s in prov["shapes"].items())
 
     # Same logits as the reference: decode (1 row), a small batch (15 rows), a prefill above max_batch (40).
     native_layers = sum(isinstance(m, SparseLinear) for m in candidate.modules())
@@ -154,7 +168,9 @@ def test_native_runs_bfloat16_weights(tiny_model):
     candidate, reference = pruned_pair(tiny_model, pattern, dtype=torch.bfloat16)
     layers = {name: module for name, _, module in target_layers(candidate)}
     prov = kernel_registry().get("native")().prepare(candidate, layers, pattern)
-    assert prov["status"] == "accelerated" and prov["format"] == {"nm": len(layers)}
+    assert prov["status"] == "accelerated" and prov["format"] == native_formats(prov, "2:4")
+    assert sum(prov["format"].values()) == len(layers) and set(prov["format_choice"]) == {
+        f"{m.weight.shape[0]}x{m.weight.shape[1]}:bfloat16" for m in layers.values()}
     k_sum = sum(m.weight.numel() for m in layers.values())
     assert prov["dense_weight_bytes"] == 2 * k_sum
     ids = torch.randint(0, candidate.config.vocab_size, (2, 3), generator=torch.Generator().manual_seed(1))
@@ -282,7 +298,8 @@ def test_one_nm_rule_from_the_extension():
     to accelerate a pattern, its format choice and the packer agree on every n:m. (8:16 keeps half of each
     group but is no group size the kernel takes: it was claimed as accelerated, then failed to pack.)"""
     from bench import _native
-    from bench.speed.backends import Native, choose_format
+    from bench.speed.backends import Native
+    from bench.speed.choice import NoFormat, rule_format
     from bench.speed.packers import NM_GROUPS, PackError, nm_supported, pack
 
     assert NM_GROUPS == tuple(_native.NM_GROUPS) == (2, 4, 8)
@@ -293,10 +310,10 @@ def test_one_nm_rule_from_the_extension():
             w = pattern.mask(torch.randn(8, 32)) * torch.randn(8, 32)
             assert native.accelerates(pattern) == nm_supported(n, m) == (2 * n == m and m <= 8), (n, m)
             if nm_supported(n, m):
-                assert choose_format(w, pattern)[0] == "nm"
+                assert rule_format(w, pattern)[0] == "nm"
                 assert pack(w, "nm", nm=(n, m)).format == "nm"
             else:
-                with pytest.raises(Unsupported):
-                    choose_format(w, pattern)
+                with pytest.raises(NoFormat):
+                    rule_format(w, pattern)
                 with pytest.raises(PackError):
                     pack(w, "nm", nm=(n, m))

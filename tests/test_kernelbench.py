@@ -88,7 +88,9 @@ def test_job_on_native_kernels_records_layers_and_provenance(tiny_model, tmp_pat
     assert result["status"] == "done", result.get("error")
     kernel = result["kernel"]
     assert kernel["backend"] == "native" and kernel["status"] == "accelerated"
-    assert kernel["format"] == {"nm": len(result["layers"])} and not kernel["fallbacks"]
+    chosen = {k.removesuffix(":float32"): c["format"] for k, c in kernel["format_choice"].items()}
+    assert all(c["rule"] == "nm" for c in kernel["format_choice"].values()) and not kernel["fallbacks"]
+    assert sum(kernel["format"].values()) == len(result["layers"]) and set(kernel["format"]) == set(chosen.values())
     assert kernel["weight_bytes"] < kernel["dense_weight_bytes"]
     assert kernel["calls"]["native"] > 0 and kernel["calls"]["dense_batch_above_max"] > 0  # decode / prefill
     metrics = {m["name"]: m for m in result["metrics"]}
@@ -96,10 +98,10 @@ def test_job_on_native_kernels_records_layers_and_provenance(tiny_model, tmp_pat
     for key, shape in kernel["shapes"].items():
         speed, gbps = metrics[f"layer_speedup_b1:{key}"], metrics[f"layer_GBps_b1:{key}"]
         d = speed["details"]
-        assert d["format"] == "nm" and d["shape"] == key and d["layers_rotated"] == shape["layers"]
+        assert d["format"] == chosen[key] and d["shape"] == key and d["layers_per_sweep"] == shape["layers"]
         assert d["ideal_speedup"] == pytest.approx(shape["dense_weight_bytes"] / shape["weight_bytes"])
         assert d["speedup_paired"]["p10"] <= speed["value"] <= d["speedup_paired"]["p90"]
-        assert gbps["value"] == pytest.approx(shape["weight_bytes"] / d["candidate_s"]["median"] / 1e9)
+        assert gbps["value"] == pytest.approx(shape["weight_bytes"] * shape["layers"] / d["candidate_s"]["median"] / 1e9)
         assert d["bandwidth_fraction"] == pytest.approx(gbps["value"] * 1e9 / d["read_bandwidth_Bps"])
         assert d["verdict"] in ("faster", "slower", "no measurable difference") and d["aa"]["count"] == d["rounds"]
     # the end-to-end figure explained: Amdahl from the per-shape speedups, and what lies outside the layers

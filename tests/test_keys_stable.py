@@ -2,9 +2,9 @@
 
 tests/data/example_keys.json holds, for every example grid, each job's key and its stage keys as the code
 computed them. A change that is meant to alter results bumps STAGE_VERSIONS and rewrites this file on
-purpose; the last such rewrite: latency 3 (candidate, reference and A/A in rounds until precise, with
-intervals, verdicts and the Amdahl prediction; the latency protocol gained max_repeats, precision and
-max_seconds), which changed every latency key and no prune or evaluate key.
+purpose; the last such rewrite: latency 4 (the native backend chooses each layer shape's format by
+measurement; per-shape timings are cold sweeps over every layer of the shape), which changed every
+latency key and no prune or evaluate key.
 """
 
 import json

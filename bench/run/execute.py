@@ -277,11 +277,11 @@ def _latency(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]
     t = time.perf_counter()
     backend = kernel_registry().get(job.kernel)()
     layers = {name: module for name, _, module in target_layers(model)}
-    kernel = backend.prepare(model, layers, job.pattern)
+    spec = job.latency
+    kernel = backend.prepare(model, layers, job.pattern, batches=tuple(spec.decode_batch), seconds=spec.max_seconds)
     # A dense model whose layers the backend left as they were is the reference itself: 1x by definition.
     same = kernel["status"] == "dense" and all(model.get_submodule(n) is m for n, m in layers.items())
     reference, _ = load_model(job.model, device)
-    spec = job.latency
     rows = measure(model, reference, spec, model.config.vocab_size, seed=job.seed, candidate_is_reference=same)
     metrics = []
     if device.type == "cpu" and not same:  # the probe and the per-shape stage time CPU kernels

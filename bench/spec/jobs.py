@@ -23,7 +23,7 @@ from bench.spec.protocols import (CalibrationSpec, LatencySpec, LayerFilter, Per
 
 # Bump a stage's version when a change to its code changes the numbers it produces: every stored result
 # of that stage then gets a new key and is recomputed instead of being reused.
-STAGE_VERSIONS = {"prune": 1, "perplexity": 2, "lm_eval": 2, "latency": 3, "reference": 1}
+STAGE_VERSIONS = {"prune": 1, "perplexity": 2, "lm_eval": 2, "latency": 4, "reference": 1}
 
 
 def content_key(obj: Any, length: int = 16) -> str:

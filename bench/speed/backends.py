@@ -20,7 +20,8 @@ import torch
 
 from bench.model.walk import weight_view
 from bench.patterns import NM, Block, Dense, Pattern
-from bench.speed.packers import MAX_BATCH, NM_COVERS, NM_RULE, PackError, SparseLinear, nm_supported
+from bench.speed.choice import NoFormat, choose_by_measurement, group_key, rule_format
+from bench.speed.packers import MAX_BATCH, NM_COVERS, PackError, SparseLinear, nm_supported
 
 
 class KernelBackend:
@@ -50,8 +51,11 @@ class KernelBackend:
         """One layer on this backend: (module, format). Raise Unsupported to leave it on nn.Linear."""
         raise Unsupported(f"{self.name} converts no layers")
 
-    def prepare(self, model: torch.nn.Module, layers: dict[str, torch.nn.Module], pattern: Pattern) -> dict[str, Any]:
+    def prepare(self, model: torch.nn.Module, layers: dict[str, torch.nn.Module], pattern: Pattern,
+                batches: tuple[int, ...] = (1,), seconds: float | None = None) -> dict[str, Any]:
         """Swap the pruned `layers` (name -> module) of `model` for this backend's modules, in place.
+        `batches` are the decode batches the latency stage will time, and `seconds` what it may spend
+        tuning to them (a backend may choose its formats by measurement).
 
         Returns provenance: backend, version, status ("accelerated", "mask only" or "dense"), format (per
         format, how many layers), weight_bytes (what the kernels read) and dense_weight_bytes, fallbacks
@@ -158,11 +162,6 @@ class NativeDense(KernelBackend):
         return SparseLinear.from_linear(linear, "dense"), "dense"
 
 
-# Unstructured layers at or above this sparsity use CSR16, below it the bitmask format: see
-# benchmarks/results (at 70% and above CSR16's cost per stored value wins over the bitmask's cost per column).
-CSR16_FROM_SPARSITY = 0.65
-
-
 class Native(KernelBackend):
     """This project's sparse kernels: N:M (half of each group), bitmask, CSR16 and block-sparse formats."""
 
@@ -170,34 +169,48 @@ class Native(KernelBackend):
     version = "1"
     dtypes = ("float32", "bfloat16")
     max_batch = MAX_BATCH
-    patterns = f"{NM_COVERS} (nm); block (bsr); unstructured and channels (bitmask below 65%, csr16 from 65%)"
+    patterns = (f"{NM_COVERS} (nm); block (bsr); unstructured and channels (bitmask below 65%, csr16 from 65%); "
+                "per layer shape, another format that holds the mask where it measures faster")
     description = (f"SparseBench's native CPU kernels (AVX2/AVX-512/portable); batches above {MAX_BATCH} rows run "
                    "PyTorch dense.")
 
     def accelerates(self, pattern):
         return pattern.sparsity > 0 and not (isinstance(pattern, NM) and not nm_supported(pattern.n, pattern.m))
 
+    def prepare(self, model, layers, pattern, batches=(1,), seconds=None):
+        """Chooses each layer shape's format by measurement (`bench.speed.choice`, within `seconds` in all,
+        2 s per shape and batch when not given), then converts."""
+        weights = {}
+        for name, layer in layers.items():
+            w = as_linear(layer).weight
+            if str(w.dtype).removeprefix("torch.") in self.dtypes and w.device.type == "cpu":
+                weights[name] = w.detach()
+        try:
+            groups = len({group_key(w) for w in weights.values()}) * len(batches)
+            budget = 2.0 if seconds is None else seconds / max(1, groups)
+            self._choice = (choose_by_measurement(weights, pattern, tuple(batches), seconds=budget)
+                            if self.accelerates(pattern) else {})
+        except NoFormat:
+            self._choice = {}  # no format holds the mask: every layer falls back, and convert says why
+        provenance = super().prepare(model, layers, pattern, batches, seconds)
+        provenance["format_choice"] = {k: {f: v for f, v in c.items() if f != "kw"} for k, c in self._choice.items()}
+        return provenance
+
     def convert(self, linear, pattern):
-        fmt, kw = choose_format(linear.weight, pattern)
+        chosen = getattr(self, "_choice", {}).get(group_key(linear.weight))
+        if chosen is not None and chosen["format"] != chosen["rule"]:
+            fmt, kw = chosen["format"], chosen["kw"]  # measured faster than the rule at this shape
+        else:
+            try:
+                fmt, kw = rule_format(linear.weight, pattern)  # per layer: its own density decides
+            except NoFormat as why:
+                raise Unsupported(str(why)) from None
         if fmt == "dense":  # no zeros to skip: the layer stays PyTorch's, the dense reference's own kernel
             return linear, "dense"
         try:
             return SparseLinear.from_linear(linear, fmt, **kw), fmt
         except PackError as err:
             raise Unsupported(f"{fmt}: {err}") from None
-
-
-def choose_format(weight: torch.Tensor, pattern: Pattern) -> tuple[str, dict[str, Any]]:
-    if isinstance(pattern, Dense) or pattern.sparsity == 0:
-        return "dense", {}
-    if isinstance(pattern, NM):
-        if not nm_supported(pattern.n, pattern.m):
-            raise Unsupported(f"{NM_RULE}, not {pattern.n}:{pattern.m}")
-        return "nm", {"nm": (pattern.n, pattern.m)}
-    if isinstance(pattern, Block):
-        return "bsr", {"block": (pattern.rows, pattern.cols)}
-    density = float((weight != 0).float().mean())
-    return ("csr16" if 1 - density >= CSR16_FROM_SPARSITY else "bitmask"), {}
 
 
 class _TorchSparseLinear(torch.nn.Module):

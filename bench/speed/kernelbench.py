@@ -107,7 +107,7 @@ def _torch_csr_candidate(w, x, footprint) -> _Candidate | None:
 
 def run(config: Config, bandwidth: float | None = None, log: Callable[[str], None] | None = None) -> Iterator[dict[str, Any]]:
     """Yields one row per (shape, dtype, batch, pattern, kernel)."""
-    from bench.speed.backends import choose_format
+    from bench.speed.choice import rule_format
 
     threads = config.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -142,7 +142,7 @@ def run(config: Config, bandwidth: float | None = None, log: Callable[[str], Non
                     vs_torch = paired("dense|torch-dense", key)
                     vs_csr = paired(f"{pat}|torch-csr", key)
                     sparsity = patterns[pat].sparsity
-                    chosen = cand.name == "native" and cand.format == choose_format(weights[pat], patterns[pat])[0]
+                    chosen = cand.name == "native" and cand.format == rule_format(weights[pat], patterns[pat])[0]
                     gbps = cand.weight_bytes / summ.median / 1e9
                     yield {
                         "N": n, "K": k, "dtype": dtype_name, "batch": b, "pattern": pat, "sparsity": sparsity,
@@ -165,7 +165,7 @@ def _candidates(weights: dict[str, torch.Tensor], patterns: dict[str, Pattern], 
                 threads: int) -> dict[tuple[str, str], "_Candidate"]:
     """{(pattern, kernel): candidate} for one shape, dtype and batch: both dense references, then per
     pattern the native format(s) and PyTorch CSR where it runs."""
-    from bench.speed.backends import choose_format
+    from bench.speed.choice import rule_format
 
     cands: dict[tuple[str, str], _Candidate] = {
         ("dense", "native-dense"): _native_candidate("native-dense", "dense", weights["dense"], x, footprint, threads),
@@ -175,7 +175,7 @@ def _candidates(weights: dict[str, torch.Tensor], patterns: dict[str, Pattern], 
         if pat == "dense":
             continue
         if isinstance(patterns[pat], NM):
-            fmt, kw = choose_format(w, patterns[pat])
+            fmt, kw = rule_format(w, patterns[pat])
             cands[(pat, "native")] = _native_candidate("native", fmt, w, x, footprint, threads, **kw)
         else:
             for fmt in ("bitmask", "csr16"):

@@ -159,11 +159,13 @@ def _pack_csr16(w: torch.Tensor, tile: int) -> Packed:
         raise PackError(f"tile must be in [1, 65536], got {tile}")
     tiles = math.ceil(k / tile)
     keep = w != 0
-    cols = keep.nonzero()[:, 1]  # row-major order: within a row ascending, so grouped by tile already
-    padded = torch.zeros(rows, tiles * tile, dtype=torch.bool)
-    padded[:, :k] = keep
+    where = keep.nonzero()  # row-major order: within a row ascending, so grouped by tile already
+    cols = where[:, 1]
+    # Entries per (row, tile), counted from the nonzeros alone (padding the mask out to whole tiles of
+    # 65536 columns made a 1536x576 layer a 100M-entry tensor: 0.4 s a layer).
+    counts = torch.bincount(where[:, 0] * tiles + cols // tile, minlength=rows * tiles)
     ptr = torch.zeros(rows * tiles + 1, dtype=torch.int64)
-    ptr[1:] = padded.view(rows, tiles, tile).sum(-1).reshape(-1).cumsum(0)
+    ptr[1:] = counts.cumsum(0)
     local = (cols % tile).to(torch.int32).to(torch.uint16)
     return Packed("csr16", (rows, k), w.dtype, {"values": _pad_values(w[keep]), "ptr": ptr, "cols": local},
                   {"tile": tile})

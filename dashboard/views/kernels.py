@@ -39,7 +39,7 @@ if not bandwidth.empty:
     st.caption(f"Read bandwidth measured by the jobs: {bandwidth.min():.1f}-{bandwidth.max():.1f} GB/s.")
 st.dataframe(view[["shape", "batch", "format", "method", "pattern", "speedup", "speedup_lo", "speedup_hi", "verdict",
                    "ideal_speedup", "GBps", "bandwidth_fraction", "weight_bytes", "dense_weight_bytes", "rounds",
-                   "layers_rotated", "threads", "kernel_status", "job_key"]],
+                   "layers_per_sweep", "threads", "kernel_status", "job_key"]],
              hide_index=True, key="kernels_table",
              column_config={"bandwidth_fraction": st.column_config.NumberColumn("of bandwidth", format="percent"),
                             "GBps": st.column_config.NumberColumn("GB/s", format="%.2f")})
