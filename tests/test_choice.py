@@ -1,6 +1,5 @@
 """The native backend's format per layer shape: the rule's unless another format measures faster."""
 
-import pytest
 import torch
 
 from bench.patterns import NM, Unstructured
