@@ -3,10 +3,12 @@
     python benchmarks/decode_speedup.py [--threads 1] [--patterns 2:4,50%,70%,90%] [--save benchmarks/results]
 
 For each pattern: the dense model (builtin:smollm2-135m, fp32) is pruned by magnitude (the mask is all
-that matters for speed), its layers are put on the `native` backend, and the latency stage's own
+that matters for speed), its layers are put on the `native` backend (which first chooses each layer
+shape's format by measurement, `bench.speed.choice`), and the latency stage's own
 measurement runs: candidate, dense reference and dense again (A/A) in alternating rounds, at least
 `--repeats` and until every interval is within `--precision` or `--max-seconds` have passed
-(`bench.speed.latency.measure`), then per layer shape the same (`measure_layers`), and the share of the
+(`bench.speed.latency.measure`), then per layer shape the same (`measure_layers`: cold sweeps over every
+layer of the shape), and the share of the
 dense decode spent in each layer shape (`decode_shares`) for Amdahl's prediction. Decode at batch 1 after
 a 16-token prompt; the prefill figure comes along.
 
@@ -52,6 +54,8 @@ def main(argv=None) -> int:
     ap.add_argument("--spin-us", default=None,
                     help="comma-separated spins of the native thread pool (e.g. 0,50): each is measured against "
                          "dense in its own rounds (default: as the extension starts)")
+    ap.add_argument("--choice-seconds", type=float, default=20.0,
+                    help="what the native backend may spend choosing the formats, all shapes together")
     ap.add_argument("--save", type=Path)
     args = ap.parse_args(argv)
 
@@ -71,7 +75,8 @@ def main(argv=None) -> int:
         candidate = copy.deepcopy(dense)
         prune_model(candidate, method_registry().get("magnitude")(seed=0), pattern)
         layers = {name: m for name, _, m in target_layers(candidate)}
-        kernel = kernel_registry().get("native")().prepare(candidate, layers, pattern)
+        kernel = kernel_registry().get("native")().prepare(candidate, layers, pattern, batches=spec.decode_batch,
+                                                           seconds=args.choice_seconds)
         # a decode step reads every weight once (the tied embedding as the output head; the lookup of one
         # embedding row is negligible), the pruned layers as their packed bytes
         dense_step = all_bytes
@@ -87,7 +92,12 @@ def main(argv=None) -> int:
         speeds = {r["details"]["shape"]: r["value"] for r in per_shape if r["name"].startswith("layer_speedup_b1:")}
         why = amdahl(shares, speeds, {k: ideal_speedup(s) for k, s in kernel["shapes"].items()})
         d = e2e["decode_speedup_b1"]["details"]
-        row = {"pattern": label, "formats": kernel["format"], "status": kernel["status"],
+        choice = {k: {"rule": c["rule"], "format": c["format"], "chosen_by": c["chosen_by"],
+                      "speedup_over_rule": c.get("speedup_over_rule")} for k, c in kernel["format_choice"].items()}
+        print(f"{label}: formats " + ", ".join(f"{k} {c['format']} (rule {c['rule']}; " + ", ".join(
+            f"{f} {by['1']['median']:.2f}x [{by['1']['lo']:.2f}-{by['1']['hi']:.2f}]"
+            for f, by in (c["speedup_over_rule"] or {}).items()) + ")" for k, c in choice.items()), flush=True)
+        row = {"pattern": label, "formats": kernel["format"], "status": kernel["status"], "format_choice": choice,
                "decode_speedup": d["speedup_paired"], "verdict": d["verdict"], "aa": d["aa"],
                "rounds": d["rounds"], "stopped_by": d["stopped_by"],
                "prefill_speedup": e2e["prefill_speedup"]["details"]["speedup_paired"],
