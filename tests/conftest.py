@@ -1,7 +1,13 @@
-"""Shared fixtures: small real models saved to disk, and grid files that point at them."""
+"""Shared fixtures: small real models saved to disk, grid files that point at them, and one Ray instance
+for the suite's `bench submit` runs."""
 
 from __future__ import annotations
 
+import os
+import re
+import socket
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -136,3 +142,69 @@ def small_grid(model, extra="", patterns='["50%"]') -> str:
 
 def grid_text(model, extra="", methods='["magnitude"]', patterns='["50%"]') -> str:
     return f'models = [{{ path = "{model}" }}]\nmethods = {methods}\npatterns = {patterns}\n{extra}\n'
+
+
+# ---- one Ray instance for the whole suite ------------------------------------------------------------------
+# Starting a local Ray instance takes about 7 s here and stopping it 2 s, paid by every `bench submit`. The
+# suite's runs join one head node instead, through RAY_ADDRESS (which `bench submit` honours as `ray job
+# submit` sets it), except tests marked `local_ray`: those test the local instance itself (loopback binding,
+# leftovers of kill -9, signals during start-up) or start their own cluster. `ray stop --force` in such a
+# test stops the shared head as well; the next test that needs it starts it again.
+# SPARSEBENCH_TEST_LOCAL_RAY=1 gives every test its own local instance, as before.
+
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+class SharedRay:
+    def __init__(self) -> None:
+        self.address: str | None = None
+
+    def alive(self) -> bool:
+        if not self.address:
+            return False
+        host, _, port = self.address.rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=2):
+                return True
+        except OSError:
+            return False
+
+    def ensure(self) -> str:
+        if not self.alive():
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+            env.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token")  # `ray start` asks for a token (Ray 2.60)
+            proc = subprocess.run([RAY, "start", "--head", "--port", str(port), "--num-cpus", str(os.cpu_count() or 1), "--include-dashboard", "false",
+                                   "--disable-usage-stats"], capture_output=True, text=True, env=env, timeout=180)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            found = re.search(r"ray start --address='([^']+)'", proc.stdout + proc.stderr)
+            assert found, proc.stdout + proc.stderr
+            self.address = found.group(1)
+        return self.address
+
+    def stop(self) -> None:
+        if self.alive():
+            subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def shared_ray_head():
+    head = SharedRay()
+    yield head
+    head.stop()
+
+
+@pytest.fixture(autouse=True)
+def _ray_for_submits(request, monkeypatch):
+    """RAY_ADDRESS for the test's `bench submit` runs (and in-process runs): the shared head, started on the
+    first test that may start Ray (marked `slow` or using a fixture that runs a grid), or unset."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if os.environ.get("SPARSEBENCH_TEST_LOCAL_RAY") == "1" or request.node.get_closest_marker("local_ray"):
+        return
+    if not (request.node.get_closest_marker("slow") or "dashboard_store" in request.fixturenames):
+        return
+    head = request.getfixturevalue("shared_ray_head")
+    monkeypatch.setenv("RAY_ADDRESS", head.ensure())
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # the head wrote its token to ~/.ray/auth_token

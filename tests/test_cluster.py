@@ -27,7 +27,7 @@ import pytest
 from bench.store import Store
 from conftest import FAST_LATENCY, FAST_PPL, write_grid
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.local_ray]  # its own cluster
 
 RAY = str(Path(sys.executable).parent / "ray")
 

@@ -58,6 +58,7 @@ def test_a_failed_stage_says_what_kind_of_failure_it_was(tmp_path, untrained_mod
 # ---- 14: SIGTERM during start-up --------------------------------------------------------------------
 
 @pytest.mark.slow
+@pytest.mark.local_ray
 @pytest.mark.parametrize("delay", [0.0, 1.5])
 def test_sigterm_during_start_up_exits_143_with_a_line(tmp_path, untrained_model, delay):
     """Defect 14: SIGTERM while Ray started exited 15 with no message (ray.init's own handler). Sent as the
@@ -104,6 +105,7 @@ def test_sigterm_before_the_run_exits_143_with_a_line(tmp_path, untrained_model,
 # ---- 4 and 12: the local Ray instance ----------------------------------------------------------------
 
 @pytest.mark.slow
+@pytest.mark.local_ray
 def test_a_local_ray_instance_listens_on_loopback_only():
     """Defect 4: Ray's GCS and raylet listened on every interface, and Ray has no authentication."""
     import psutil
@@ -139,6 +141,7 @@ def test_a_local_ray_instance_listens_on_loopback_only():
 
 
 @pytest.mark.slow
+@pytest.mark.local_ray
 def test_after_kill_9_the_next_submit_closes_the_run_and_stops_the_orphans(tmp_path, tiny_model):
     """Defect 12: after kill -9 of `bench submit` its run stayed `running` and two Ray agents lived on."""
     from bench.run.cluster import dead_session_processes

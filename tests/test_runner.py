@@ -1,12 +1,13 @@
 """Runner pieces that need no cluster: resource mapping, feasibility, address checks, progress."""
 
 import io
+import os
 
 import pytest
 
 from bench.errors import BenchError
 from bench.spec.hardware import Hardware
-from bench.run.cluster import check_address
+from bench.run.cluster import check_address, job_env, resolve_address
 from bench.run.runner import Progress
 
 
@@ -53,6 +54,36 @@ def test_unreachable_address_fails_fast_in_one_line():
     with pytest.raises(BenchError, match="is not host:port"):
         check_address("nonsense")
     check_address("auto")  # resolved by Ray itself
+
+
+def test_ray_address_in_the_environment_is_joined_and_named_when_unreachable(monkeypatch, tmp_path, untrained_model):
+    """`ray job submit` runs its entrypoint with RAY_ADDRESS set: `bench submit` joins that cluster (it started
+    a second, local one before), and --address still wins."""
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
+    assert resolve_address(None) == ("127.0.0.1:9", "RAY_ADDRESS")
+    assert resolve_address("10.0.0.5:6379") == ("10.0.0.5:6379", "--address")
+    monkeypatch.setenv("RAY_ADDRESS", "  ")
+    assert resolve_address(None) == (None, "--address")
+    from conftest import bench, grid_text, one_line_exit_2, write_grid
+
+    grid = write_grid(tmp_path, grid_text(untrained_model))
+    db = tmp_path / "b.duckdb"
+    proc = bench("submit", grid, "--db", db, env={**os.environ, "RAY_ADDRESS": "127.0.0.1:9"})
+    line = one_line_exit_2(proc)
+    assert line.startswith("bench: error: RAY_ADDRESS: no Ray cluster answers at 127.0.0.1:9 ") and "unset RAY_ADDRESS" in line
+    assert not db.exists()  # refused before anything was written
+
+
+def test_workers_get_the_drivers_kernel_and_cache_settings(monkeypatch):
+    """A joined cluster's workers inherit their raylet's environment, not the driver's: the settings a stage
+    depends on travel with the job."""
+    for name in ("SPARSEBENCH_ISA", "SPARSEBENCH_SPIN_US", "SPARSEBENCH_MODEL_CACHE", "OMP_WAIT_POLICY"):
+        monkeypatch.delenv(name, raising=False)
+    assert job_env() == {"OMP_WAIT_POLICY": "PASSIVE"}
+    monkeypatch.setenv("SPARSEBENCH_ISA", "avx2")
+    monkeypatch.setenv("SPARSEBENCH_MODEL_CACHE", "/shared/models")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert job_env() == {"OMP_WAIT_POLICY": "ACTIVE", "SPARSEBENCH_ISA": "avx2", "SPARSEBENCH_MODEL_CACHE": "/shared/models"}
 
 
 class Done:

@@ -54,7 +54,8 @@ def _run_commands(sub) -> None:
     db(s)
     s.add_argument("--dry-run", action="store_true", help="print the jobs and what would run; run nothing")
     s.add_argument("--force", action="store_true", help="re-run jobs that are already done")
-    s.add_argument("--address", help="join an existing Ray cluster (host:port, auto, ray://...) instead of a local one")
+    s.add_argument("--address", help="join an existing Ray cluster (host:port, auto, ray://...) instead of a local one "
+                        "(default: $RAY_ADDRESS when set, as `ray job submit` sets it)")
     s.add_argument("--max-in-flight", type=int, default=None, help="tasks outstanding at once (default: 2 x cluster CPUs)")
     s.add_argument("--no-progress", action="store_true", help="no progress output")
     s.add_argument("--artifacts", type=Path, default=None,

@@ -149,22 +149,45 @@ def unschedulable(hardware: list[Hardware]) -> dict[Hardware, str]:
     return out
 
 
-def check_address(address: str, timeout_s: float = 5.0) -> None:
+# What a stage's behaviour depends on in the driver's environment. A local instance's workers inherit the
+# driver's environment; a joined cluster's workers inherit their raylet's, so these are passed with the job.
+FORWARDED_ENV = ("SPARSEBENCH_ISA", "SPARSEBENCH_SPIN_US", "SPARSEBENCH_MODEL_CACHE")
+
+
+def resolve_address(flag: str | None) -> tuple[str | None, str]:
+    """The cluster to join and where that came from: `--address`, else `RAY_ADDRESS` (as Ray itself reads it,
+    and as `ray job submit` sets it for its entrypoint), else None: a local instance."""
+    if flag:
+        return flag, "--address"
+    env = os.environ.get("RAY_ADDRESS", "").strip()
+    return (env, "RAY_ADDRESS") if env else (None, "--address")
+
+
+def check_address(address: str, timeout_s: float = 5.0, source: str = "--address") -> None:
     """Fail fast, in one line, when nothing listens at a Ray address of the form host:port."""
     if address in ("auto", "local") or address.startswith("ray://"):
         return
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
-        raise BenchError(f"--address: '{address}' is not host:port (e.g. 10.0.0.5:6379), 'auto' or ray://host:10001")
+        raise BenchError(f"{source}: '{address}' is not host:port (e.g. 10.0.0.5:6379), 'auto' or ray://host:10001")
+    drop = "drop --address" if source == "--address" else f"unset {source}"
     try:
         with socket.create_connection((host, int(port)), timeout=timeout_s):
             pass
     except OSError as err:
-        raise BenchError(f"--address: no Ray cluster answers at {address} ({err.strerror or err}); "
-                         "start one with `ray start --head` or drop --address to run locally") from None
+        raise BenchError(f"{source}: no Ray cluster answers at {address} ({err.strerror or err}); "
+                         f"start one with `ray start --head` or {drop} to run locally") from None
 
 
-def init_ray(address: str | None, oom_retries: int = 2) -> bool:
+def job_env() -> dict[str, str]:
+    """The environment every worker of this run gets: the pool's wait policy (see bench.cli.OMP_WAIT_POLICY)
+    and the driver's FORWARDED_ENV settings."""
+    env = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    env.update({k: os.environ[k] for k in FORWARDED_ENV if k in os.environ})
+    return env
+
+
+def init_ray(address: str | None, oom_retries: int = 2, source: str = "--address") -> bool:
     """Connect to `address` or start a local instance (loopback only); True if this call started Ray."""
     import logging
     from contextlib import nullcontext
@@ -191,7 +214,7 @@ def init_ray(address: str | None, oom_retries: int = 2) -> bool:
             ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
                      logging_level=logging.ERROR, configure_logging=True,
                      # workers import torch after this is set: see bench.cli.OMP_WAIT_POLICY
-                     runtime_env={"env_vars": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}})
+                     runtime_env={"env_vars": job_env()})
     except SystemExit as exit:  # SIGTERM during ray.init: its own handler (set as it starts) exits 15
         if exit.code != signal.SIGTERM:
             raise
@@ -205,9 +228,9 @@ def init_ray(address: str | None, oom_retries: int = 2) -> bool:
             raise
         message = " ".join(str(err).split())
         if "Authentication" in message or "auth" in message.lower():
-            raise BenchError(f"--address: the Ray cluster at {address} wants token authentication: set "
+            raise BenchError(f"{source}: the Ray cluster at {address} wants token authentication: set "
                              "RAY_AUTH_MODE=token and make its token readable (RAY_AUTH_TOKEN or ~/.ray/auth_token)") from None
-        raise BenchError(f"--address: could not join the Ray cluster at {address}: {message[:500]}") from None
+        raise BenchError(f"{source}: could not join the Ray cluster at {address}: {message[:500]}") from None
     finally:
         if main and previous is not None:
             signal.signal(signal.SIGTERM, previous)

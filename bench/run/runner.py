@@ -8,8 +8,8 @@ and `latency` (one per pruned model x hardware x kernel). Stages are keyed by co
 model is made once, stored as an artifact, and used by its evaluation and by every latency stage. Only
 stages missing from the store run; a job's record is written when its last stage finishes.
 
-`ray.init()` starts a local instance unless `address` names a cluster to join. Each stage is one Ray task
-with the resources of its hardware target (bench.spec.hardware); a target no alive node can ever run fails its
+`ray.init()` starts a local instance unless `address` (else `RAY_ADDRESS`) names a cluster to join. Each stage
+is one Ray task with the resources of its hardware target (bench.spec.hardware); a target no alive node can ever run fails its
 jobs before anything starts, with the cluster's resources in the message. At most `max_in_flight` tasks
 are outstanding; `ray.wait` hands back whichever finishes first. A lost worker or node is retried by Ray
 (`max_retries`), an exception inside a stage is not (it comes back as a failed result), a stage killed by
@@ -159,17 +159,19 @@ def run_grid(spec, jobs: list[Job], store: Store, *, artifacts: Artifacts, addre
     def waiting(holder: str) -> None:
         print(f"bench: waiting for the other bench process writing {store.path} ({holder})", file=sys.stderr, flush=True)
 
-    if address:
-        from bench.run.cluster import check_address
+    from bench.run.cluster import check_address, resolve_address
 
-        check_address(address)  # an unreachable cluster is refused before anything is written
+    address, source = resolve_address(address)
+    if address:
+        check_address(address, source=source)  # an unreachable cluster is refused before anything is written
     # SIGINT and SIGTERM are caught from here on, start-up included: a signal before the first dispatch ends
     # the run at the next start-up step with one line; after it, the scheduler cancels and records.
     with _Signals() as signals, store.submit_lock(wait=wait, command=command, on_wait=waiting):
-        return _run_locked(spec, jobs, store, artifacts, address, force, max_in_flight, progress, command, signals)
+        return _run_locked(spec, jobs, store, artifacts, (address, source), force, max_in_flight, progress, command,
+                           signals)
 
 
-def _run_locked(spec, jobs, store, artifacts, address, force, max_in_flight, progress, command, signals) -> RunSummary:
+def _run_locked(spec, jobs, store, artifacts, cluster, force, max_in_flight, progress, command, signals) -> RunSummary:
     from bench.provenance import git_state, hardware_fingerprint, package_versions
 
     for run_id in store.close_abandoned_runs():  # we hold the lock: no driver of theirs is alive
@@ -185,7 +187,8 @@ def _run_locked(spec, jobs, store, artifacts, address, force, max_in_flight, pro
     import ray
 
     signals.check()
-    started_ray = init_ray(address, oom_retries=spec.max_retries)
+    address, source = cluster
+    started_ray = init_ray(address, oom_retries=spec.max_retries, source=source)
     try:
         signals.check()
         blocked = unschedulable(sorted({j.hardware for j in todo}, key=str))
