@@ -20,16 +20,24 @@ import streamlit as st
 
 from bench.errors import BenchError
 from bench.store import DEFAULT_DB, Store
-from dashboard import queries
+from dashboard import charts, labels, queries
 
 HERE = Path(__file__).parent
 PAGES = [("views/leaderboard.py", "Leaderboard", ":material/leaderboard:"),
          ("views/tradeoffs.py", "Trade-offs", ":material/scatter_plot:"),
          ("views/kernels.py", "Kernels", ":material/memory:"),
          ("views/runs.py", "Runs", ":material/history:"),
-         ("views/compare.py", "Compare", ":material/compare_arrows:")]
+         ("views/compare.py", "Compare", ":material/compare_arrows:"),
+         ("views/job.py", "Job", ":material/description:")]
+HIDDEN = {"views/job.py"}  # reached from a table's link (job?job=KEY), not from the navigation
 FILTER_LABELS = {"models": "Model", "methods": "Method", "patterns": "Pattern", "hardware": "Hardware",
                  "kernels": "Kernel"}
+# The URL's query parameter of each filter (the widget's key): `?method=wanda&method=sparsegpt&pattern=2:4`
+# opens that selection, and every change of a filter rewrites the URL, so a view can be shared and survives
+# a reload. They are bound in the entrypoint, so they stay in the URL from page to page.
+FILTER_PARAMS = {"models": "model", "methods": "method", "patterns": "pattern", "hardware": "hardware",
+                 "kernels": "kernel"}
+SPARSITY_PARAM = "sparsity"
 
 
 def store_path() -> Path:
@@ -42,10 +50,44 @@ def _cached(name: str, path: str, token: tuple, kwargs: tuple) -> Any:
         return getattr(queries, name)(con, **dict(kwargs))
 
 
+def encoding() -> charts.Encoding:
+    """The store's colours and symbols: from every method and pattern of its finished jobs, whatever the
+    filters, so that a method keeps its colour on every page and under every filter."""
+    options = load("filter_options")
+    return charts.encoding(options.loc[options["field"] == "methods", "value"].dropna(),
+                           options.loc[options["field"] == "patterns", "value"].dropna())
+
+
 def load(name: str, **kwargs) -> Any:
     """`queries.<name>(con, **kwargs)` on the store, cached until the store file changes."""
     path = store_path()
     return _cached(name, str(path), queries.store_token(path), tuple(sorted(kwargs.items())))
+
+
+def column_config(frame: pd.DataFrame) -> dict:
+    """Streamlit column settings for every column of `frame` from the shared table of labels and formats."""
+    config = {}
+    for name in frame.columns:
+        entry = labels.column(name)
+        numeric = pd.api.types.is_numeric_dtype(frame[name]) and not pd.api.types.is_bool_dtype(frame[name])
+        if numeric and labels.printf(name):
+            config[name] = st.column_config.NumberColumn(entry.label, format=labels.printf(name), help=entry.help)
+        else:
+            config[name] = st.column_config.Column(entry.label, help=entry.help)
+    return config
+
+
+def table(frame: pd.DataFrame, key: str, config: dict | None = None, **kwargs) -> None:
+    """`frame` as a table with the shared labels and formats: percent columns in percent (their header says
+    so), 3 significant digits, nothing written for a missing value."""
+    shown = frame.copy()
+    for name in shown.columns:
+        if labels.column(name).kind in ("share", "points") and pd.api.types.is_numeric_dtype(shown[name]):
+            shown[name] = shown[name] * 100
+        elif labels.column(name).kind == "commit":
+            shown[name] = shown[name].map(lambda v: labels.text(v, name))
+    st.dataframe(shown, hide_index=True, key=key, column_config={**column_config(shown), **(config or {})},
+                 placeholder="", **kwargs)
 
 
 def first_steps(reason: str) -> None:
@@ -111,11 +153,13 @@ def sidebar_filters() -> None:
         values = options.loc[options["field"] == field]
         values = values.sort_values(["number", "value"]) if field == "patterns" else values
         choices = values["value"].dropna().tolist()
-        picked = st.sidebar.multiselect(label, choices, key=f"filter_{field}", placeholder="all")
+        picked = st.sidebar.multiselect(label, choices, key=FILTER_PARAMS[field], placeholder="all",
+                                        bind="query-params")
         chosen[field] = tuple(v for v in picked if v in choices)
     # A fixed 0-1 range rather than the levels in the store: a selection then keeps its meaning when a
     # running grid adds a new sparsity (the full range, the default, filters nothing).
-    lo, hi = st.sidebar.slider("Target sparsity", 0.0, 1.0, (0.0, 1.0), step=0.05, key="filter_sparsity")
+    lo, hi = st.sidebar.slider("Target sparsity", 0.0, 1.0, (0.0, 1.0), step=0.05, key=SPARSITY_PARAM,
+                               bind="query-params")
     if (lo, hi) != (0.0, 1.0):
         chosen["sparsity"] = (lo, hi)
     st.session_state["filters"] = queries.Filters(**chosen)
@@ -123,7 +167,11 @@ def sidebar_filters() -> None:
 
 def main() -> None:
     st.set_page_config(page_title="SparseBench", page_icon=":material/speed:", layout="wide")
-    nav = st.navigation([st.Page(str(HERE / f), title=t, icon=i, default=(k == 0)) for k, (f, t, i) in enumerate(PAGES)])
+    # less blank space above the title: at 1280x800 the leaderboard's chart and first rows must fit
+    st.html("<style>[data-testid='stMainBlockContainer'] {padding-top: 2rem;}</style>")
+    nav = st.navigation([st.Page(str(HERE / f), title=t, icon=i, default=(k == 0),
+                                 visibility="hidden" if f in HIDDEN else "visible")
+                         for k, (f, t, i) in enumerate(PAGES)])
     sidebar_filters()
     nav.run()
 

@@ -4,7 +4,9 @@
     fig = tradeoff_figure(board, accuracy="perplexity", speed="decode_speedup_b1")
 
 The frames are those of `dashboard.queries`. Colours follow the method and symbols the pattern in every
-chart, so a method looks the same on every page.
+chart, from one `Encoding` of the whole store (the app builds it from every method and pattern the store
+holds), so a method looks the same on every page and under every filter. Labels and number formats come
+from `dashboard.labels`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
+
+from dashboard import labels
 
 SYMBOLS = ["circle", "diamond", "square", "triangle-up", "x", "star", "cross", "triangle-down", "pentagon",
            "hexagon", "triangle-left", "triangle-right", "hourglass", "bowtie"]
@@ -58,15 +62,35 @@ SPEED = {
 ON_FRONT = ("faster", "dense")
 
 
+def _dense(board: pd.DataFrame) -> pd.Series:
+    return board["method"] == "dense" if "method" in board.columns else pd.Series(False, index=board.index)
+
+
+def _mask_only(board: pd.DataFrame) -> pd.Series:
+    if "kernel_status" not in board.columns:
+        return pd.Series(False, index=board.index)
+    return board["kernel_status"] == "mask only"
+
+
 def measured(board: pd.DataFrame, speed: str) -> pd.Series:
-    """True for rows whose speed is a measured verdict that may stand on a front (or a dense row); rows
-    without a verdict (stored before verdicts existed) never are, except dense ones."""
+    """True for the rows that may stand on a front: a dense row (1x by definition), or an accelerated row
+    whose speed was measured `faster`. A mask-only row never does, whatever its noise says: its zeros were
+    run as dense weights. Rows without a verdict (stored before verdicts existed) never do either."""
     column = SPEED.get(speed, Axis(speed, True)).verdict
-    dense = board["method"] == "dense" if "method" in board.columns else pd.Series(False, index=board.index)
+    dense = _dense(board)
     if column is None or column not in board.columns:
         return dense
-    return board[column].isin(ON_FRONT) | dense
+    return (board[column].isin(ON_FRONT) & ~_mask_only(board)) | dense
 
+
+def solid(board: pd.DataFrame, speed: str) -> pd.Series:
+    """True for points drawn solid: dense, and accelerated rows with a measured verdict (faster or slower).
+    Hollow: no measurable difference, mask only, or no verdict."""
+    column = SPEED.get(speed, Axis(speed, True)).verdict
+    dense = _dense(board)
+    if column is None or column not in board.columns:
+        return dense
+    return (board[column].isin(("faster", "slower")) & ~_mask_only(board)) | dense
 
 
 def accuracy_axis(column: str) -> Axis:
@@ -74,19 +98,67 @@ def accuracy_axis(column: str) -> Axis:
     return ACCURACY.get(column) or Axis(f"{column} (higher is better)", True)
 
 
+# Built-in methods keep these colours in every store; other methods take the palette in name order.
+METHOD_COLOURS = {"dense": "#222222", "random": "#9e9e9e", "magnitude": "#1f77b4", "wanda": "#ff7f0e",
+                  "sparsegpt": "#2ca02c"}
+MASK_ONLY = "#b0b0b0"  # points whose zeros no kernel ran: grey, hollow, never on a front
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """One colour per method and one symbol per pattern, for a whole store: built from every method and
+    pattern the store holds (not the filtered rows), so a method keeps its colour on every page and under
+    every filter."""
+    colour: dict
+    symbol: dict
+
+    def method_colour(self, method: str) -> str:
+        return self.colour.get(method, "#666666")
+
+    def pattern_symbol(self, pattern: str) -> str:
+        return self.symbol.get(pattern, "circle")
+
+
+def encoding(methods, patterns) -> Encoding:
+    """The encoding of a store whose methods and patterns are these (in any order, repeats allowed)."""
+    palette = [c for c in qualitative.Plotly + qualitative.D3 + qualitative.Dark24 if c not in METHOD_COLOURS.values()]
+    colour = {m: c for m, c in METHOD_COLOURS.items()}
+    others = sorted({str(m) for m in methods} - set(colour))
+    colour.update({m: palette[i % len(palette)] for i, m in enumerate(others)})
+    ordered = sorted({str(p) for p in patterns}, key=_pattern_order)
+    return Encoding(colour, {p: SYMBOLS[i % len(SYMBOLS)] for i, p in enumerate(ordered)})
+
+
+def _encoding_of(frame: pd.DataFrame, enc: Encoding | None) -> Encoding:
+    if enc is not None:
+        return enc
+    return encoding(frame["method"].unique() if "method" in frame else (),
+                    frame["pattern"].unique() if "pattern" in frame else ())
+
+
 def colours(methods) -> dict[str, str]:
-    """A fixed colour per method name, stable across pages: sorted names take the palette in turn; dense is black."""
-    palette = qualitative.Plotly + qualitative.D3
-    names = sorted({m for m in methods if m != "dense"})
-    return {"dense": "#222222", **{m: palette[i % len(palette)] for i, m in enumerate(names)}}
+    """A fixed colour per method name (see `encoding`)."""
+    return encoding(methods, ()).colour
 
 
 def symbols(patterns) -> dict[str, str]:
-    return {p: SYMBOLS[i % len(SYMBOLS)] for i, p in enumerate(sorted(set(patterns), key=_pattern_order))}
+    return encoding((), patterns).symbol
 
 
 def _pattern_order(label: str):
-    return (label != "dense", ":" in label, label)
+    """dense first, then unstructured by sparsity, then N:M by density, then anything else by name."""
+    if label == "dense":
+        return (0, 0.0, label)
+    if label.endswith("%"):
+        try:
+            return (1, float(label[:-1]), label)
+        except ValueError:
+            pass
+    if ":" in label:
+        n, _, m = label.partition(":")
+        if n.isdigit() and m.isdigit() and int(m):
+            return (2, 1 - int(n) / int(m), label)
+    return (3, 0.0, label)
 
 
 def pareto_mask(df: pd.DataFrame, x: str, y: str, x_higher: bool = True, y_higher: bool = True) -> pd.Series:
@@ -117,113 +189,170 @@ def pareto_rows(board: pd.DataFrame, accuracy: str, speed: str) -> pd.DataFrame:
     return board[mask]
 
 
-def _grid(frame: pd.DataFrame, rows: str, cols: str, titles) -> tuple[go.Figure, list, list]:
-    row_keys = sorted(frame[rows].dropna().unique()) or [None]
-    col_keys = sorted(frame[cols].dropna().unique()) or [None]
-    fig = make_subplots(rows=len(row_keys), cols=len(col_keys), shared_xaxes=False, shared_yaxes=False,
-                        subplot_titles=[titles(r, c) for r in row_keys for c in col_keys],
-                        vertical_spacing=0.16 if len(row_keys) > 1 else 0.08, horizontal_spacing=0.06)
-    return fig, row_keys, col_keys
-
-
 def _scatter(n_points: int):
     return go.Scattergl if n_points > WEBGL_ABOVE else go.Scatter
 
 
-def _hover(df: pd.DataFrame, fields: list[tuple[str, str]]) -> tuple[list, str]:
-    """customdata and a hovertemplate showing `fields` (column, label) that exist in `df`."""
-    present = [(c, label) for c, label in fields if c in df.columns]
-    data = df[[c for c, _ in present]].astype(object).where(df[[c for c, _ in present]].notna(), "").to_numpy()
-    lines = [f"{label}: %{{customdata[{i}]}}" for i, (_, label) in enumerate(present)]
+def _hover(df: pd.DataFrame, fields: list[str]) -> tuple[np.ndarray, str]:
+    """customdata and a hovertemplate showing `fields` (columns of `df`), each written as every page writes it
+    (`labels.text`: 3 significant digits, a short commit, nothing for a missing value)."""
+    present = [c for c in fields if c in df.columns]
+    data = np.empty((len(df), len(present)), dtype=object)
+    for i, c in enumerate(present):
+        data[:, i] = [labels.text(v, c) for v in df[c].tolist()]
+    lines = [f"{labels.label(c)}: %{{customdata[{i}]}}" for i, c in enumerate(present)]
     return data, "<br>".join(lines) + "<extra></extra>"
 
 
-PROVENANCE = [("method", "method"), ("pattern", "pattern"), ("measured_sparsity", "measured sparsity"),
-              ("kernel", "kernel"), ("kernel_status", "kernel status"), ("hardware", "hardware"), ("seed", "seed"),
-              ("job_key", "job"), ("run_id", "run"), ("git_commit", "commit"), ("finished_at", "finished")]
+PROVENANCE = ["method", "pattern", "measured_sparsity", "kernel", "kernel_status", "hardware", "seed", "job_key",
+              "run_id", "git_commit", "finished_at"]
+
+
+def log_ticks(values) -> dict:
+    """Tick values and labels for a log axis over `values`: 1, 2, 5 per decade across up to two decades,
+    else the powers of ten (Plotly's own minor labels read "1000, 5, 2, 100")."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x) and x > 0], dtype=float)
+    if v.size == 0:
+        return {}
+    lo, hi = np.floor(np.log10(v.min())), np.ceil(np.log10(v.max()))
+    if hi == lo:
+        hi = lo + 1
+    steps = (1, 2, 5) if hi - lo <= 2 else (1,)
+    ticks = [m * 10 ** e for e in range(int(lo), int(hi) + 1) for m in steps]
+    ticks = [t for t in ticks if v.min() / 2 <= t <= v.max() * 2] or [10 ** lo, 10 ** hi]
+    return dict(tickmode="array", tickvals=ticks, ticktext=[f"{t:g}" for t in ticks])
+
+
+def _legend_entries(fig: go.Figure, enc: Encoding, methods, patterns, with_status: bool = True) -> None:
+    """Methods as colours, patterns as symbols, in two legend groups of their own (and what solid, hollow and
+    grey mean), so no entry mixes the two encodings."""
+    for i, method in enumerate(m for m in enc.colour if m in set(methods)):
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=method, legendgroup=f"method {method}",
+                                 legendgrouptitle_text="method" if i == 0 else None, legendrank=100,
+                                 marker=dict(color=enc.method_colour(method), symbol="circle", size=10)))
+    for i, pattern in enumerate(p for p in enc.symbol if p in set(patterns)):
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=pattern, legendgroup="patterns",
+                                 legendgrouptitle_text="pattern" if i == 0 else None, legendrank=200,
+                                 marker=dict(color="#777777", symbol=enc.pattern_symbol(pattern), size=10)))
+    if with_status:
+        for i, (name, symbol, colour) in enumerate((("measured faster or slower", "circle", "#777777"),
+                                                    ("no measurable difference", "circle-open", "#777777"),
+                                                    ("mask only (no kernel ran the zeros)", "circle-open", MASK_ONLY))):
+            fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=name, legendgroup="status",
+                                     legendgrouptitle_text="speed" if i == 0 else None, legendrank=300,
+                                     marker=dict(color=colour, symbol=symbol, size=10, line=dict(width=2, color=colour))))
+
+
+PANELS_PER_ROW = 2
 
 
 def tradeoff_figure(board: pd.DataFrame, accuracy: str = "perplexity", speed: str = "decode_speedup_b1",
-                    title: str | None = None) -> go.Figure:
-    """Accuracy against measured speedup: one panel per (model, hardware), colour by method, symbol by pattern
-    (hollow where the speed is no measured verdict: noise, slower, or stored without one), the 95% interval
-    of the speedup as horizontal bars, and the Pareto front of each panel, over measured verdicts only, as a
-    dashed line."""
+                    title: str | None = None, enc: Encoding | None = None, height: int = 340,
+                    status_legend: bool = True) -> go.Figure:
+    """Accuracy against measured speedup: one panel per (model, hardware), colour by method and symbol by
+    pattern (`enc`, the store's), solid where the speed is a measured verdict, hollow where it is no
+    measurable difference, grey and hollow for mask-only rows; the 95% interval of each speedup as a bar;
+    the A/A noise band of the panel's dense rows around 1x; and the Pareto front of each panel, over dense
+    and measured-faster rows only, as a dashed line."""
     acc, spd = accuracy_axis(accuracy), SPEED.get(speed, Axis(speed, True))
     frame = board.dropna(subset=[accuracy, speed]) if {accuracy, speed} <= set(board.columns) else board.iloc[0:0]
     if frame.empty:
-        return empty_figure(f"no finished job has both {accuracy} and {speed}")
-    fig, models, hardware = _grid(frame, "model", "hardware", lambda m, h: f"{m} · {h}")
-    colour, symbol = colours(frame["method"].unique()), symbols(frame["pattern"].unique())
+        return empty_figure(f"no finished job has both {labels.label(accuracy)} and {labels.label(speed)}")
+    enc = _encoding_of(frame, enc)
+    panels = dict(sorted(frame.groupby(["model", "hardware"], sort=False), key=lambda kv: kv[0]))
+    ncols = min(len(panels), PANELS_PER_ROW)
+    nrows = -(-len(panels) // ncols)
+    fig = make_subplots(rows=nrows, cols=ncols, subplot_titles=[f"{m} · {h}" for m, h in panels],
+                        vertical_spacing=min(0.16, 0.5 / nrows) if nrows > 1 else 0.08, horizontal_spacing=0.07)
     cloud = len(frame) > MARKED_UP_TO
-    per_method = not cloud and len(models) * len(hardware) * frame["method"].nunique() <= TRACES_UP_TO
+    per_method = not cloud and len(panels) * frame["method"].nunique() <= TRACES_UP_TO
     Scatter = go.Scatter if cloud else _scatter(len(frame))
     shown = set()
-    panels = dict(iter(frame.groupby(["model", "hardware"], sort=False)))
-    for r, model in enumerate(models, start=1):
-        for c, hw in enumerate(hardware, start=1):
-            panel = panels.get((model, hw))
-            if panel is None:
-                continue
-            eligible = measured(panel, speed)
-            on_front = pareto_mask(panel[eligible], speed, accuracy, True, bool(acc.higher_is_better)).reindex(
-                panel.index, fill_value=False)
-            marked = panel[on_front] if cloud else panel
-            if cloud:
-                rest = panel[~on_front]
-                fig.add_trace(go.Scattergl(
-                    x=rest[speed].to_numpy(), y=rest[accuracy].to_numpy(), mode="markers", hoverinfo="skip",
-                    name="off the fronts (no hover)", legendgroup="cloud", showlegend="cloud" not in shown,
-                    marker=dict(color="#c4c4c4", size=4)), row=r, col=c)
-                shown.add("cloud")
-            groups = marked.groupby("method", sort=True) if per_method else [(None, marked)]
-            for method, g in groups:
-                custom, hover = _hover(g, [(accuracy, acc.label), (speed, spd.label), (spd.verdict, "verdict"), *PROVENANCE])
-                error = None
-                if spd.lo in g.columns and spd.hi in g.columns:
-                    error = dict(type="data", symmetric=False, array=(g[spd.hi] - g[speed]).clip(lower=0).fillna(0),
-                                 arrayminus=(g[speed] - g[spd.lo]).clip(lower=0).fillna(0), thickness=1, width=0)
-                solid = measured(g, speed)  # noise, slower and unverdicted points are drawn hollow
-                fig.add_trace(Scatter(
-                    x=g[speed], y=g[accuracy], mode="markers", name=method or "configurations",
-                    legendgroup=method, showlegend=method is not None and method not in shown, error_x=error,
-                    customdata=custom, hovertemplate=hover,
-                    marker=dict(color=colour[method] if method else [colour[m] for m in g["method"]],
-                                symbol=[symbol[p] + ("" if s else "-open") for p, s in zip(g["pattern"], solid)], size=11,
-                                line=dict(width=1, color="white"))), row=r, col=c)
-                shown.add(method)
-            front = panel[on_front].sort_values(speed)
-            fig.add_trace(Scatter(x=front[speed], y=front[accuracy], mode="lines", name="Pareto front",
-                                  legendgroup="front", showlegend="front" not in shown, hoverinfo="skip",
-                                  line=dict(color="#888888", dash="dash", width=1.5, shape="linear")), row=r, col=c)
-            shown.add("front")
-    fig.update_xaxes(title_text=spd.label)  # every panel, in one call (Plotly's cost is per call)
-    fig.update_yaxes(title_text=acc.label, type="log" if acc.log else None)
-    if not per_method:  # one legend entry per method colour (the points are in per-panel traces)
-        present = set(frame["method"].unique())
-        for method in sorted(colour):
-            if method in present:
-                fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=method, legendgroup="methods",
-                                         marker=dict(color=colour[method], size=10)))
-    for label, sym in symbol.items():  # a legend entry per pattern symbol
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=f"pattern {label}", legendgroup="patterns",
-                                 marker=dict(symbol=sym, color="#999999", size=10)))
-    n_panels = len(models) * len(hardware)  # a dotted line at the dense model's speed in every panel
-    dense_speed = [dict(type="line", x0=1, x1=1, y0=0, y1=1, xref=f"x{i if i > 1 else ''}",
-                        yref=f"y{i if i > 1 else ''} domain", line=dict(color="#bbbbbb", width=1, dash="dot"))
-                   for i in range(1, n_panels + 1)]
-    fig.update_layout(title=title, height=max(380, 340 * len(models)), legend=dict(groupclick="togglegroup"),
-                      margin=dict(t=60, l=10, r=10, b=10), shapes=dense_speed)
+    shapes = []
+    for index, panel in enumerate(panels.values(), start=1):
+        r, c = (index - 1) // ncols + 1, (index - 1) % ncols + 1
+        axis = "" if index == 1 else str(index)
+        band = _aa_band(panel, speed)
+        if band is not None:
+            shapes.append(dict(type="rect", x0=band[0], x1=band[1], y0=0, y1=1, xref=f"x{axis}",
+                               yref=f"y{axis} domain", fillcolor="#dddddd", opacity=0.5, line=dict(width=0),
+                               layer="below"))
+        shapes.append(dict(type="line", x0=1, x1=1, y0=0, y1=1, xref=f"x{axis}", yref=f"y{axis} domain",
+                           line=dict(color="#999999", width=1, dash="dot")))
+        eligible = measured(panel, speed)
+        on_front = pareto_mask(panel[eligible], speed, accuracy, True, bool(acc.higher_is_better)).reindex(
+            panel.index, fill_value=False)
+        marked = panel[on_front] if cloud else panel
+        if cloud:
+            rest = panel[~on_front]
+            fig.add_trace(go.Scattergl(
+                x=rest[speed].to_numpy(), y=rest[accuracy].to_numpy(), mode="markers", hoverinfo="skip",
+                name="off the fronts (no hover)", legendgroup="cloud", showlegend="cloud" not in shown,
+                marker=dict(color="#c4c4c4", size=4)), row=r, col=c)
+            shown.add("cloud")
+        groups = marked.groupby("method", sort=True) if per_method else [(None, marked)]
+        for method, g in groups:
+            custom, hover = _hover(g, [accuracy, speed, spd.lo, spd.hi, spd.verdict, "decode_speedup_b1_rounds",
+                                       *PROVENANCE])
+            error = None
+            if spd.lo in g.columns and spd.hi in g.columns:
+                error = dict(type="data", symmetric=False, array=(g[spd.hi] - g[speed]).clip(lower=0).fillna(0),
+                             arrayminus=(g[speed] - g[spd.lo]).clip(lower=0).fillna(0), thickness=1, width=0,
+                             color="#888888")
+            full, grey = solid(g, speed), _mask_only(g)
+            colour = [MASK_ONLY if m_o else enc.method_colour(m) for m, m_o in zip(g["method"], grey)]
+            fig.add_trace(Scatter(
+                x=g[speed], y=g[accuracy], mode="markers", name=method or "configurations",
+                legendgroup=f"method {method}" if method else None, showlegend=False, error_x=error,
+                customdata=custom, hovertemplate=hover,
+                marker=dict(color=colour, size=11, line=dict(width=2, color=colour),
+                            symbol=[enc.pattern_symbol(p) + ("" if s else "-open") for p, s in zip(g["pattern"], full)])),
+                row=r, col=c)
+        front = panel[on_front].sort_values(speed)
+        fig.add_trace(Scatter(x=front[speed], y=front[accuracy], mode="lines", name="Pareto front",
+                              legendgroup="front", showlegend="front" not in shown, hoverinfo="skip", legendrank=400,
+                              line=dict(color="#555555", dash="dash", width=1.5, shape="linear")), row=r, col=c)
+        shown.add("front")
+    if any(s["type"] == "rect" for s in shapes):
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="A/A noise band (dense vs dense)",
+                                 legendgroup="band", legendrank=401,
+                                 marker=dict(symbol="square", color="#dddddd", size=14)))
+    fig.update_xaxes(title_text=labels.label(speed))  # every panel, in one call
+    if acc.log:
+        fig.update_yaxes(title_text=labels.label(accuracy) + " (log scale)", type="log", **log_ticks(frame[accuracy]))
+    else:
+        fig.update_yaxes(title_text=labels.label(accuracy))
+    _legend_entries(fig, enc, frame["method"].unique(), frame["pattern"].unique(), with_status=status_legend)
+    fig.update_layout(title=title, height=height * nrows, shapes=shapes,
+                      legend=dict(groupclick="togglegroup", font=dict(size=10), tracegroupgap=6),
+                      margin=dict(t=40 if title else 30, l=10, r=10, b=10))
     return fig
 
 
-def sparsity_figure(board: pd.DataFrame, accuracy: str = "perplexity") -> go.Figure:
-    """Accuracy against measured sparsity, one line per (method, pattern kind), one panel per model. Accuracy
-    does not depend on the kernel, so rows that differ only in hardware or kernel are counted once; seeds are
-    averaged (the hover gives how many)."""
+def _aa_band(panel: pd.DataFrame, speed: str) -> tuple[float, float] | None:
+    """The A/A interval of the panel's dense rows (the widest over their kernels), or None without one."""
+    lo, hi = AA_BAND.get(speed, (None, None))
+    if lo not in panel.columns or hi not in panel.columns:
+        return None
+    dense = panel[_dense(panel)]
+    los, his = dense[lo].dropna(), dense[hi].dropna()
+    if los.empty or his.empty:
+        return None
+    return float(los.min()), float(his.max())
+
+
+AA_BAND = {"decode_speedup_b1": ("decode_aa_b1_lo", "decode_aa_b1_hi")}
+
+
+def sparsity_figure(board: pd.DataFrame, accuracy: str = "perplexity", enc: Encoding | None = None) -> go.Figure:
+    """Accuracy against measured sparsity, one line per (method, pattern kind), one panel per model: solid
+    lines join a method's unstructured sparsities, dotted ones its N:M patterns. Accuracy does not depend on
+    the kernel, so rows that differ only in hardware or kernel are counted once; seeds are averaged (the
+    hover gives how many)."""
     acc = accuracy_axis(accuracy)
     if accuracy not in board.columns or board.dropna(subset=[accuracy]).empty:
-        return empty_figure(f"no finished job has {accuracy}")
+        return empty_figure(f"no finished job has {labels.label(accuracy)}")
+    enc = _encoding_of(board, enc)
     kind = board["pattern_kind"] if "pattern_kind" in board.columns else board["pattern"]
     frame = board.assign(pattern_kind=kind).dropna(subset=[accuracy])
     frame = frame.drop_duplicates(subset=["model", "method", "pattern", "seed"])
@@ -231,67 +360,103 @@ def sparsity_figure(board: pd.DataFrame, accuracy: str = "perplexity") -> go.Fig
              .agg(measured_sparsity=("measured_sparsity", "mean"), value=(accuracy, "mean"), seeds=("seed", "nunique")))
     models = sorted(frame["model"].unique())
     fig = make_subplots(rows=1, cols=len(models), subplot_titles=models, horizontal_spacing=0.06)
-    colour, symbol = colours(frame["method"].unique()), symbols(frame["pattern"].unique())
-    shown = set()
+    kinds = set()
     for c, model in enumerate(models, start=1):
         for (method, pkind), g in frame[frame["model"] == model].groupby(["method", "pattern_kind"], sort=True):
-            g = g.sort_values("measured_sparsity")
-            custom, hover = _hover(g, [("method", "method"), ("pattern", "pattern"), ("measured_sparsity",
-                                   "measured sparsity"), ("value", acc.label), ("seeds", "seeds averaged")])
+            g = g.sort_values("measured_sparsity").rename(columns={"value": accuracy})
+            custom, hover = _hover(g.assign(seeds_averaged=g["seeds"]), ["method", "pattern", "measured_sparsity",
+                                                                          accuracy, "seeds_averaged"])
+            nm = pkind == "nm"
+            kinds.add("nm" if nm else "other")
             fig.add_trace(go.Scatter(
-                x=g["measured_sparsity"], y=g["value"], mode="lines+markers" if len(g) > 1 else "markers",
-                name=method, legendgroup=method, showlegend=method not in shown, customdata=custom,
-                hovertemplate=hover, line=dict(color=colour[method], dash="solid" if pkind != "nm" else "dot"),
-                marker=dict(color=colour[method], symbol=[symbol[p] for p in g["pattern"]], size=9)), row=1, col=c)
-            shown.add(method)
-        fig.update_xaxes(title_text="measured sparsity", row=1, col=c)
-        fig.update_yaxes(title_text=acc.label, type="log" if acc.log else None, row=1, col=c)
-    fig.update_layout(height=380, margin=dict(t=50, l=10, r=10, b=10))
+                x=g["measured_sparsity"], y=g[accuracy], mode="lines+markers" if len(g) > 1 else "markers",
+                name=f"{method} ({'N:M' if nm else pkind})", legendgroup=f"method {method}", showlegend=False,
+                customdata=custom, hovertemplate=hover,
+                line=dict(color=enc.method_colour(method), dash="dot" if nm else "solid"),
+                marker=dict(color=enc.method_colour(method), symbol=[enc.pattern_symbol(p) for p in g["pattern"]],
+                            size=9)), row=1, col=c)
+        fig.update_xaxes(title_text=labels.label("measured_sparsity").replace(" (%)", ""), tickformat=".0%", row=1, col=c)
+        if acc.log:
+            fig.update_yaxes(title_text=labels.label(accuracy) + " (log scale)", type="log",
+                             **log_ticks(frame.loc[frame["model"] == model, "value"]), row=1, col=c)
+        else:
+            fig.update_yaxes(title_text=labels.label(accuracy), row=1, col=c)
+    _legend_entries(fig, enc, frame["method"].unique(), frame["pattern"].unique(), with_status=False)
+    present = [(name, dash) for kind, name, dash in (("other", "unstructured", "solid"), ("nm", "N:M", "dot"))
+               if kind in kinds]
+    for i, (name, dash) in enumerate(present):
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=name, legendgroup="kinds",
+                                 legendgrouptitle_text="line" if i == 0 else None, legendrank=300,
+                                 line=dict(color="#777777", dash=dash)))
+    fig.update_layout(height=380, margin=dict(t=50, l=10, r=10, b=10), legend=dict(groupclick="togglegroup"))
     return fig
 
 
+# The Kernels page clips its speedup axis here (and marks what it clipped): one outlier (a p90 of 27.8x)
+# otherwise squashes every other point near zero.
+KERNEL_AXIS_MAX = 8.0
+
+
 def kernel_figure(shapes: pd.DataFrame) -> go.Figure:
-    """Measured per-layer speedup over the dense layer by shape (x), one panel per batch, colour by format,
-    with the 95% interval as error bars and the ideal bound (dense bytes / bytes read) as a black bar per format."""
+    """Measured per-layer speedup against the ideal from bytes (dense bytes / bytes read), one panel per batch,
+    colour by format, symbol by target sparsity, the 95% interval as bars, on a log axis with the line where
+    measured equals ideal; the fraction of the read bandwidth reached in every tooltip. Points beyond
+    KERNEL_AXIS_MAX are drawn at the edge as triangles and say so in their tooltip."""
     if shapes.empty:
         return empty_figure("no per-shape kernel measurement in the selection (the latency stage writes them on CPU)")
-    frame = shapes.copy()
-    frame["shape_order"] = frame["shape"].map(lambda s: tuple(int(v) for v in s.split("x")))
-    order = [s for s, _ in sorted(set(zip(frame["shape"], frame["shape_order"])), key=lambda t: t[1])]
+    frame = shapes.dropna(subset=["speedup", "ideal_speedup"]).copy()
+    if frame.empty:
+        return empty_figure("no per-shape measurement in the selection has both a speedup and its ideal")
     batches = sorted(frame["batch"].unique())
     fig = make_subplots(rows=1, cols=len(batches), subplot_titles=[f"batch {b}" for b in batches], shared_yaxes=True,
                         horizontal_spacing=0.04)
     formats = sorted(frame["format"].dropna().unique())
     palette = qualitative.Safe + qualitative.Plotly
     fcolour = {f: palette[i % len(palette)] for i, f in enumerate(formats)}
-    shown = set()
+    levels = sorted(frame["target_sparsity"].dropna().unique()) if "target_sparsity" in frame else []
+    lsymbol = {lvl: SYMBOLS[i % len(SYMBOLS)] for i, lvl in enumerate(levels)}
+    top = KERNEL_AXIS_MAX
+    lo_edge = max(0.1, min(float(frame["speedup_lo"].min(skipna=True) if frame["speedup_lo"].notna().any() else 1),
+                           float(frame["speedup"].min())) / 1.3)
+    span = [np.log10(lo_edge), np.log10(top * 1.05)]
+    fields = ["shape", "format", "target_sparsity", "speedup", "speedup_lo", "speedup_hi", "verdict", "ideal_speedup",
+              "bandwidth_fraction", "GBps", "rounds", "threads", "method", "pattern", "model", "kernel", "hardware", "job_key"]
     for c, batch in enumerate(batches, start=1):
         panel = frame[frame["batch"] == batch]
         for fmt in formats:
             g = panel[panel["format"] == fmt]
             if g.empty:
                 continue
-            custom, hover = _hover(g, [("shape", "shape"), ("format", "format"), ("speedup", "speedup"),
-                                       ("speedup_lo", "95% low"), ("speedup_hi", "95% high"), ("verdict", "verdict"), ("ideal_speedup", "ideal"),
-                                       ("GBps", "GB/s"), ("bandwidth_fraction", "of read bandwidth"),
-                                       ("method", "method"), ("pattern", "pattern"), ("model", "model"),
-                                       ("kernel", "kernel"), ("hardware", "hardware"), ("job_key", "job")])
+            clipped = g["speedup"] > top
+            y = g["speedup"].clip(upper=top)
+            hi = g["speedup_hi"].clip(upper=top)
+            custom, hover = _hover(g.assign(clipped=np.where(clipped, f"beyond the axis ({top:g}x): drawn at its edge", "")),
+                                   fields + ["clipped"])
+            symbol = [("triangle-up" if cl else lsymbol.get(t, "circle")) for t, cl in
+                      zip(g["target_sparsity"] if "target_sparsity" in g else [None] * len(g), clipped)]
             fig.add_trace(go.Scatter(
-                x=g["shape"], y=g["speedup"], mode="markers", name=fmt, legendgroup=fmt, offsetgroup=fmt,
-                showlegend=fmt not in shown, customdata=custom, hovertemplate=hover,
-                error_y=dict(type="data", symmetric=False, array=(g["speedup_hi"] - g["speedup"]).clip(lower=0),
-                             arrayminus=(g["speedup"] - g["speedup_lo"]).clip(lower=0), thickness=1, width=3),
-                marker=dict(color=fcolour[fmt], size=9, line=dict(width=1, color="white"))), row=1, col=c)
-            ideal = g.drop_duplicates(subset=["shape", "ideal_speedup"])
-            fig.add_trace(go.Scatter(
-                x=ideal["shape"], y=ideal["ideal_speedup"], mode="markers", name="ideal (bytes)", offsetgroup=fmt,
-                legendgroup="ideal", showlegend="ideal" not in shown, hovertemplate="ideal %{y:.3g}x<extra></extra>",
-                marker=dict(symbol="line-ew-open", size=26, color="#111111", line=dict(width=2))), row=1, col=c)
-            shown.update({fmt, "ideal"})
-        fig.update_xaxes(categoryorder="array", categoryarray=order, title_text="layer shape (out x in)", row=1, col=c)
-    fig.update_yaxes(title_text="speedup vs dense layer (measured)", row=1, col=1)
+                x=g["ideal_speedup"].clip(upper=top), y=y, mode="markers", name=fmt, legendgroup=f"format {fmt}",
+                legendgrouptitle_text=None, showlegend=False, customdata=custom, hovertemplate=hover,
+                error_y=dict(type="data", symmetric=False, array=(hi - y).clip(lower=0).fillna(0),
+                             arrayminus=(y - g["speedup_lo"]).clip(lower=0).fillna(0), thickness=1, width=3),
+                marker=dict(color=fcolour[fmt], size=10, symbol=symbol, line=dict(width=1, color="white"))), row=1, col=c)
+        fig.add_trace(go.Scatter(x=[lo_edge, top], y=[lo_edge, top], mode="lines", name="measured = ideal",
+                                 legendgroup="ideal", showlegend=c == 1, hoverinfo="skip", legendrank=400,
+                                 line=dict(color="#111111", width=1, dash="dash")), row=1, col=c)
+        fig.update_xaxes(type="log", range=span, title_text=labels.label("ideal_speedup"),
+                         **log_ticks([lo_edge, top]), row=1, col=c)
+    for i, fmt in enumerate(formats):
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=fmt, legendgroup=f"format {fmt}",
+                                 legendgrouptitle_text="format" if i == 0 else None, legendrank=100,
+                                 marker=dict(color=fcolour[fmt], symbol="circle", size=10)))
+    for i, lvl in enumerate(levels):
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=labels.text(lvl, "target_sparsity"),
+                                 legendgroup="levels", legendgrouptitle_text="target sparsity" if i == 0 else None,
+                                 legendrank=200, marker=dict(color="#777777", symbol=lsymbol[lvl], size=10)))
+    fig.update_yaxes(type="log", range=span, **log_ticks([lo_edge, top]))
+    fig.update_yaxes(title_text=labels.label("speedup") + " (measured)", row=1, col=1)
     fig.add_hline(y=1.0, line=dict(color="#bbbbbb", width=1, dash="dot"))
-    fig.update_layout(scattermode="group", height=420, margin=dict(t=50, l=10, r=10, b=10))
+    fig.update_layout(height=440, margin=dict(t=50, l=10, r=10, b=10), legend=dict(groupclick="togglegroup"))
     return fig
 
 

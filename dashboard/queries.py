@@ -95,12 +95,13 @@ def filter_options(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
 
 
 def leaderboard(con: duckdb.DuckDBPyConnection, filters: Filters = Filters()) -> pd.DataFrame:
-    """The leaderboard view under `filters`, with the pattern kind, the run's commit and grid, and one column
-    per lm-eval task accuracy. Speedups are against the dense model timed in the same process."""
+    """The leaderboard view under `filters`, with the pattern kind, the run's commit and grid, the job's prune
+    and evaluation keys (equal keys: the same pruned model under the same evaluation, whatever the kernel), and
+    one column per lm-eval task accuracy. Speedups are against the dense model timed in the same process."""
     where, params = filters.where("l.")
     board = con.execute(f"""
         SELECT l.*, json_extract_string(j.pattern_spec, '$.kind') AS pattern_kind, r.grid_name, r.git_commit,
-               r.git_dirty
+               r.git_dirty, j.prune_key, j.eval_key
         FROM leaderboard l JOIN jobs j USING (job_key) LEFT JOIN runs r ON r.run_id = l.run_id
         WHERE {where}
         ORDER BY l.model, l.hardware, l.kernel, l.method = 'dense' DESC, l.target_sparsity, l.pattern, l.method""",
@@ -140,18 +141,53 @@ def kernel_shapes(con: duckdb.DuckDBPyConnection, filters: Filters = Filters()) 
         ORDER BY hardware, kernel, batch, shape, format, method, pattern""", params).df()
 
 
-def runs(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    """Every run, newest first, with its jobs by current status (a job re-run later counts in the later run)."""
-    return con.execute("""
+def runs(con: duckdb.DuckDBPyConnection, filters: Filters = Filters()) -> pd.DataFrame:
+    """Every run, newest first, with its jobs by current status (a job re-run later counts in the later run).
+    Under `filters`, only the runs with a matching job, and only matching jobs counted."""
+    where, params = filters.where("j.")
+    restricted = where != "TRUE"
+    return con.execute(f"""
         SELECT r.run_id, r.grid_name, r.status, r.started_at, r.finished_at, r.jobs_total, r.jobs_skipped,
                count(j.job_key) FILTER (WHERE j.status = 'done') AS done,
                count(j.job_key) FILTER (WHERE j.status = 'failed') AS failed,
                count(j.job_key) FILTER (WHERE j.status = 'cancelled') AS cancelled,
                count(j.job_key) FILTER (WHERE j.status IN ('queued', 'running')) AS pending,
                r.git_commit, r.git_dirty, r.ray_address, r.command
-        FROM runs r LEFT JOIN jobs j USING (run_id)
+        FROM runs r LEFT JOIN jobs j ON j.run_id = r.run_id AND {where}
         GROUP BY ALL
-        ORDER BY r.started_at DESC, r.run_id""").df()
+        {"HAVING count(j.job_key) > 0" if restricted else ""}
+        ORDER BY r.started_at DESC, r.run_id""", params).df()
+
+
+def job_detail(con: duckdb.DuckDBPyConnection, job_key: str) -> dict[str, Any]:
+    """Everything the store holds about one job: its row (JSON fields decoded), its run's provenance, its
+    metrics, its stages (timings, peak memory, errors) and the prune stage's per-layer sparsity. {} if unknown."""
+    df = con.execute("SELECT * FROM jobs WHERE job_key = ?", [job_key]).df()
+    if df.empty:
+        return {}
+    job = df.iloc[0].to_dict()
+    for field in ("method_params", "pattern_spec", "spec", "timings", "worker", "kernel_provenance", "warnings",
+                  "artifact"):
+        if isinstance(job.get(field), str):
+            try:
+                job[field] = json.loads(job[field])
+            except ValueError:
+                pass
+    metrics = con.execute("SELECT stage, name, value, unit, details FROM metrics WHERE job_key = ? ORDER BY stage, name",
+                          [job_key]).df()
+    keys = [k for k in (job.get("prune_key"), job.get("eval_key"), job.get("latency_key")) if isinstance(k, str)]
+    stages = con.execute("""SELECT stage_key, kind, status, error, attempts, started_at, finished_at, duration_s,
+                                   peak_rss_bytes, worker, result
+                            FROM stages WHERE stage_key IN (SELECT unnest(?)) ORDER BY started_at""", [keys]).df()
+    layers = pd.DataFrame()
+    for row in stages.itertuples():
+        if row.kind == "prune" and isinstance(row.result, str):
+            try:
+                layers = pd.DataFrame(json.loads(row.result).get("layers") or [])
+            except (ValueError, AttributeError):
+                pass
+    return {"job": job, "run": run_detail(con, job["run_id"]) if job.get("run_id") else {}, "metrics": metrics,
+            "stages": stages.drop(columns=["result"]), "layers": layers}
 
 
 def run_detail(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
@@ -165,9 +201,11 @@ def run_detail(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
     return row
 
 
-def jobs(con: duckdb.DuckDBPyConnection, run_id: str | None = None, statuses: tuple[str, ...] = ()) -> pd.DataFrame:
-    """Jobs (of one run, or all) with their status, error and traceback, newest first."""
-    clauses, params = [], []
+def jobs(con: duckdb.DuckDBPyConnection, run_id: str | None = None, statuses: tuple[str, ...] = (),
+         filters: Filters = Filters()) -> pd.DataFrame:
+    """Jobs (of one run, or all, under `filters`) with their status, error and traceback, newest first."""
+    where, params = filters.where()
+    clauses = [where]
     if run_id is not None:
         clauses.append("run_id = ?")
         params.append(run_id)
@@ -202,13 +240,3 @@ def compare(con: duckdb.DuckDBPyConnection, by: str, a: str, b: str, filters: Fi
     long["higher_is_better"] = long["metric"].map(lambda m: COMPARED.get(m, True if m.endswith("/acc") else None))
     long["metric"] = pd.Categorical(long["metric"], categories=metrics, ordered=True)  # the order above
     return long.sort_values(["metric", *keys], kind="stable").reset_index(drop=True)
-
-
-def ranked(board: pd.DataFrame, column: str, higher_is_better: bool) -> pd.DataFrame:
-    """`board` sorted best first on `column` within each model (accuracies of different models are not
-    comparable), with `rank` (1 = best; ties share the best rank; rows without a value last, unranked)."""
-    out = board.copy()
-    out["rank"] = (out.groupby("model")[column].rank(method="min", ascending=not higher_is_better)
-                   .astype("Int64"))
-    return out.sort_values(["model", "rank", "method", "pattern", "kernel"], na_position="last",
-                           kind="stable").reset_index(drop=True)

@@ -123,12 +123,23 @@ def test_compare_methods_and_runs(con, board):
         queries.compare(con, "model", "a", "b")
 
 
-def test_ranked_is_within_model_with_ties_and_missing_last():
-    board = pd.DataFrame({"model": ["a", "a", "a", "b", "b"], "method": ["x", "y", "z", "x", "y"],
-                          "pattern": ["p"] * 5, "kernel": ["k"] * 5, "ppl": [3.0, 2.0, float("nan"), 9.0, 9.0]})
-    out = queries.ranked(board, "ppl", higher_is_better=False)
-    assert list(zip(out["model"], out["method"])) == [("a", "y"), ("a", "x"), ("a", "z"), ("b", "x"), ("b", "y")]
-    assert out["rank"].fillna(0).tolist() == [1, 2, 0, 1, 1] and out["rank"].isna().tolist()[2]
+def test_runs_and_jobs_honour_the_filters(con):
+    every = queries.runs(con)
+    wanda = queries.runs(con, Filters(methods=("wanda",)))
+    assert len(every) == 2 and len(wanda) == 1  # the broken run has no wanda job
+    assert wanda["done"].iloc[0] == 4  # wanda x 2 patterns x 2 kernels, not the run's 10
+    assert set(queries.jobs(con, filters=Filters(methods=("wanda",)))["method"]) == {"wanda"}
+
+
+def test_a_jobs_page_has_its_provenance_layers_and_stages(con, board):
+    key = board.loc[(board["method"] == "wanda") & (board["kernel"] == "native"), "job_key"].iloc[0]
+    detail = queries.job_detail(con, key)
+    assert detail["job"]["method"] == "wanda" and isinstance(detail["job"]["kernel_provenance"], dict)
+    assert detail["run"]["git_commit"] and detail["run"]["packages"]["torch"]
+    assert len(detail["layers"]) == 28 and detail["layers"]["measured_sparsity"].between(0.49, 0.51).all()
+    assert set(detail["stages"]["kind"]) == {"prune", "evaluate", "latency"}
+    assert detail["metrics"]["name"].str.startswith("layer_speedup_b1:").any()
+    assert queries.job_detail(con, "no-such-job") == {}
 
 
 def test_store_token_changes_with_the_store(tmp_path):
@@ -184,7 +195,8 @@ def test_fronts_stand_only_on_measured_verdicts():
     fig = charts.tradeoff_figure(board, "perplexity", "decode_speedup_b1")
     line = next(t for t in fig.data if t.name == "Pareto front")
     assert sorted(line.x) == [1.0, 1.8]
-    hollow = {t.name: list(t.marker.symbol) for t in fig.data if t.mode == "markers" and t.name in ("c", "d", "a")}
+    hollow = {t.name: list(t.marker.symbol) for t in fig.data if t.mode == "markers" and t.name in ("c", "d", "a")
+              and t.x[0] is not None}
     assert hollow["c"][0].endswith("-open") and hollow["d"][0].endswith("-open") and not hollow["a"][0].endswith("-open")
 
 
@@ -202,8 +214,9 @@ def test_large_boards_mark_the_fronts_and_draw_the_rest_as_a_cloud(board):
 def test_tradeoff_figure_draws_every_method_and_the_front(board):
     fig = charts.tradeoff_figure(board, "perplexity", "decode_speedup_b1")
     assert isinstance(fig, go.Figure)
-    legend = {t.name for t in fig.data if t.showlegend is not False}
-    assert {"dense", "magnitude", "wanda", "Pareto front", "pattern 50%", "pattern 2:4"} <= legend
+    legend = {(t.legendgroup, t.name) for t in fig.data if t.showlegend is not False}
+    assert {("method dense", "dense"), ("method magnitude", "magnitude"), ("method wanda", "wanda"),
+            ("front", "Pareto front"), ("patterns", "50%"), ("patterns", "2:4")} <= legend
     points = [t for t in fig.data if t.mode == "markers" and t.x is not None and t.x[0] is not None]
     assert sum(len(t.x) for t in points) == len(board)
     front = [t for t in fig.data if t.name == "Pareto front"]
@@ -217,13 +230,17 @@ def test_tradeoff_figure_draws_every_method_and_the_front(board):
 
 def test_sparsity_kernel_status_and_compare_figures(con, board):
     fig = charts.sparsity_figure(board, "task_acc_mean")
+    drawn = [t for t in fig.data if t.x[0] is not None]
     # accuracy is counted once per pruned model, not once per kernel
-    assert sum(len(t.x) for t in fig.data) == len(board.drop_duplicates(["model", "method", "pattern", "seed"]))
+    assert sum(len(t.x) for t in drawn) == len(board.drop_duplicates(["model", "method", "pattern", "seed"]))
+    # each method's legend entry is a plain colour; the line style is its own legend group
+    kinds = {t.name: t.line.dash for t in fig.data if t.legendgroup == "kinds"}
+    assert kinds == {"unstructured": "solid", "N:M": "dot"}
     shapes = queries.kernel_shapes(con)
     kf = charts.kernel_figure(shapes)
-    measured = [t for t in kf.data if t.name != "ideal (bytes)"]
+    measured = [t for t in kf.data if t.name != "measured = ideal" and t.x[0] is not None]
     assert sum(len(t.x) for t in measured) == len(shapes)
-    assert any(t.name == "ideal (bytes)" for t in kf.data) and kf.layout.scattermode == "group"
+    assert any(t.name == "measured = ideal" for t in kf.data)
     sf = charts.status_figure(queries.runs(con))
     assert [t.name for t in sf.data] == ["done", "failed", "cancelled", "pending"]
     long = queries.compare(con, "method", "magnitude", "wanda")

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from dashboard import app, charts
+from dashboard import app, charts, labels
 
 st.title("Compare")
 if app.open_store() is None:
@@ -28,9 +28,22 @@ if long.empty:
     st.info("A and B share no experiment (same model, pattern, hardware, kernel and seed) in the selection.")
     st.stop()
 metrics = [m for m in long["metric"].cat.categories if long.loc[long["metric"] == m, "A"].notna().any()]
-metric = st.selectbox("Metric", metrics, key="compare_metric")
+metric = st.selectbox("Metric", metrics, format_func=labels.label, key="compare_metric")
 st.plotly_chart(charts.compare_figure(long, metric, a, b), key="compare_chart")
-st.dataframe(long[long["metric"] == metric], hide_index=True, key="compare_table",
-             column_config={"higher_is_better": st.column_config.CheckboxColumn("higher is better")})
+def readable(frame):
+    """The long table with each value written as its metric is written everywhere (3 significant digits)."""
+    out = frame.copy()
+    for side in ("A", "B"):
+        out[side] = [labels.text(v, m) for v, m in zip(frame[side], frame["metric"].astype(str))]
+    out["B - A"] = ["" if labels.missing(v) else labels.sig(float(v)) if labels.column(m).kind == "ratio"
+                    else labels.text(v, m) for v, m in zip(frame["B - A"], frame["metric"].astype(str))]
+    out["B / A"] = ["" if labels.missing(v) else f"{labels.sig(float(v))}x" for v in frame["B / A"]]
+    out["metric"] = frame["metric"].astype(str).map(labels.label)
+    return out
+
+
+config = {"higher_is_better": st.column_config.CheckboxColumn("higher is better")}
+st.dataframe(readable(long[long["metric"] == metric]), hide_index=True, key="compare_table", column_config=config,
+             placeholder="")
 with st.expander("Every metric"):
-    st.dataframe(long, hide_index=True)
+    st.dataframe(readable(long), hide_index=True, column_config=config, placeholder="")

@@ -1,5 +1,5 @@
-"""Kernels: measured speedup of each layer shape over the dense layer, by batch and storage format, against
-the ideal bound of a memory-bound kernel (dense bytes / bytes read)."""
+"""Kernels: measured speedup of each layer shape over the dense layer against the ideal bound of a
+memory-bound kernel (dense bytes / bytes read), by batch, storage format and sparsity."""
 
 import streamlit as st
 
@@ -19,27 +19,24 @@ if shapes.empty:
 left, right = st.columns(2)
 kernels = sorted(shapes["kernel"].unique())
 kernel = left.selectbox("Kernel backend", kernels, index=kernels.index("native") if "native" in kernels else 0,
-                        key="kernels_backend")
+                        key="backend", bind="query-params")
 view = shapes[shapes["kernel"] == kernel]
 models = sorted(view["model"].unique())
-model = right.selectbox("Model", models, key="kernels_model")
+model = right.selectbox("Model", models, key="kernels_model", bind="query-params")
 view = view[view["model"] == model]
 hardware = sorted(view["hardware"].unique())
 if len(hardware) > 1:
     view = view[view["hardware"] == st.radio("Hardware", hardware, horizontal=True, key="kernels_hardware")]
 
 st.plotly_chart(charts.kernel_figure(view), key="kernels_chart")
-st.caption("Each point is one job's layer of that shape, timed against the dense layer in the same process "
-           "(median of paired per-round ratios; bars: its 95% interval). The black bar is the ideal: the speedup a kernel "
-           "limited only by memory traffic would reach with these bytes. A format at 1x reads the full dense "
-           "weight (mask only).")
+st.caption("Each point is one job's layer shape, timed against the dense layer in the same process (median of "
+           "paired per-round ratios; bars: its 95% interval), placed at the speedup its bytes allow (dense bytes / "
+           "bytes read). On the dashed line a kernel reaches its bound; a format at 1x reads the full dense weight "
+           f"(mask only). Points beyond {charts.KERNEL_AXIS_MAX:g}x are drawn at the axis' edge as triangles.")
 
 bandwidth = view["read_bandwidth_GBps"].dropna()
 if not bandwidth.empty:
-    st.caption(f"Read bandwidth measured by the jobs: {bandwidth.min():.1f}-{bandwidth.max():.1f} GB/s.")
-st.dataframe(view[["shape", "batch", "format", "method", "pattern", "speedup", "speedup_lo", "speedup_hi", "verdict",
-                   "ideal_speedup", "GBps", "bandwidth_fraction", "weight_bytes", "dense_weight_bytes", "rounds",
-                   "layers_per_sweep", "threads", "kernel_status", "job_key"]],
-             hide_index=True, key="kernels_table",
-             column_config={"bandwidth_fraction": st.column_config.NumberColumn("of bandwidth", format="percent"),
-                            "GBps": st.column_config.NumberColumn("GB/s", format="%.2f")})
+    st.caption(f"Read bandwidth probed by the jobs: {bandwidth.min():.3g}-{bandwidth.max():.3g} GB/s.")
+app.table(view[["shape", "batch", "format", "method", "pattern", "target_sparsity", "speedup", "speedup_lo",
+                "speedup_hi", "verdict", "ideal_speedup", "GBps", "bandwidth_fraction", "rounds", "threads",
+                "kernel_status", "job_key"]], key="kernels_table")

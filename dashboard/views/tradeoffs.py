@@ -1,9 +1,9 @@
-"""Trade-offs: the Pareto front of accuracy against measured speedup per hardware, and accuracy against
-sparsity per method."""
+"""Trade-offs: the Pareto front of accuracy against measured speedup per model and hardware, and accuracy
+against sparsity per method."""
 
 import streamlit as st
 
-from dashboard import app, charts
+from dashboard import app, charts, labels
 
 st.title("Trade-offs")
 if app.open_store() is None:
@@ -17,29 +17,31 @@ if board.empty:
 tasks = sorted(c for c in board.columns if c.endswith("/acc"))
 accuracies = [m for m in charts.ACCURACY if board[m].notna().any()] + tasks
 left, right = st.columns(2)
-accuracy = left.selectbox("Accuracy", accuracies, format_func=lambda m: charts.accuracy_axis(m).label,
-                          key="tradeoff_accuracy")
+accuracy = left.selectbox("Accuracy", accuracies, format_func=labels.label, key="accuracy", bind="query-params")
 speeds = [s for s in charts.SPEED if board[s].notna().any()]
 if not speeds:
     st.warning("No finished job in the selection has a latency measurement (the grid has no [latency] table).")
     st.stop()
-speed = right.selectbox("Speed", speeds, format_func=lambda s: charts.SPEED[s].label, key="tradeoff_speed")
+speed = right.selectbox("Speed", speeds, format_func=labels.label, key="speed", bind="query-params")
+enc = app.encoding()
 
-st.plotly_chart(charts.tradeoff_figure(board, accuracy, speed), key="tradeoff_pareto")
+st.plotly_chart(charts.tradeoff_figure(board, accuracy, speed, enc=enc), key="tradeoff_pareto")
 if len(board) > charts.MARKED_UP_TO:
     st.caption(f"{len(board)} configurations: those on a Pareto front are marked by method and pattern, the others "
                "are the grey cloud (narrow the filters to mark every point).")
-st.caption("One panel per model and hardware: every kernel measured there competes. Horizontal bars are the "
-           "95% interval of the median paired per-round speedup. Hollow points have no measured verdict (no "
-           "measurable difference from dense, slower, or stored before verdicts) and never stand on a front; "
-           "dense is 1x by definition.")
+st.caption("One panel per model and hardware: every kernel measured there competes. Bars are the 95% interval of "
+           "the median paired per-round speedup; the grey band is the dense model timed against itself (A/A), the "
+           "noise floor. Solid points were measured faster or slower; hollow ones measured no difference; grey "
+           "hollow ones are mask only (no kernel ran their zeros). Only dense and measured-faster points stand on "
+           "a front; dense is 1x by definition.")
 
 st.subheader("Accuracy against sparsity")
-st.plotly_chart(charts.sparsity_figure(board, accuracy), key="tradeoff_sparsity")
+st.plotly_chart(charts.sparsity_figure(board, accuracy, enc=enc), key="tradeoff_sparsity")
 st.caption("Solid lines join unstructured sparsities of a method; N:M patterns are dotted. Accuracy does not "
            "depend on the kernel, so each pruned model counts once.")
 
 front = charts.pareto_rows(board, accuracy, speed)
 with st.expander(f"The {len(front)} configurations on the Pareto fronts"):
-    st.dataframe(front[["model", "hardware", "method", "pattern", "kernel", "kernel_status", accuracy, speed,
-                        charts.SPEED[speed].verdict, "measured_sparsity", "job_key"]], hide_index=True)
+    columns = ["model", "hardware", "method", "pattern", "kernel", "kernel_status", accuracy, speed,
+               charts.SPEED[speed].verdict, "measured_sparsity", "job_key"]
+    app.table(front[[c for c in columns if c in front.columns]], key="tradeoff_front")
