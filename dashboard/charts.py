@@ -16,13 +16,16 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from dashboard import labels
+# charts is the pages' one entry point: the shared encoding and the Kernels page's figure are re-exported
+from dashboard.encoding import (MASK_ONLY, METHOD_COLOURS, Encoding, colours, empty_figure, encoding,  # noqa: F401
+                                log_ticks, symbols)
+from dashboard.encoding import encoding_of as _encoding_of
+from dashboard.encoding import hover as _hover
+from dashboard.kernel_chart import KERNEL_AXIS_MAX, kernel_figure  # noqa: F401
 
-SYMBOLS = ["circle", "diamond", "square", "triangle-up", "x", "star", "cross", "triangle-down", "pentagon",
-           "hexagon", "triangle-left", "triangle-right", "hourglass", "bowtie"]
 WEBGL_ABOVE = 2000  # points per chart above which scatter traces are drawn with WebGL
 # Above this many points a trade-off chart marks (colour, symbol, hover) only the configurations on a Pareto
 # front and draws the others as one grey WebGL cloud per panel: a figure with per-point hover for 100k
@@ -98,69 +101,6 @@ def accuracy_axis(column: str) -> Axis:
     return ACCURACY.get(column) or Axis(f"{column} (higher is better)", True)
 
 
-# Built-in methods keep these colours in every store; other methods take the palette in name order.
-METHOD_COLOURS = {"dense": "#222222", "random": "#9e9e9e", "magnitude": "#1f77b4", "wanda": "#ff7f0e",
-                  "sparsegpt": "#2ca02c"}
-MASK_ONLY = "#b0b0b0"  # points whose zeros no kernel ran: grey, hollow, never on a front
-
-
-@dataclass(frozen=True)
-class Encoding:
-    """One colour per method and one symbol per pattern, for a whole store: built from every method and
-    pattern the store holds (not the filtered rows), so a method keeps its colour on every page and under
-    every filter."""
-    colour: dict
-    symbol: dict
-
-    def method_colour(self, method: str) -> str:
-        return self.colour.get(method, "#666666")
-
-    def pattern_symbol(self, pattern: str) -> str:
-        return self.symbol.get(pattern, "circle")
-
-
-def encoding(methods, patterns) -> Encoding:
-    """The encoding of a store whose methods and patterns are these (in any order, repeats allowed)."""
-    palette = [c for c in qualitative.Plotly + qualitative.D3 + qualitative.Dark24 if c not in METHOD_COLOURS.values()]
-    colour = {m: c for m, c in METHOD_COLOURS.items()}
-    others = sorted({str(m) for m in methods} - set(colour))
-    colour.update({m: palette[i % len(palette)] for i, m in enumerate(others)})
-    ordered = sorted({str(p) for p in patterns}, key=_pattern_order)
-    return Encoding(colour, {p: SYMBOLS[i % len(SYMBOLS)] for i, p in enumerate(ordered)})
-
-
-def _encoding_of(frame: pd.DataFrame, enc: Encoding | None) -> Encoding:
-    if enc is not None:
-        return enc
-    return encoding(frame["method"].unique() if "method" in frame else (),
-                    frame["pattern"].unique() if "pattern" in frame else ())
-
-
-def colours(methods) -> dict[str, str]:
-    """A fixed colour per method name (see `encoding`)."""
-    return encoding(methods, ()).colour
-
-
-def symbols(patterns) -> dict[str, str]:
-    return encoding((), patterns).symbol
-
-
-def _pattern_order(label: str):
-    """dense first, then unstructured by sparsity, then N:M by density, then anything else by name."""
-    if label == "dense":
-        return (0, 0.0, label)
-    if label.endswith("%"):
-        try:
-            return (1, float(label[:-1]), label)
-        except ValueError:
-            pass
-    if ":" in label:
-        n, _, m = label.partition(":")
-        if n.isdigit() and m.isdigit() and int(m):
-            return (2, 1 - int(n) / int(m), label)
-    return (3, 0.0, label)
-
-
 def pareto_mask(df: pd.DataFrame, x: str, y: str, x_higher: bool = True, y_higher: bool = True) -> pd.Series:
     """True for the rows no other row beats on both columns (at least as good on both, better on one);
     equal rows are both on the front. Rows with a missing value are never on it."""
@@ -193,34 +133,8 @@ def _scatter(n_points: int):
     return go.Scattergl if n_points > WEBGL_ABOVE else go.Scatter
 
 
-def _hover(df: pd.DataFrame, fields: list[str]) -> tuple[np.ndarray, str]:
-    """customdata and a hovertemplate showing `fields` (columns of `df`), each written as every page writes it
-    (`labels.text`: 3 significant digits, a short commit, nothing for a missing value)."""
-    present = [c for c in fields if c in df.columns]
-    data = np.empty((len(df), len(present)), dtype=object)
-    for i, c in enumerate(present):
-        data[:, i] = [labels.text(v, c) for v in df[c].tolist()]
-    lines = [f"{labels.label(c)}: %{{customdata[{i}]}}" for i, c in enumerate(present)]
-    return data, "<br>".join(lines) + "<extra></extra>"
-
-
 PROVENANCE = ["method", "pattern", "measured_sparsity", "kernel", "kernel_status", "hardware", "seed", "job_key",
               "run_id", "git_commit", "finished_at"]
-
-
-def log_ticks(values) -> dict:
-    """Tick values and labels for a log axis over `values`: 1, 2, 5 per decade across up to two decades,
-    else the powers of ten (Plotly's own minor labels read "1000, 5, 2, 100")."""
-    v = np.asarray([x for x in values if x is not None and np.isfinite(x) and x > 0], dtype=float)
-    if v.size == 0:
-        return {}
-    lo, hi = np.floor(np.log10(v.min())), np.ceil(np.log10(v.max()))
-    if hi == lo:
-        hi = lo + 1
-    steps = (1, 2, 5) if hi - lo <= 2 else (1,)
-    ticks = [m * 10 ** e for e in range(int(lo), int(hi) + 1) for m in steps]
-    ticks = [t for t in ticks if v.min() / 2 <= t <= v.max() * 2] or [10 ** lo, 10 ** hi]
-    return dict(tickmode="array", tickvals=ticks, ticktext=[f"{t:g}" for t in ticks])
 
 
 def _legend_entries(fig: go.Figure, enc: Encoding, methods, patterns, with_status: bool = True) -> None:
@@ -392,74 +306,6 @@ def sparsity_figure(board: pd.DataFrame, accuracy: str = "perplexity", enc: Enco
     return fig
 
 
-# The Kernels page clips its speedup axis here (and marks what it clipped): one outlier (a p90 of 27.8x)
-# otherwise squashes every other point near zero.
-KERNEL_AXIS_MAX = 8.0
-
-
-def kernel_figure(shapes: pd.DataFrame) -> go.Figure:
-    """Measured per-layer speedup against the ideal from bytes (dense bytes / bytes read), one panel per batch,
-    colour by format, symbol by target sparsity, the 95% interval as bars, on a log axis with the line where
-    measured equals ideal; the fraction of the read bandwidth reached in every tooltip. Points beyond
-    KERNEL_AXIS_MAX are drawn at the edge as triangles and say so in their tooltip."""
-    if shapes.empty:
-        return empty_figure("no per-shape kernel measurement in the selection (the latency stage writes them on CPU)")
-    frame = shapes.dropna(subset=["speedup", "ideal_speedup"]).copy()
-    if frame.empty:
-        return empty_figure("no per-shape measurement in the selection has both a speedup and its ideal")
-    batches = sorted(frame["batch"].unique())
-    fig = make_subplots(rows=1, cols=len(batches), subplot_titles=[f"batch {b}" for b in batches], shared_yaxes=True,
-                        horizontal_spacing=0.04)
-    formats = sorted(frame["format"].dropna().unique())
-    palette = qualitative.Safe + qualitative.Plotly
-    fcolour = {f: palette[i % len(palette)] for i, f in enumerate(formats)}
-    levels = sorted(frame["target_sparsity"].dropna().unique()) if "target_sparsity" in frame else []
-    lsymbol = {lvl: SYMBOLS[i % len(SYMBOLS)] for i, lvl in enumerate(levels)}
-    top = KERNEL_AXIS_MAX
-    lo_edge = max(0.1, min(float(frame["speedup_lo"].min(skipna=True) if frame["speedup_lo"].notna().any() else 1),
-                           float(frame["speedup"].min())) / 1.3)
-    span = [np.log10(lo_edge), np.log10(top * 1.05)]
-    fields = ["shape", "format", "target_sparsity", "speedup", "speedup_lo", "speedup_hi", "verdict", "ideal_speedup",
-              "bandwidth_fraction", "GBps", "rounds", "threads", "method", "pattern", "model", "kernel", "hardware", "job_key"]
-    for c, batch in enumerate(batches, start=1):
-        panel = frame[frame["batch"] == batch]
-        for fmt in formats:
-            g = panel[panel["format"] == fmt]
-            if g.empty:
-                continue
-            clipped = g["speedup"] > top
-            y = g["speedup"].clip(upper=top)
-            hi = g["speedup_hi"].clip(upper=top)
-            custom, hover = _hover(g.assign(clipped=np.where(clipped, f"beyond the axis ({top:g}x): drawn at its edge", "")),
-                                   fields + ["clipped"])
-            symbol = [("triangle-up" if cl else lsymbol.get(t, "circle")) for t, cl in
-                      zip(g["target_sparsity"] if "target_sparsity" in g else [None] * len(g), clipped)]
-            fig.add_trace(go.Scatter(
-                x=g["ideal_speedup"].clip(upper=top), y=y, mode="markers", name=fmt, legendgroup=f"format {fmt}",
-                legendgrouptitle_text=None, showlegend=False, customdata=custom, hovertemplate=hover,
-                error_y=dict(type="data", symmetric=False, array=(hi - y).clip(lower=0).fillna(0),
-                             arrayminus=(y - g["speedup_lo"]).clip(lower=0).fillna(0), thickness=1, width=3),
-                marker=dict(color=fcolour[fmt], size=10, symbol=symbol, line=dict(width=1, color="white"))), row=1, col=c)
-        fig.add_trace(go.Scatter(x=[lo_edge, top], y=[lo_edge, top], mode="lines", name="measured = ideal",
-                                 legendgroup="ideal", showlegend=c == 1, hoverinfo="skip", legendrank=400,
-                                 line=dict(color="#111111", width=1, dash="dash")), row=1, col=c)
-        fig.update_xaxes(type="log", range=span, title_text=labels.label("ideal_speedup"),
-                         **log_ticks([lo_edge, top]), row=1, col=c)
-    for i, fmt in enumerate(formats):
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=fmt, legendgroup=f"format {fmt}",
-                                 legendgrouptitle_text="format" if i == 0 else None, legendrank=100,
-                                 marker=dict(color=fcolour[fmt], symbol="circle", size=10)))
-    for i, lvl in enumerate(levels):
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=labels.text(lvl, "target_sparsity"),
-                                 legendgroup="levels", legendgrouptitle_text="target sparsity" if i == 0 else None,
-                                 legendrank=200, marker=dict(color="#777777", symbol=lsymbol[lvl], size=10)))
-    fig.update_yaxes(type="log", range=span, **log_ticks([lo_edge, top]))
-    fig.update_yaxes(title_text=labels.label("speedup") + " (measured)", row=1, col=1)
-    fig.add_hline(y=1.0, line=dict(color="#bbbbbb", width=1, dash="dot"))
-    fig.update_layout(height=440, margin=dict(t=50, l=10, r=10, b=10), legend=dict(groupclick="togglegroup"))
-    return fig
-
-
 def status_figure(runs: pd.DataFrame) -> go.Figure:
     """Jobs per run by status, as stacked horizontal bars (newest run on top)."""
     if runs.empty:
@@ -488,13 +334,4 @@ def compare_figure(long: pd.DataFrame, metric: str, label_a: str, label_b: str) 
     axis = ACCURACY.get(metric)
     fig.update_layout(barmode="group", yaxis_title=axis.label if axis else metric, height=380,
                       yaxis_type="log" if axis and axis.log else None, margin=dict(t=30, l=10, r=10, b=10))
-    return fig
-
-
-def empty_figure(message: str) -> go.Figure:
-    fig = go.Figure()
-    fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False)
-    fig.update_layout(height=200, margin=dict(t=10, l=10, r=10, b=10))
     return fig

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from dashboard import labels
+from dashboard.encoding import pattern_order
 
 ROW = ["model", "method", "pattern", "target_sparsity", "hardware", "seed"]
 ACCURACY = ["measured_sparsity", "perplexity", "perplexity_change_vs_dense", "kl_vs_dense", "task_acc_mean",
@@ -94,14 +95,12 @@ def paper_table(board: pd.DataFrame, metric: str = "perplexity") -> pd.DataFrame
     """The table papers print: one row per (model, method), one column per sparsity pattern (dense first,
     then unstructured by sparsity, then N:M), holding `metric` for seed-averaged pruned models. Accuracy does
     not depend on the kernel or the hardware, so each pruned model counts once."""
-    from dashboard.charts import _pattern_order
-
     if board.empty or metric not in board.columns:
         return pd.DataFrame()
     once = board.drop_duplicates(subset=[c for c in ("model", "method", "pattern", "seed") if c in board.columns])
     table = once.pivot_table(index=["model", "method"], columns="pattern", values=metric, aggfunc="mean")
     dense = table.pop("dense") if "dense" in table.columns else None
-    order = sorted(table.columns, key=_pattern_order)
+    order = sorted(table.columns, key=pattern_order)
     table = table[order]
     if dense is not None:  # the dense model's figure is the same for every method: one column, its own row
         table.insert(0, "dense", dense)
