@@ -83,7 +83,7 @@ def table(frame: pd.DataFrame, key: str, config: dict | None = None, **kwargs) -
     shown = frame.copy()
     for name in shown.columns:
         if labels.column(name).kind in ("share", "points") and pd.api.types.is_numeric_dtype(shown[name]):
-            shown[name] = shown[name] * 100
+            shown[name] = shown[name] * 100  # as labels.display, kept numeric for the column's format
         elif labels.column(name).kind == "commit":
             shown[name] = shown[name].map(lambda v: labels.text(v, name))
     st.dataframe(shown, hide_index=True, key=key, column_config={**column_config(shown), **(config or {})},

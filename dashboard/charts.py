@@ -44,6 +44,9 @@ class Axis:
     hi: str | None = None
     verdict: str | None = None  # the column holding a speedup's verdict (faster, slower, no measurable difference)
     log: bool = False  # perplexity spans orders of magnitude once a method breaks a model
+    aa: str | None = None  # the dense model timed against itself (A/A) in the same rounds, and its interval
+    aa_lo: str | None = None
+    aa_hi: str | None = None
 
 
 ACCURACY = {
@@ -56,9 +59,10 @@ ACCURACY = {
 }
 SPEED = {
     "decode_speedup_b1": Axis("decode speedup vs dense, batch 1 (measured)", True,
-                              "decode_speedup_b1_lo", "decode_speedup_b1_hi", verdict="decode_speedup_b1_verdict"),
+                              "decode_speedup_b1_lo", "decode_speedup_b1_hi", verdict="decode_speedup_b1_verdict",
+                              aa="decode_aa_b1", aa_lo="decode_aa_b1_lo", aa_hi="decode_aa_b1_hi"),
     "prefill_speedup": Axis("prefill speedup vs dense (measured)", True, "prefill_speedup_lo", "prefill_speedup_hi",
-                            verdict="prefill_speedup_verdict"),
+                            verdict="prefill_speedup_verdict", aa="prefill_aa"),
 }
 # Verdicts that may stand on a Pareto front: a measured speedup, and the dense model at 1x by definition.
 # A speedup within the noise (or slower) says nothing the dense model does not already say better.
@@ -245,7 +249,8 @@ def tradeoff_figure(board: pd.DataFrame, accuracy: str = "perplexity", speed: st
 
 def _aa_band(panel: pd.DataFrame, speed: str) -> tuple[float, float] | None:
     """The A/A interval of the panel's dense rows (the widest over their kernels), or None without one."""
-    lo, hi = AA_BAND.get(speed, (None, None))
+    axis = SPEED.get(speed, Axis(speed, True))
+    lo, hi = axis.aa_lo, axis.aa_hi
     if lo not in panel.columns or hi not in panel.columns:
         return None
     dense = panel[_dense(panel)]
@@ -254,8 +259,6 @@ def _aa_band(panel: pd.DataFrame, speed: str) -> tuple[float, float] | None:
         return None
     return float(los.min()), float(his.max())
 
-
-AA_BAND = {"decode_speedup_b1": ("decode_aa_b1_lo", "decode_aa_b1_hi")}
 
 
 def sparsity_figure(board: pd.DataFrame, accuracy: str = "perplexity", enc: Encoding | None = None) -> go.Figure:

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from dashboard import labels
+from dashboard.charts import SPEED, Axis
 from dashboard.encoding import pattern_order
 
 ROW = ["model", "method", "pattern", "target_sparsity", "hardware", "seed"]
@@ -25,12 +26,6 @@ VERDICTS = ["faster", "slower", "no measurable difference", "dense"]
 VERDICT_COLOURS = ["green", "red", "gray", "blue"]
 STATUSES = ["accelerated", "mask only", "dense"]
 STATUS_COLOURS = ["green", "orange", "blue"]
-# the interval and A/A columns of each speed column
-INTERVAL = {"decode_speedup_b1": ("decode_speedup_b1_lo", "decode_speedup_b1_hi", "decode_speedup_b1_verdict",
-                                  "decode_aa_b1", "decode_aa_b1_lo", "decode_aa_b1_hi"),
-            "prefill_speedup": ("prefill_speedup_lo", "prefill_speedup_hi", "prefill_speedup_verdict",
-                                "prefill_aa", None, None)}
-
 
 def ranked(board: pd.DataFrame, column: str, higher_is_better: bool, within=("model", "target_sparsity")) -> pd.DataFrame:
     """`board` sorted best first on `column` within each (model, sparsity level): ranks compare methods at
@@ -56,7 +51,8 @@ def by_pruned_model(board: pd.DataFrame, speed: str = "decode_speedup_b1") -> tu
     `<kernel> · job` (a link to the job's page). Also the kernels in column order."""
     if board.empty:
         return board.copy(), []
-    lo, hi, verdict, aa, aa_lo, aa_hi = INTERVAL.get(speed, (None,) * 6)
+    axis = SPEED.get(speed, Axis(speed, True))  # the columns of its interval, verdict and A/A figure
+    lo, hi, verdict, aa, aa_lo, aa_hi = axis.lo, axis.hi, axis.verdict, axis.aa, axis.aa_lo, axis.aa_hi
     kernels = sorted(board["kernel"].dropna().unique(), key=lambda k: (k != "native", k))
     # the same pruned model under the same evaluation (prune and eval keys), on one hardware target
     row_keys = [k for k in ROW + ["prune_key", "eval_key"] if k in board.columns]

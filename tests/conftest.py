@@ -176,8 +176,9 @@ class SharedRay:
                 port = s.getsockname()[1]
             env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
             env.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token")  # `ray start` asks for a token (Ray 2.60)
-            proc = subprocess.run([RAY, "start", "--head", "--port", str(port), "--num-cpus", str(os.cpu_count() or 1), "--include-dashboard", "false",
-                                   "--disable-usage-stats"], capture_output=True, text=True, env=env, timeout=180)
+            proc = subprocess.run([RAY, "start", "--head", "--port", str(port), "--num-cpus", str(os.cpu_count() or 1),
+                                   "--include-dashboard", "false", "--disable-usage-stats"],
+                                  capture_output=True, text=True, env=env, timeout=180)
             assert proc.returncode == 0, proc.stdout + proc.stderr
             found = re.search(r"ray start --address='([^']+)'", proc.stdout + proc.stderr)
             assert found, proc.stdout + proc.stderr
