@@ -9,6 +9,12 @@ browser's HTTP cache is warm after the first, as for a returning user) and reads
 page when both are present (`performance.now()` counts from the navigation's start). The first repeat is
 the server's cold start (its query cache empty); the others find the queries cached, as after a reload.
 Reported: every repeat in milliseconds, and the median of the warm ones with its range.
+
+    python benchmarks/dashboard_render.py --floor [--repeats 7]
+
+times, in the same way, the least page with the same two things: a title, one Plotly chart of three points
+with a legend and a three-row table (FLOOR_PAGE below). What it takes is the cost of Streamlit and Plotly
+themselves in this browser on this machine, which no change to the Leaderboard can go under.
 """
 
 from __future__ import annotations
@@ -42,16 +48,33 @@ poll();
 """
 
 
+FLOOR_PAGE = """
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+st.set_page_config(layout="wide")
+st.title("Floor")
+st.plotly_chart(go.Figure(go.Scatter(x=[1, 2, 3], y=[1, 3, 2], mode="markers", name="a")).update_layout(showlegend=True))
+st.dataframe(pd.DataFrame({"a": [1, 2, 3]}))
+"""
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def serve(db: Path, log) -> tuple[subprocess.Popen, str]:
+def serve(db: Path | None, log, page: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """`bench dashboard` on `db`, or `streamlit run page`; the URL once its health check answers."""
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "dashboard", "--db", str(db), "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
+    if page is None:
+        command = [sys.executable, "-m", "bench.cli", "dashboard", "--db", str(db), "--port", str(port)]
+    else:
+        command = [sys.executable, "-m", "streamlit", "run", str(page), "--server.headless", "true",
+                   "--server.port", str(port), "--browser.gatherUsageStats", "false"]
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://localhost:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -85,13 +108,19 @@ def browser(profile: Path):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--db", type=Path, required=True, help="the store to render (e.g. the quickstart's)")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--db", type=Path, help="the store to render (e.g. the quickstart's)")
+    what.add_argument("--floor", action="store_true", help="time the least page with a Plotly chart and a table")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--save", type=Path, help="write the figures as JSON into this folder")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         log = open(Path(tmp) / "streamlit.log", "w")
-        proc, url = serve(args.db.resolve(), log)
+        page = None
+        if args.floor:
+            page = Path(tmp) / "floor.py"
+            page.write_text(FLOOR_PAGE)
+        proc, url = serve(None if args.floor else args.db.resolve(), log, page)
         driver = browser(Path(tmp) / "profile")
         times = []
         try:
@@ -107,18 +136,20 @@ def main() -> int:
             proc.wait(timeout=30)
             log.close()
     warm = times[1:] or times
-    print(f"first render of the Leaderboard (ms from navigation start), {args.db.name}:")
+    subject = "the floor page" if args.floor else f"the Leaderboard, {args.db.name}"
+    print(f"first render of {subject} (ms from navigation start):")
     print(f"  cold server cache: {times[0]:.0f}")
     print(f"  warm: median {statistics.median(warm):.0f} (min {min(warm):.0f}, max {max(warm):.0f}, n={len(warm)})")
     if args.save:
         from bench.provenance import git_state, hardware_fingerprint, package_versions
 
-        record = {"benchmark": "dashboard_render", "store": args.db.name, "repeats_ms": times,
+        record = {"benchmark": "dashboard_render", "page": "floor" if args.floor else "leaderboard",
+                  "store": None if args.floor else args.db.name, "repeats_ms": times,
                   "cold_ms": times[0], "warm_median_ms": statistics.median(warm), "warm_min_ms": min(warm),
                   "warm_max_ms": max(warm), "window": "1280x800", "finished_at": datetime.now(timezone.utc).isoformat()}
         record.update(git_state())
         record["versions"], record["hardware"] = package_versions(), hardware_fingerprint()
-        print("saved", save(args.save, "dashboard-render", record))
+        print("saved", save(args.save, "dashboard-render-floor" if args.floor else "dashboard-render", record))
     return 0
 
 

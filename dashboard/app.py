@@ -50,6 +50,20 @@ def _cached(name: str, path: str, token: tuple, kwargs: tuple) -> Any:
         return getattr(queries, name)(con, **dict(kwargs))
 
 
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _figure(chart: str, name: str, path: str, token: tuple, kwargs: tuple, args: tuple, options: tuple) -> Any:
+    return getattr(charts, chart)(_cached(name, path, token, kwargs), *args, **dict(options))
+
+
+def figure(chart: str, query: str, query_kwargs: dict, *args, **options) -> Any:
+    """`charts.<chart>(load(query, **query_kwargs), *args, **options)`, kept until the store changes: a rerun
+    with the same selection reuses the figure instead of building it again (building one costs a few hundred
+    milliseconds of Plotly's validation). One object shared by every session, so it is only ever read."""
+    path = store_path()
+    return _figure(chart, query, str(path), queries.store_token(path), tuple(sorted(query_kwargs.items())), args,
+                   tuple(sorted(options.items())))
+
+
 def encoding() -> charts.Encoding:
     """The store's colours and symbols: from every method and pattern of its finished jobs, whatever the
     filters, so that a method keeps its colour on every page and under every filter."""

@@ -141,24 +141,48 @@ PROVENANCE = ["method", "pattern", "measured_sparsity", "kernel", "kernel_status
               "run_id", "git_commit", "finished_at"]
 
 
+# Legends sit above the panels, one horizontal row each (every entry its own legend group: a horizontal legend
+# stacks the entries of one group vertically) (Plotly's `legend`, `legend2`, `legend3`): the methods'
+# colours, the patterns' symbols, then what solid, hollow, grey, dashed and the band mean. In rows they never
+# scroll, however many patterns a store holds (a vertical legend beside a 350-pixel chart scrolled at six),
+# and the panels keep the figure's whole width. A row that holds more than fits wraps; LEGEND_ROW is the height
+# one line of a row takes.
+LEGEND_ROW = 22
+LEGENDS = {"method": "legend", "pattern": "legend2", "key": "legend3"}
+
+
 def _legend_entries(fig: go.Figure, enc: Encoding, methods, patterns, with_status: bool = True) -> None:
-    """Methods as colours, patterns as symbols, in two legend groups of their own (and what solid, hollow and
-    grey mean), so no entry mixes the two encodings."""
-    for i, method in enumerate(m for m in enc.colour if m in set(methods)):
+    """Methods as colours and patterns as symbols, each in a legend of its own (and what solid, hollow and grey
+    mean in a third), so no entry mixes the two encodings."""
+    for method in (m for m in enc.colour if m in set(methods)):
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=method, legendgroup=f"method {method}",
-                                 legendgrouptitle_text="method" if i == 0 else None, legendrank=100,
-                                 marker=dict(color=enc.method_colour(method), symbol="circle", size=10)))
-    for i, pattern in enumerate(p for p in enc.symbol if p in set(patterns)):
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=pattern, legendgroup="patterns",
-                                 legendgrouptitle_text="pattern" if i == 0 else None, legendrank=200,
+                                 legend=LEGENDS["method"], marker=dict(color=enc.method_colour(method), symbol="circle",
+                                                                       size=10)))
+    for pattern in (p for p in enc.symbol if p in set(patterns)):
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=pattern, legendgroup=f"pattern {pattern}",
+                                 legend=LEGENDS["pattern"],
                                  marker=dict(color="#777777", symbol=enc.pattern_symbol(pattern), size=10)))
     if with_status:
-        for i, (name, symbol, colour) in enumerate((("measured faster or slower", "circle", "#777777"),
-                                                    ("no measurable difference", "circle-open", "#777777"),
-                                                    ("mask only (no kernel ran the zeros)", "circle-open", MASK_ONLY))):
-            fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=name, legendgroup="status",
-                                     legendgrouptitle_text="speed" if i == 0 else None, legendrank=300,
+        for name, symbol, colour in (("measured faster or slower", "circle", "#777777"),
+                                     ("no measurable difference", "circle-open", "#777777"),
+                                     ("mask only", "circle-open", MASK_ONLY)):
+            fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=name, legendgroup=f"status {name}",
+                                     legend=LEGENDS["key"],
                                      marker=dict(color=colour, symbol=symbol, size=10, line=dict(width=2, color=colour))))
+
+
+def _legend_rows(fig: go.Figure, height: int, top: int) -> int:
+    """Place the figure's legends as rows above the panels, the first at the top; return the top margin that
+    holds them (`top`: the margin above them, for a title)."""
+    used = [name for name in LEGENDS.values()
+            if any((getattr(t, "legend", None) or "legend") == name and t.showlegend is not False for t in fig.data)]
+    titles = {"legend": "method", "legend2": "pattern", "legend3": ""}
+    for row, name in enumerate(used):
+        fig.update_layout({name: dict(orientation="h", xref="container", yref="container", x=0, xanchor="left",
+                                      y=1 - (top + row * LEGEND_ROW) / height, yanchor="top", groupclick="togglegroup",
+                                      font=dict(size=10), itemsizing="constant", entrywidthmode="pixels",
+                                      title=dict(text=titles[name], side="left", font=dict(size=10)))})
+    return top + len(used) * LEGEND_ROW
 
 
 PANELS_PER_ROW = 2
@@ -205,7 +229,7 @@ def tradeoff_figure(board: pd.DataFrame, accuracy: str = "perplexity", speed: st
             rest = panel[~on_front]
             fig.add_trace(go.Scattergl(
                 x=rest[speed].to_numpy(), y=rest[accuracy].to_numpy(), mode="markers", hoverinfo="skip",
-                name="off the fronts (no hover)", legendgroup="cloud", showlegend="cloud" not in shown,
+                name="off the fronts (no hover)", legendgroup="cloud", showlegend="cloud" not in shown, legend=LEGENDS["key"],
                 marker=dict(color="#c4c4c4", size=4)), row=r, col=c)
             shown.add("cloud")
         groups = marked.groupby("method", sort=True) if per_method else [(None, marked)]
@@ -228,12 +252,12 @@ def tradeoff_figure(board: pd.DataFrame, accuracy: str = "perplexity", speed: st
                 row=r, col=c)
         front = panel[on_front].sort_values(speed)
         fig.add_trace(Scatter(x=front[speed], y=front[accuracy], mode="lines", name="Pareto front",
-                              legendgroup="front", showlegend="front" not in shown, hoverinfo="skip", legendrank=400,
+                              legendgroup="front", showlegend="front" not in shown, hoverinfo="skip", legend=LEGENDS["key"],
                               line=dict(color="#555555", dash="dash", width=1.5, shape="linear")), row=r, col=c)
         shown.add("front")
     if any(s["type"] == "rect" for s in shapes):
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="A/A noise band (dense vs dense)",
-                                 legendgroup="band", legendrank=401,
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="A/A band (dense vs dense)",
+                                 legendgroup="band", legend=LEGENDS["key"],
                                  marker=dict(symbol="square", color="#dddddd", size=14)))
     fig.update_xaxes(title_text=labels.label(speed))  # every panel, in one call
     if acc.log:
@@ -241,9 +265,10 @@ def tradeoff_figure(board: pd.DataFrame, accuracy: str = "perplexity", speed: st
     else:
         fig.update_yaxes(title_text=labels.label(accuracy))
     _legend_entries(fig, enc, frame["method"].unique(), frame["pattern"].unique(), with_status=status_legend)
-    fig.update_layout(title=title, height=height * nrows, shapes=shapes,
-                      legend=dict(groupclick="togglegroup", font=dict(size=10), tracegroupgap=6),
-                      margin=dict(t=40 if title else 30, l=10, r=10, b=10))
+    total = height * nrows
+    top = _legend_rows(fig, total, 34 if title else 4)
+    fig.update_layout(title=dict(text=title, y=1 - 6 / total, yanchor="top"), height=total, shapes=shapes,
+                      margin=dict(t=top + 24, l=10, r=10, b=10))
     return fig
 
 
@@ -302,10 +327,10 @@ def sparsity_figure(board: pd.DataFrame, accuracy: str = "perplexity", enc: Enco
     present = [(name, dash) for kind, name, dash in (("other", "unstructured", "solid"), ("nm", "N:M", "dot"))
                if kind in kinds]
     for i, (name, dash) in enumerate(present):
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=name, legendgroup="kinds",
-                                 legendgrouptitle_text="line" if i == 0 else None, legendrank=300,
-                                 line=dict(color="#777777", dash=dash)))
-    fig.update_layout(height=380, margin=dict(t=50, l=10, r=10, b=10), legend=dict(groupclick="togglegroup"))
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=name, legendgroup=f"kinds {name}",
+                                 legend=LEGENDS["key"], line=dict(color="#777777", dash=dash)))
+    height = 380
+    fig.update_layout(height=height, margin=dict(t=_legend_rows(fig, height, 4) + 24, l=10, r=10, b=10))
     return fig
 
 

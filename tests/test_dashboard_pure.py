@@ -103,15 +103,33 @@ def test_mask_only_and_noise_are_hollow_and_off_the_front_and_the_legend_keeps_e
     groups = {}
     for t in fig.data:
         if t.x is not None and len(t.x) == 1 and t.x[0] is None:
-            groups.setdefault(t.legendgroup.split(" ")[0], []).append(t)
-    # methods are colours drawn as circles, patterns are symbols drawn in grey: no entry mixes the two
-    assert {t.name for t in groups["method"]} == {"dense", "wanda", "magnitude"}
-    assert {t.marker.symbol for t in groups["method"]} == {"circle"}
-    assert {t.name for t in groups["patterns"]} == {"dense", "50%", "2:4"} and {t.marker.color for t in groups["patterns"]} == {"#777777"}
+            groups.setdefault(t.legend or "legend", []).append(t)
+    # methods are colours drawn as circles, patterns are symbols drawn in grey, each in a legend of its own:
+    # no entry mixes the two
+    assert {t.name for t in groups["legend"]} == {"dense", "wanda", "magnitude"}
+    assert {t.marker.symbol for t in groups["legend"]} == {"circle"}
+    assert {t.name for t in groups["legend2"]} == {"dense", "50%", "2:4"} and {t.marker.color for t in groups["legend2"]} == {"#777777"}
+    assert {"A/A band (dense vs dense)", "mask only"} <= {t.name for t in groups["legend3"]}
+    assert {t.legend for t in fig.data if t.name == "Pareto front"} == {"legend3"}  # the key: what lines mean
     assert all(t.showlegend is False for t in points(fig))
     # the tooltip speaks like the table: 3 significant digits and a short commit
     hover = points(fig)[0]
     assert "0e1b371" in "".join(map(str, hover.customdata.ravel())) and "0e1b371c" not in "".join(map(str, hover.customdata.ravel()))
+
+
+def test_legends_are_rows_above_the_panels_that_never_scroll():
+    patterns = ["dense", "30%", "50%", "70%", "90%", "2:4", "4:8", "1:4"]
+    board = board_of([{"method": m, "pattern": p, "perplexity": 10.0 + i, "decode_speedup_b1": 1.0 + i / 10,
+                       "decode_speedup_b1_verdict": "faster"}
+                      for i, (m, p) in enumerate(zip(["dense", *["wanda", "magnitude"] * 4], patterns))])
+    for fig in (charts.tradeoff_figure(board, height=350), charts.sparsity_figure(board.assign(pattern_kind="unstructured"))):
+        legends = [fig.layout[name] for name in ("legend", "legend2", "legend3")]
+        assert all(lg.orientation == "h" and lg.yref == "container" for lg in legends)
+        tops = [lg.y for lg in legends]
+        assert tops == sorted(tops, reverse=True) and len(set(tops)) == 3  # one row each, methods first
+        # every row lies within the top margin, above the panels
+        assert all((1 - y) * fig.layout.height + charts.LEGEND_ROW <= fig.layout.margin.t for y in tops)
+        assert {t.name for t in fig.data if t.legend == "legend2"} == set(patterns)
 
 
 def test_log_axis_labels_are_readable():

@@ -27,8 +27,8 @@ rank_by = left.selectbox("Rank by", metrics, format_func=labels.label, key="rank
 speed = right.selectbox("Speed", speeds, format_func=labels.label, key="speed", bind="query-params")
 axis = charts.accuracy_axis(rank_by)
 
-st.plotly_chart(charts.tradeoff_figure(board, rank_by, speed, enc=app.encoding(), height=350, status_legend=False),
-                key="leaderboard_pareto")
+st.plotly_chart(app.figure("tradeoff_figure", "leaderboard", {"filters": app.filters()}, rank_by, speed,
+                           enc=app.encoding(), height=350, status_legend=False), key="leaderboard_pareto")
 st.caption("Solid: measured faster or slower than dense; hollow: no measurable difference; grey: mask only (no "
            "kernel ran the zeros). Bars: 95% intervals; grey band: dense timed against itself (A/A). Only dense and "
            "measured-faster points stand on a front (dashed).")

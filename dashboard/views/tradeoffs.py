@@ -25,7 +25,8 @@ if not speeds:
 speed = right.selectbox("Speed", speeds, format_func=labels.label, key="speed", bind="query-params")
 enc = app.encoding()
 
-st.plotly_chart(charts.tradeoff_figure(board, accuracy, speed, enc=enc), key="tradeoff_pareto")
+selection = {"filters": app.filters()}
+st.plotly_chart(app.figure("tradeoff_figure", "leaderboard", selection, accuracy, speed, enc=enc), key="tradeoff_pareto")
 if len(board) > charts.MARKED_UP_TO:
     st.caption(f"{len(board)} configurations: those on a Pareto front are marked by method and pattern, the others "
                "are the grey cloud (narrow the filters to mark every point).")
@@ -36,7 +37,7 @@ st.caption("One panel per model and hardware: every kernel measured there compet
            "a front; dense is 1x by definition.")
 
 st.subheader("Accuracy against sparsity")
-st.plotly_chart(charts.sparsity_figure(board, accuracy, enc=enc), key="tradeoff_sparsity")
+st.plotly_chart(app.figure("sparsity_figure", "leaderboard", selection, accuracy, enc=enc), key="tradeoff_sparsity")
 st.caption("Solid lines join unstructured sparsities of a method; N:M patterns are dotted. Accuracy does not "
            "depend on the kernel, so each pruned model counts once.")
 
