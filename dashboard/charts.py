@@ -141,9 +141,9 @@ PROVENANCE = ["method", "pattern", "measured_sparsity", "kernel", "kernel_status
               "run_id", "git_commit", "finished_at"]
 
 
-# Legends sit above the panels, one horizontal row each (every entry its own legend group: a horizontal legend
-# stacks the entries of one group vertically) (Plotly's `legend`, `legend2`, `legend3`): the methods'
-# colours, the patterns' symbols, then what solid, hollow, grey, dashed and the band mean. In rows they never
+# Legends sit above the panels, one horizontal row each (Plotly's `legend`, `legend2`, `legend3`): the methods'
+# colours, the patterns' symbols, then the key (what solid, hollow, grey, dashed and the band mean). Every entry
+# is a legend group of its own: a horizontal legend stacks the entries of one group vertically. In rows they never
 # scroll, however many patterns a store holds (a vertical legend beside a 350-pixel chart scrolled at six),
 # and the panels keep the figure's whole width. A row that holds more than fits wraps; LEGEND_ROW is the height
 # one line of a row takes.
@@ -174,14 +174,13 @@ def _legend_entries(fig: go.Figure, enc: Encoding, methods, patterns, with_statu
 def _legend_rows(fig: go.Figure, height: int, top: int) -> int:
     """Place the figure's legends as rows above the panels, the first at the top; return the top margin that
     holds them (`top`: the margin above them, for a title)."""
-    used = [name for name in LEGENDS.values()
-            if any((getattr(t, "legend", None) or "legend") == name and t.showlegend is not False for t in fig.data)]
-    titles = {"legend": "method", "legend2": "pattern", "legend3": ""}
-    for row, name in enumerate(used):
+    shown = {t.legend or "legend" for t in fig.data if t.showlegend is not False}
+    used = [(role, name) for role, name in LEGENDS.items() if name in shown]
+    for row, (role, name) in enumerate(used):
         fig.update_layout({name: dict(orientation="h", xref="container", yref="container", x=0, xanchor="left",
                                       y=1 - (top + row * LEGEND_ROW) / height, yanchor="top", groupclick="togglegroup",
                                       font=dict(size=10), itemsizing="constant", entrywidthmode="pixels",
-                                      title=dict(text=titles[name], side="left", font=dict(size=10)))})
+                                      title=dict(text="" if role == "key" else role, side="left", font=dict(size=10)))})
     return top + len(used) * LEGEND_ROW
 
 
@@ -326,7 +325,7 @@ def sparsity_figure(board: pd.DataFrame, accuracy: str = "perplexity", enc: Enco
     _legend_entries(fig, enc, frame["method"].unique(), frame["pattern"].unique(), with_status=False)
     present = [(name, dash) for kind, name, dash in (("other", "unstructured", "solid"), ("nm", "N:M", "dot"))
                if kind in kinds]
-    for i, (name, dash) in enumerate(present):
+    for name, dash in present:
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=name, legendgroup=f"kinds {name}",
                                  legend=LEGENDS["key"], line=dict(color="#777777", dash=dash)))
     height = 380
