@@ -10,11 +10,12 @@ page when both are present (`performance.now()` counts from the navigation's sta
 the server's cold start (its query cache empty); the others find the queries cached, as after a reload.
 Reported: every repeat in milliseconds, and the median of the warm ones with its range.
 
-    python benchmarks/dashboard_render.py --floor [--repeats 7]
+    python benchmarks/dashboard_render.py --floor {plotly,table,title} [--repeats 7]
 
-times, in the same way, the least page with the same two things: a title, one Plotly chart of three points
-with a legend and a three-row table (FLOOR_PAGE below). What it takes is the cost of Streamlit and Plotly
-themselves in this browser on this machine, which no change to the Leaderboard can go under.
+times, in the same way, the least pages that hold part of it (FLOORS below): `plotly` a title, one Plotly
+chart of three points with a legend and a three-row table; `table` the title and the table; `title` the title
+alone. What they take is the cost of Streamlit, its table and Plotly themselves in this browser on this
+machine, which no change to the Leaderboard can go under; the steps between them say where the time goes.
 """
 
 from __future__ import annotations
@@ -37,27 +38,37 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _results import save  # noqa: E402
 
-WAIT_FOR_PAGE = """
-const done = arguments[arguments.length - 1];
-function ready() {
-  return document.querySelector('.js-plotly-plot .legendtext') &&
-         document.querySelector('[data-testid="stDataFrame"] canvas');
-}
-function poll() { if (ready()) { done(performance.now()); } else { requestAnimationFrame(poll); } }
-poll();
-"""
 
 
-FLOOR_PAGE = """
+_FLOOR_HEAD = """
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
 st.set_page_config(layout="wide")
 st.title("Floor")
-st.plotly_chart(go.Figure(go.Scatter(x=[1, 2, 3], y=[1, 3, 2], mode="markers", name="a")).update_layout(showlegend=True))
-st.dataframe(pd.DataFrame({"a": [1, 2, 3]}))
 """
+_FLOOR_CHART = """st.plotly_chart(go.Figure(go.Scatter(x=[1, 2, 3], y=[1, 3, 2], mode="markers", name="a"))
+                .update_layout(showlegend=True))
+"""
+_FLOOR_TABLE = """st.dataframe(pd.DataFrame({"a": [1, 2, 3]}))
+"""
+_CHART_DRAWN = "document.querySelector('.js-plotly-plot .legendtext')"
+_TABLE_DRAWN = "document.querySelector('[data-testid=\"stDataFrame\"] canvas')"
+# name -> (page, what must be drawn); the Leaderboard's own condition is that of `plotly`.
+FLOORS = {
+    "plotly": (_FLOOR_HEAD + _FLOOR_CHART + _FLOOR_TABLE, f"{_CHART_DRAWN} && {_TABLE_DRAWN}"),
+    "table": (_FLOOR_HEAD + _FLOOR_TABLE, _TABLE_DRAWN),
+    "title": (_FLOOR_HEAD, "document.querySelector('h1')"),
+}
+
+
+def wait_for(condition: str) -> str:
+    """A script for `execute_async_script` that answers `performance.now()` once `condition` holds."""
+    return ("const done = arguments[arguments.length - 1];\n"
+            f"function ready() {{ return {condition}; }}\n"
+            "function poll() { if (ready()) { done(performance.now()); } else { requestAnimationFrame(poll); } }\n"
+            "poll();\n")
 
 
 def _free_port() -> int:
@@ -110,7 +121,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--db", type=Path, help="the store to render (e.g. the quickstart's)")
-    what.add_argument("--floor", action="store_true", help="time the least page with a Plotly chart and a table")
+    what.add_argument("--floor", choices=sorted(FLOORS), help="time the least page with a Plotly chart and a table "
+                      "(plotly), with the table alone (table) or with the title alone (title)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--save", type=Path, help="write the figures as JSON into this folder")
     args = parser.parse_args()
@@ -119,15 +131,16 @@ def main() -> int:
         page = None
         if args.floor:
             page = Path(tmp) / "floor.py"
-            page.write_text(FLOOR_PAGE)
+            page.write_text(FLOORS[args.floor][0])
         proc, url = serve(None if args.floor else args.db.resolve(), log, page)
         driver = browser(Path(tmp) / "profile")
+        script = wait_for(FLOORS["plotly" if args.floor is None else args.floor][1])
         times = []
         try:
             for _ in range(args.repeats):
                 driver.switch_to.new_window("tab")
                 driver.get(url)
-                times.append(float(driver.execute_async_script(WAIT_FOR_PAGE)))
+                times.append(float(driver.execute_async_script(script)))
                 driver.close()
                 driver.switch_to.window(driver.window_handles[0])
         finally:
@@ -136,20 +149,20 @@ def main() -> int:
             proc.wait(timeout=30)
             log.close()
     warm = times[1:] or times
-    subject = "the floor page" if args.floor else f"the Leaderboard, {args.db.name}"
+    subject = f"the floor page ({args.floor})" if args.floor else f"the Leaderboard, {args.db.name}"
     print(f"first render of {subject} (ms from navigation start):")
     print(f"  cold server cache: {times[0]:.0f}")
     print(f"  warm: median {statistics.median(warm):.0f} (min {min(warm):.0f}, max {max(warm):.0f}, n={len(warm)})")
     if args.save:
         from bench.provenance import git_state, hardware_fingerprint, package_versions
 
-        record = {"benchmark": "dashboard_render", "page": "floor" if args.floor else "leaderboard",
+        record = {"benchmark": "dashboard_render", "page": f"floor-{args.floor}" if args.floor else "leaderboard",
                   "store": None if args.floor else args.db.name, "repeats_ms": times,
                   "cold_ms": times[0], "warm_median_ms": statistics.median(warm), "warm_min_ms": min(warm),
                   "warm_max_ms": max(warm), "window": "1280x800", "finished_at": datetime.now(timezone.utc).isoformat()}
         record.update(git_state())
         record["versions"], record["hardware"] = package_versions(), hardware_fingerprint()
-        print("saved", save(args.save, "dashboard-render-floor" if args.floor else "dashboard-render", record))
+        print("saved", save(args.save, f"dashboard-render-floor-{args.floor}" if args.floor else "dashboard-render", record))
     return 0
 
 
