@@ -56,6 +56,9 @@ VARIANTS = {
     "bsr4x4": (dict(format="bsr", block=(4, 4)), [(37, 203), (1, 203), (37, 1), (32, 64), (3, 7)]),
     "bsr2x16": (dict(format="bsr", block=(2, 16)), [(37, 203), (1, 203), (37, 1), (32, 64)]),
     "bsr3x5": (dict(format="bsr", block=(3, 5)), [(37, 203), (1, 203), (37, 1), (3, 7)]),
+    # input-major: N decides the segments of 256 outputs and the mask words (ragged, one, several)
+    "dense_in": (dict(format="dense_in"), [(37, 203), (1, 203), (37, 1), (300, 64), (513, 77), (256, 5)]),
+    "bitmask_in": (dict(format="bitmask_in"), [(37, 203), (1, 203), (37, 1), (300, 64), (513, 77), (64, 128)]),
 }
 KINDS = ("random", "zero_rows", "zeros")
 
@@ -67,7 +70,7 @@ def sparse_weight(kw: dict, n: int, k: int, kind: str, gen: torch.Generator) -> 
         return torch.zeros(n, k)
     u = lambda *shape: torch.rand(*shape, generator=gen)  # noqa: E731
     fmt = kw["format"]
-    if fmt == "dense":
+    if fmt in ("dense", "dense_in"):
         keep = u(n, k) > 0.3
     elif fmt == "nm":
         keep = NM(*kw["nm"]).mask(u(n, k)) & (u(n, k) > 0.2)  # some groups keep fewer than N
@@ -76,6 +79,11 @@ def sparse_weight(kw: dict, n: int, k: int, kind: str, gen: torch.Generator) -> 
         keep[0] = True  # a full row: every mask byte is 0xff
         if n > 2:
             keep[1, : min(k, 200)] = False  # whole zero mask words inside a row
+    elif fmt == "bitmask_in":
+        keep = u(n, k) > 0.6
+        keep[:, 0] = True  # a full input: every mask byte over the outputs is 0xff
+        if k > 2:
+            keep[: min(n, 200), 1] = False  # whole zero mask words inside an input
     elif fmt == "csr16":
         keep = u(n, k) > 0.85
         keep[0, -1] = True  # the last column (the last tile's highest index)
@@ -148,8 +156,8 @@ def test_csr16_wide_uses_two_column_tiles(isa):
 
 @pytest.mark.parametrize("kw", [dict(format="dense"), dict(format="nm", nm=(2, 4)), dict(format="nm", nm=(4, 8)),
                                 dict(format="bitmask"), dict(format="csr16"), dict(format="bsr", block=(4, 4)),
-                                dict(format="bsr", block=(3, 5))],
-                         ids=["dense", "nm2:4", "nm4:8", "bitmask", "csr16", "bsr4x4", "bsr3x5"])
+                                dict(format="bsr", block=(3, 5)), dict(format="dense_in"), dict(format="bitmask_in")],
+                         ids=["dense", "nm2:4", "nm4:8", "bitmask", "csr16", "bsr4x4", "bsr3x5", "dense_in", "bitmask_in"])
 def test_two_threads_split_rows_bit_identically(isa, kw):
     """A weight of >= 256 KiB runs on two threads; rows are split (no split reductions), so the result is
     bit-identical to one thread's."""
@@ -166,6 +174,48 @@ def test_two_threads_split_rows_bit_identically(isa, kw):
         assert torch.equal(y1, y2), f"{kw} B={b}: threads=2 differs from threads=1"
         assert torch.equal(packed.mm(x, threads=3), y1)
         assert_matches(y2, w, x, what=f"{isa} {kw} B={b}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("fmt", ["dense_in", "bitmask_in"])
+def test_input_major_skips_the_inputs_under_the_threshold(isa, fmt, dtype):
+    """The input-major kernels give x' @ W.T, x' being x with every entry at or under the threshold in
+    magnitude zeroed, and count what they skipped: the inputs under it in every row of the batch, and the
+    entries under it. Inputs zero in some rows only are kept for the batch (and zero in those rows)."""
+    gen = torch.Generator().manual_seed(zlib.crc32(f"skip {fmt} {dtype}".encode()))
+    n, k = 300, 203
+    w = sparse_weight(dict(format=fmt), n, k, "random", gen).to(dtype)
+    packed = pack(w, fmt)
+    assert packed.input_major and packed.threshold == 0.0
+    for b in (1, 2, 8, 32):
+        for threshold in (0.0, 0.5, 1e9):
+            x = torch.randn(b, k, generator=gen)
+            x[:, ::3] = 0.0          # inputs zero in every row: skipped at any threshold
+            x[0, 1::3] = 0.0         # zero in one row only: kept when b > 1
+            x[:, 2::7] = -0.0        # negative zeros count as zero
+            packed.threshold = threshold
+            packed.reset_counts()
+            kept = x.abs() > threshold
+            want_x = torch.where(kept, x, torch.zeros(()))
+            assert_matches(packed.mm(x), w, want_x, what=f"{isa} {fmt} {dtype} B={b} threshold={threshold}")
+            counts = packed.activation_counts()
+            assert counts == {"calls": 1, "inputs": k, "inputs_skipped": int((~kept.any(0)).sum()),
+                              "entries": b * k, "entries_zero": int((~kept).sum())}
+    packed.threshold = 0.0
+    x = torch.randn(1, k, generator=gen)
+    x[0, 5] = float("nan")  # NaN is never under a threshold: it propagates as in a dense product
+    assert torch.isnan(packed.mm(x)[0, (w[:, 5] != 0)]).all()
+
+
+def test_only_input_major_formats_take_a_threshold():
+    w = torch.randn(8, 16)
+    with pytest.raises(ValueError, match="only the input-major formats"):
+        pack(w, "dense").threshold = 0.1
+    with pytest.raises(ValueError, match=">= 0"):
+        pack(w, "dense_in").threshold = -1.0
+    with pytest.raises(ValueError, match=">= 0"):
+        pack(w, "bitmask_in").threshold = float("nan")
+    assert not pack(w, "bitmask").input_major
 
 
 @pytest.mark.parametrize("spin_us", [0, 200])
@@ -307,6 +357,16 @@ def test_nm_weight_bytes(k):
     w = sparse_weight(dict(format="nm", nm=(2, 4)), n, k, "random", torch.Generator().manual_seed(4))
     assert pack(w, "nm", nm=(2, 4)).weight_bytes == n * k // 2 * 4 + n * math.ceil(k / 8)
     assert pack(w.bfloat16(), "nm", nm=(2, 4)).weight_bytes == n * k // 2 * 2 + n * math.ceil(k / 8)
+
+
+@pytest.mark.parametrize("n", [37, 256, 300])
+def test_bitmask_in_weight_bytes(n):
+    k = 203
+    w = sparse_weight(dict(format="bitmask_in"), n, k, "random", torch.Generator().manual_seed(6))
+    nnz = int((w != 0).sum())
+    index = k * math.ceil(n / 64) * 8 + (k * math.ceil(n / 256) + 1) * 8  # mask words + segment offsets
+    assert pack(w, "bitmask_in").weight_bytes == (nnz + VALUE_PAD) * 4 + index
+    assert pack(w, "dense_in").weight_bytes == n * k * 4
 
 
 def test_sparse_formats_read_fewer_bytes_than_dense():

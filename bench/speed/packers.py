@@ -11,6 +11,12 @@ Formats (what each stores per output row of K columns; vb = bytes per value, 4 f
   csr16    nnz values + nnz 16-bit columns (per column tile)     unstructured, very sparse
   bsr      kept (bh, bw) blocks + a 32-bit block column each     block patterns
 
+Input-major formats store W by input column (what each stores per input of N outputs), so that an input
+which is zero, or at or under the activation threshold, in every row of the batch skips its weights:
+  dense_in    N values                                           activation sparsity on dense weights
+  bitmask_in  nnz values + N/8 mask bytes + an 8-byte offset     activation and weight sparsity together
+              per 256-output segment
+
 Packing works from the zeros of the weight itself (methods hand over dense weights with zeros): the
 kernels never know which method made them. The packers are plain tensor code, run once per layer.
 """
@@ -32,7 +38,9 @@ _CODE: dict[str, int] = dict(_native.FORMATS)
 FORMATS: tuple[str, ...] = tuple(_CODE)
 NM_GROUPS: tuple[int, ...] = tuple(_native.NM_GROUPS)
 MAX_BATCH: int = _native.MAX_BATCH
-VALUE_PAD = 64  # zero values after the last one: the bitmask kernel reads up to 16 past a row's end
+VALUE_PAD = 64  # zero values after the last one: the bitmask kernels read up to 16 past a row's end
+INPUT_MAJOR: tuple[str, ...] = ("dense_in", "bitmask_in")  # the formats that skip inputs (set_threshold)
+IN_SEGMENT = 256  # output columns per unit of the input-major kernels (kInSeg in kernels/src/kernels.h)
 NM_COVERS = ", ".join(f"{m // 2}:{m}" for m in NM_GROUPS)
 NM_RULE = f"the nm kernel covers {NM_COVERS} (exactly half of each group kept)"
 
@@ -82,6 +90,28 @@ class Packed:
     def dense_bytes(self) -> int:
         return self.shape[0] * self.shape[1] * torch.finfo(self.dtype).bits // 8
 
+    @property
+    def input_major(self) -> bool:
+        return bool(self.native.input_major)
+
+    @property
+    def threshold(self) -> float:
+        """The activation threshold of an input-major format: inputs with |x| at or under it are skipped."""
+        return float(self.native.threshold)
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        self.native.threshold = float(value)
+
+    def activation_counts(self) -> dict[str, int]:
+        """What an input-major kernel skipped since the last `reset_counts`: its calls, the inputs (columns of
+        x) it saw and skipped (under the threshold in every row of the batch), the entries it saw and zeroed."""
+        names = ("calls", "inputs", "inputs_skipped", "entries", "entries_zero")
+        return dict(zip(names, (int(v) for v in self.native.activation_counts())))
+
+    def reset_counts(self) -> None:
+        self.native.reset_counts()
+
     def mm(self, x: torch.Tensor, threads: int | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
         """y (B, N) = x (B, K) @ W.T in float32 on the CPU, into `out` if given. The tensors are checked here
         and handed to the extension as addresses (a DLPack exchange per call cost more than a small layer's
@@ -120,6 +150,10 @@ def pack(weight: torch.Tensor, format: str, *, nm: tuple[int, int] | None = None
         return _pack_nm(w, *(nm or (2, 4)))
     if format == "bitmask":
         return _pack_bitmask(w)
+    if format == "dense_in":
+        return Packed("dense_in", shape, w.dtype, {"values": w.T.contiguous()})
+    if format == "bitmask_in":
+        return _pack_bitmask_in(w)
     if format == "csr16":
         return _pack_csr16(w, tile)
     return _pack_bsr(w, *block)
@@ -151,6 +185,19 @@ def _pack_bitmask(w: torch.Tensor) -> Packed:
     ptr = torch.zeros(rows + 1, dtype=torch.int64)
     ptr[1:] = keep.sum(1).cumsum(0)
     return Packed("bitmask", (rows, k), w.dtype, {"values": _pad_values(w[keep]), "mask": mask, "ptr": ptr})
+
+
+def _pack_bitmask_in(w: torch.Tensor) -> Packed:
+    rows, k = w.shape
+    keep = (w != 0).T.contiguous()  # (K, N): input-major
+    words = (rows + 63) // 64
+    segments = (rows + IN_SEGMENT - 1) // IN_SEGMENT
+    mask = _bits_to_bytes(keep, words * 64)  # (K, words * 8) bytes over the outputs
+    padded = torch.zeros(k, segments * IN_SEGMENT, dtype=torch.int64)
+    padded[:, :rows] = keep
+    ptr = torch.zeros(k * segments + 1, dtype=torch.int64)
+    ptr[1:] = padded.view(k, segments, IN_SEGMENT).sum(-1).reshape(-1).cumsum(0)
+    return Packed("bitmask_in", (rows, k), w.dtype, {"values": _pad_values(w.T[keep]), "mask": mask, "ptr": ptr})
 
 
 def _pack_csr16(w: torch.Tensor, tile: int) -> Packed:

@@ -17,6 +17,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -41,13 +42,14 @@ constexpr int kDefaultSpinUs = 0;  // microseconds the pool's threads spin for t
 
 // The formats by name, in the order of the Format enum. Python takes the codes from here (FORMATS), so a
 // format added to the enum without a name, or names out of order, does not compile.
-constexpr const char* kFormatNames[] = {"dense", "nm", "bitmask", "csr16", "bsr"};
+constexpr const char* kFormatNames[] = {"dense", "nm", "bitmask", "csr16", "bsr", "dense_in", "bitmask_in"};
 static_assert(sizeof(kFormatNames) / sizeof(kFormatNames[0]) == NUM_FORMATS, "one name per Format");
 
 constexpr bool same(const char* a, const char* b) { return *a == *b && (*a == 0 || same(a + 1, b + 1)); }
 static_assert(same(kFormatNames[DENSE], "dense") && same(kFormatNames[NM], "nm") &&
                   same(kFormatNames[BITMASK], "bitmask") && same(kFormatNames[CSR16], "csr16") &&
-                  same(kFormatNames[BSR], "bsr"),
+                  same(kFormatNames[BSR], "bsr") && same(kFormatNames[DENSE_IN], "dense_in") &&
+                  same(kFormatNames[BITMASK_IN], "bitmask_in"),
               "kFormatNames is in the order of the Format enum");
 
 // The N:M masks the nm format holds: groups of m columns keeping m / 2, so that every full byte of the
@@ -293,6 +295,33 @@ class Packed {
               if (t * tile + a_.cols[j] >= K) bad("a column index points past K");
         break;
       }
+      case DENSE_IN:
+        if (nvals < N * K) bad("dense_in values need K*N elements");
+        units_ = (N + kInSeg - 1) / kInSeg;
+        break;
+      case BITMASK_IN: {
+        units_ = (N + kInSeg - 1) / kInSeg;
+        a_.kwords = (N + 63) / 64;
+        a_.ntiles = units_;
+        a_.mask = data_as<uint8_t>(mask, "mask", 8, K * a_.kwords * 8);
+        if (reinterpret_cast<uintptr_t>(a_.mask) % 8) bad("mask must be 8-byte aligned");
+        a_.ptr = data_as<int64_t>(ptr, "ptr", 64, K * units_ + 1);
+        check_ptr(K * units_, nvals - 16, "ptr");  // the expand step may read 16 values past a segment's last
+        const uint64_t* w = reinterpret_cast<const uint64_t*>(a_.mask);
+        constexpr int64_t seg_words = kInSeg / 64;
+        for (int64_t k = 0; k < K; ++k)
+          for (int64_t sg = 0; sg < units_; ++sg) {
+            int64_t count = 0;
+            for (int64_t i = sg * seg_words; i < std::min(a_.kwords, (sg + 1) * seg_words); ++i)
+              count += __builtin_popcountll(w[k * a_.kwords + i]);
+            if (count != a_.ptr[k * units_ + sg + 1] - a_.ptr[k * units_ + sg])
+              bad("ptr disagrees with the mask at input " + std::to_string(k));
+          }
+        if (N % 64)
+          for (int64_t k = 0; k < K; ++k)
+            if (w[k * a_.kwords + a_.kwords - 1] >> (N % 64)) bad("mask bits are set past N");
+        break;
+      }
       case BSR: {
         if (bh <= 0 || bw <= 0) bad("block sizes must be positive");
         a_.bh = bh;
@@ -343,7 +372,49 @@ class Packed {
     nb::gil_scoped_release release;
     thread_local std::vector<float> scratch;
     thread_local std::vector<uint16_t> scratch_bf;
-    if (B == 1) {
+    thread_local std::vector<int32_t> scratch_act;
+    if (input_major()) {
+      // Keep input k when any row's |x[b, k]| is above the threshold (NaN is kept: it must propagate);
+      // entries at or under it are zeroed in their row. For one row, branch-free compaction.
+      const float thr = threshold_.load(std::memory_order_relaxed);
+      scratch_act.resize(a.K);
+      scratch.resize(a.K * B);
+      int64_t nact = 0, zeros = 0;
+      if (B == 1) {
+        for (int64_t k = 0; k < a.K; ++k) {
+          const float v = xs[k];
+          scratch_act[nact] = static_cast<int32_t>(k);
+          scratch[nact] = v;
+          nact += !(std::fabs(v) <= thr);
+        }
+        zeros = a.K - nact;
+      } else {
+        for (int64_t k = 0; k < a.K; ++k) {
+          bool any = false;
+          for (int64_t b = 0; b < B; ++b) {
+            const float v = xs[b * a.K + k];
+            const bool keep = !(std::fabs(v) <= thr);
+            scratch[nact * B + b] = keep ? v : 0.f;
+            zeros += !keep;
+            any |= keep;
+          }
+          scratch_act[nact] = static_cast<int32_t>(k);
+          nact += any;
+        }
+      }
+      a.act = scratch_act.data();
+      a.xa = scratch.data();
+      a.nact = nact;
+      calls_.fetch_add(1, std::memory_order_relaxed);
+      inputs_.fetch_add(a.K, std::memory_order_relaxed);
+      inputs_skipped_.fetch_add(a.K - nact, std::memory_order_relaxed);
+      entries_.fetch_add(a.K * B, std::memory_order_relaxed);
+      entries_zero_.fetch_add(zeros, std::memory_order_relaxed);
+      if (nact == 0) {
+        std::memset(y, 0, sizeof(float) * B * a.N);
+        return;
+      }
+    } else if (B == 1) {
       scratch.assign(a.kpad, 0.f);
       std::memcpy(scratch.data(), xs, sizeof(float) * a.K);
       a.xpad = scratch.data();
@@ -360,6 +431,7 @@ class Packed {
       a.xt = scratch.data();
     }
     RowFn fn = (B == 1 ? t->gemv : t->spmm)[a.format][a.wtype];
+    // (Input-major kernels read the weights of the kept inputs only; bytes_ still decides the threads.)
     // Small layers run on one thread: waking a worker costs more than it saves.
     if (bytes_ * B < (int64_t(1) << 18)) nthreads = 1;
     nthreads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nthreads, units_)));
@@ -368,6 +440,28 @@ class Packed {
   }
 
   int64_t weight_bytes() const { return bytes_; }
+  bool input_major() const { return a_.format == DENSE_IN || a_.format == BITMASK_IN; }
+
+  // Activation threshold of the input-major formats: an input at or under it in magnitude counts as zero.
+  void set_threshold(float t) {
+    if (!input_major()) bad("only the input-major formats (dense_in, bitmask_in) take an activation threshold");
+    if (!(t >= 0.f)) bad("the activation threshold must be a number >= 0");
+    threshold_.store(t);
+  }
+  float threshold() const { return threshold_.load(); }
+
+  // What the input-major kernels skipped since the last reset: calls, inputs (columns of x) seen and
+  // skipped (zero in every row of the batch), entries of x seen and zero.
+  std::vector<int64_t> activation_counts() const {
+    return {calls_.load(), inputs_.load(), inputs_skipped_.load(), entries_.load(), entries_zero_.load()};
+  }
+  void reset_counts() {
+    calls_ = 0;
+    inputs_ = 0;
+    inputs_skipped_ = 0;
+    entries_ = 0;
+    entries_zero_ = 0;
+  }
 
  private:
   static uint16_t to_bf16(float f) {  // round to nearest even
@@ -425,6 +519,8 @@ class Packed {
   Arr values_;
   std::optional<Arr> mask_, ptr_, cols_, bcols_;  // keep the arrays alive
   int64_t units_ = 0, bytes_ = 0;
+  std::atomic<float> threshold_{0.f};
+  std::atomic<int64_t> calls_{0}, inputs_{0}, inputs_skipped_{0}, entries_{0}, entries_zero_{0};
   std::mutex split_mu_;
   std::vector<std::vector<int64_t>> split_cache_;
 };
@@ -497,5 +593,11 @@ NB_MODULE(_native, m) {
       .def("mm", &Packed::mm, nb::arg("x"), nb::arg("y"), nb::arg("nthreads"))
       .def("mm_at", &Packed::mm_at, nb::arg("x"), nb::arg("y"), nb::arg("batch"), nb::arg("nthreads"),
            "mm on raw addresses (x: batch*K float32, y: batch*N float32, both contiguous), checked by the caller")
-      .def_prop_ro("weight_bytes", &Packed::weight_bytes);
+      .def_prop_ro("weight_bytes", &Packed::weight_bytes)
+      .def_prop_ro("input_major", &Packed::input_major)
+      .def_prop_rw("threshold", &Packed::threshold, &Packed::set_threshold,
+                   "activation threshold of the input-major formats (|x| at or under it is skipped)")
+      .def("activation_counts", &Packed::activation_counts,
+           "[calls, inputs seen, inputs skipped, entries seen, entries zero] since the last reset")
+      .def("reset_counts", &Packed::reset_counts);
 }
