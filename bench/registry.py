@@ -1,5 +1,5 @@
-"""Plugin registries found through entry points: methods (`sparsebench.methods`) and kernel
-backends (`sparsebench.kernels`).
+"""Plugin registries found through entry points: methods (`sparsebench.methods`), activation-sparsity
+rules (`sparsebench.activations`) and kernel backends (`sparsebench.kernels`).
 
     reg = method_registry()
     reg.names()               # discovered without importing any plugin
@@ -127,3 +127,8 @@ def method_registry() -> Registry:
 @functools.cache
 def kernel_registry() -> Registry:
     return Registry("sparsebench.kernels", "bench.speed.backends:KernelBackend", "kernel backend")
+
+
+@functools.cache
+def activation_registry() -> Registry:
+    return Registry("sparsebench.activations", "bench.activation:ActivationMethod", "activation rule")

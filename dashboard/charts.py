@@ -69,8 +69,18 @@ SPEED = {
 ON_FRONT = ("faster", "dense")
 
 
-def _dense(board: pd.DataFrame) -> pd.Series:
-    return board["method"] == "dense" if "method" in board.columns else pd.Series(False, index=board.index)
+def is_dense_baseline(board: pd.DataFrame) -> pd.Series:
+    """The rows of the dense model itself: the dense method with dense activations (the dense method with an
+    activation rule is a sparse configuration like any other)."""
+    if "method" not in board.columns:
+        return pd.Series(False, index=board.index)
+    dense = board["method"] == "dense"
+    if "activations" in board.columns:
+        dense &= board["activations"].fillna("none").eq("none")
+    return dense
+
+
+_dense = is_dense_baseline
 
 
 def _mask_only(board: pd.DataFrame) -> pd.Series:

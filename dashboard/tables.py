@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 
 from dashboard import labels
-from dashboard.charts import SPEED, Axis
+from dashboard.charts import SPEED, Axis, is_dense_baseline
 from dashboard.encoding import pattern_order
 
-ROW = ["model", "method", "pattern", "target_sparsity", "hardware", "seed"]
-ACCURACY = ["measured_sparsity", "perplexity", "perplexity_change_vs_dense", "kl_vs_dense", "task_acc_mean",
+ROW = ["model", "method", "pattern", "activations", "target_sparsity", "hardware", "seed"]
+ACCURACY = ["measured_sparsity", "activation_sparsity", "perplexity", "perplexity_change_vs_dense", "kl_vs_dense", "task_acc_mean",
             "task_acc_change_vs_dense", "task_flips_mean"]
 VERDICTS = ["faster", "slower", "no measurable difference", "dense"]
 VERDICT_COLOURS = ["green", "red", "gray", "blue"]
@@ -62,7 +62,7 @@ def by_pruned_model(board: pd.DataFrame, speed: str = "decode_speedup_b1") -> tu
     out = first.reset_index()
     for kernel in kernels:
         part = board[board["kernel"] == kernel].set_index(row_keys, drop=False)
-        dense = part["method"].eq("dense") if "method" in part.columns else pd.Series(False, index=part.index)
+        dense = is_dense_baseline(part)
         cols = pd.DataFrame(index=part.index)
         cols[f"{kernel} · speed"] = part[speed] if speed in part.columns else np.nan
         intervals = []
@@ -93,8 +93,13 @@ def paper_table(board: pd.DataFrame, metric: str = "perplexity") -> pd.DataFrame
     not depend on the kernel or the hardware, so each pruned model counts once."""
     if board.empty or metric not in board.columns:
         return pd.DataFrame()
-    once = board.drop_duplicates(subset=[c for c in ("model", "method", "pattern", "seed") if c in board.columns])
-    table = once.pivot_table(index=["model", "method"], columns="pattern", values=metric, aggfunc="mean")
+    once = board.drop_duplicates(subset=[c for c in ("model", "method", "pattern", "activations", "seed")
+                                         if c in board.columns])
+    index = ["model", "method"]
+    if "activations" in once.columns and once["activations"].fillna("none").ne("none").any():
+        once = once.assign(activations=once["activations"].fillna("none"))
+        index.append("activations")  # activation rules are rows of their own, beside the weight-only ones
+    table = once.pivot_table(index=index, columns="pattern", values=metric, aggfunc="mean")
     dense = table.pop("dense") if "dense" in table.columns else None
     order = sorted(table.columns, key=pattern_order)
     table = table[order]
@@ -103,5 +108,5 @@ def paper_table(board: pd.DataFrame, metric: str = "perplexity") -> pd.DataFrame
     methods = [m for m in table.index.get_level_values("method").unique()]
     rank = {m: i for i, m in enumerate(sorted(methods, key=lambda m: (m != "dense", m)))}
     table = table.reset_index()
-    table = table.sort_values(["model", "method"], key=lambda s: s.map(rank) if s.name == "method" else s)
+    table = table.sort_values(index, key=lambda s: s.map(rank) if s.name == "method" else s)
     return table.reset_index(drop=True)

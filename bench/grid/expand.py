@@ -1,4 +1,5 @@
-"""A GridSpec to its jobs: one per model x method x pattern x hardware x kernel x seed, in a stable order.
+"""A GridSpec to its jobs: one per model x method x pattern x activations x hardware x kernel x seed, in a
+stable order.
 
     jobs = expand(spec)
 """
@@ -66,7 +67,7 @@ def expand(spec: GridSpec, dropped: Counter | None = None) -> list[Job]:
             cls = registry.get(m.name)
             patterns = _patterns_for(m, cls, spec.patterns)
             dropped["pattern"] += not patterns
-            for pattern in patterns:
+            for pattern, acts in ((p, a) for p in patterns for a in spec.activations):
                 for hw in spec.hardware:
                     for kernel in spec.kernels:
                         if not kernels.get(kernel).supports_device(hw.device):
@@ -74,7 +75,8 @@ def expand(spec: GridSpec, dropped: Counter | None = None) -> list[Job]:
                             continue
                         for seed in spec.seeds:
                             values = {"model": model.name, "method": m.label, "pattern": pattern.label,
-                                      "hardware": hw.label, "kernel": kernel}
+                                      "activations": acts.label if acts else "none", "hardware": hw.label,
+                                      "kernel": kernel}
                             if _excluded(spec.excludes, values):
                                 dropped["exclude"] += 1
                                 continue
@@ -83,9 +85,9 @@ def expand(spec: GridSpec, dropped: Counter | None = None) -> list[Job]:
                                 pattern=pattern, hardware=hw, kernel=kernel,
                                 kernel_version=kernels.get(kernel).version, seed=seed, refine=m.refine,
                                 calibration=spec.calibration
-                                if cls.needs_calibration or pattern.needs_calibration or m.refine else None,
+                                if cls.needs_calibration or pattern.needs_calibration or m.refine or acts else None,
                                 perplexity=spec.perplexity, latency=spec.latency, tasks=tasks,
-                                layers=spec.layers if m.name != "dense" else None,
+                                layers=spec.layers if m.name != "dense" else None, activations=acts,
                             )
                             if job.key not in seen:
                                 seen.add(job.key)

@@ -12,16 +12,60 @@ from bench.errors import GridError, did_you_mean
 from bench.grid.specs import MethodSpec
 from bench.grid.table import DTYPES, _nonnegative, _positive, _Table
 from bench.patterns import Pattern, parse_pattern
-from bench.registry import kernel_registry, method_registry
+from bench.activation import ActivationSpec
+from bench.registry import activation_registry, kernel_registry, method_registry
 from bench.spec.hardware import Hardware
 from bench.spec.jobs import ModelSpec
 from bench.spec.protocols import REFINEMENTS, CalibrationSpec, LatencySpec, PerplexitySpec, Refinement, TasksSpec
 
 
-def _calibrates(methods: list[MethodSpec], patterns: list[Pattern]) -> bool:
-    """Whether any job of the grid reads calibration data."""
+def _calibrates(methods: list[MethodSpec], patterns: list[Pattern],
+                activations: list[ActivationSpec | None] = (None,)) -> bool:
+    """Whether any job of the grid reads calibration data (activation rules always do)."""
     return (any(method_registry().get(m.name).needs_calibration or m.refine for m in methods)
-            or any(p.needs_calibration for p in patterns))
+            or any(p.needs_calibration for p in patterns) or any(a is not None for a in activations))
+
+
+def _activations(source: str, items: list) -> list[ActivationSpec | None]:
+    """`activations`: "none", "NAME" or "NAME:VALUE" (the rule's shorthand parameter, e.g. teal:0.5), or a
+    table {name = "teal", params = {sparsity = 0.5}}; None stands for "none"."""
+    registry = activation_registry()
+    out: list[ActivationSpec | None] = []
+    for i, item in enumerate(items):
+        where = f"activations[{i}]"
+        if item == "none":
+            spec = None
+        else:
+            if isinstance(item, str):
+                name, sep, value = item.partition(":")
+                item = {"name": name}
+                if sep:
+                    if name in registry and registry.get(name).shorthand is None:
+                        raise GridError(source, where, f"'{name}' takes no NAME:VALUE form; give a table "
+                                                       f"{{name = \"{name}\", params = {{...}}}}")
+                    try:
+                        item["params"] = {registry.get(name).shorthand if name in registry else "": float(value)}
+                    except ValueError:
+                        raise GridError(source, where, f"'{value}' is not a number; write e.g. '{name}:0.5'") from None
+            elif not isinstance(item, dict):
+                raise GridError(source, where, f"expected \"none\", a rule such as \"teal:0.5\" or a table, got {item!r}")
+            t = _Table(source, where, item)
+            name = t.take("name", str)
+            if name not in registry:
+                known = ", ".join(registry.names())
+                t.fail("name", f"unknown activation rule '{name}'{did_you_mean(name, registry.names())}; known: none, {known}")
+            cls = registry.get(name)
+            try:
+                params = cls.validate_params(t.take("params", dict, {}))
+            except ValueError as err:
+                key, message = err.args
+                raise GridError(source, f"{where}.params.{key}" if key else f"{where}.params", message) from None
+            t.finish()
+            spec = ActivationSpec(name=name, version=cls.version, params=params, label=cls.label(params))
+        if spec in out:
+            raise GridError(source, where, f"'{spec.label if spec else 'none'}' is listed twice")
+        out.append(spec)
+    return out
 
 
 def max_positions(folder: str | Path) -> int | None:

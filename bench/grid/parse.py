@@ -9,7 +9,7 @@ import tomllib
 from pathlib import Path
 
 from bench.errors import GridError
-from bench.grid.fields import (_absolute, _calibrates, _check_dataset, _check_positions, _hardware, _kernels,
+from bench.grid.fields import (_absolute, _activations, _calibrates, _check_dataset, _check_positions, _hardware, _kernels,
                                _methods, _models, _patterns, _tasks)
 from bench.grid.specs import GridSpec
 from bench.grid.table import MAX_INT, MAX_RETRIES, MAX_STAGE_TIMEOUT_S, _nonnegative, _positive, _Table
@@ -42,12 +42,14 @@ def parse_grid(text: str, source: str = "grid.toml") -> GridSpec:
     models = _models(source, top.take("models", list, check=lambda v: None if v else "must list at least one model"))
     methods = _methods(source, top.take("methods", list, check=lambda v: None if v else "must list at least one method"))
     patterns = _patterns(source, top.take("patterns", list, ["dense"]))
+    activations = _activations(source, top.take("activations", list, ["none"],
+                                                check=lambda v: None if v else 'must not be empty; give ["none"]'))
     hardware = _hardware(source, top.take("hardware", list, ["cpu"]))
     kernels = _kernels(source, top.take("kernels", list, ["torch-dense"]), hardware)
     calibration = _calibration(_Table(source, "calibration", top.take("calibration", dict, {})))
     perplexity, tasks = _evaluation(_Table(source, "evaluation", top.take("evaluation", dict, {})))
     _check_dataset(source, "evaluation.perplexity.dataset", perplexity.dataset)
-    calibrates = _calibrates(methods, patterns)
+    calibrates = _calibrates(methods, patterns, activations)
     if calibrates:
         _check_dataset(source, "calibration.dataset", calibration.dataset)
     layers = _layers(_Table(source, "layers", top.take("layers", dict))) if "layers" in data else None
@@ -61,7 +63,7 @@ def parse_grid(text: str, source: str = "grid.toml") -> GridSpec:
         source=source, text=text, name=name, models=models, methods=methods, patterns=patterns,
         hardware=hardware, kernels=kernels, seeds=seeds, calibration=calibration, perplexity=perplexity,
         latency=latency, tasks=tasks, excludes=excludes, dense_baseline=dense_baseline, layers=layers,
-        stage_timeout_s=timeout, max_retries=max_retries,
+        stage_timeout_s=timeout, max_retries=max_retries, activations=activations,
     )
 
 
@@ -149,11 +151,11 @@ def _latency(lat: "_Table") -> LatencySpec | None:
 
 def _exclude(t: "_Table") -> dict[str, str]:
     """One [[exclude]] rule: the fields it matches on, the pattern normalised to its label."""
-    r = {k: t.take(k, str, None) for k in ("model", "method", "pattern", "hardware", "kernel")}
+    r = {k: t.take(k, str, None) for k in ("model", "method", "pattern", "activations", "hardware", "kernel")}
     t.finish()
     r = {k: v for k, v in r.items() if v is not None}
     if not r:
-        t.fail("", "an exclude rule needs at least one of model, method, pattern, hardware, kernel")
+        t.fail("", "an exclude rule needs at least one of model, method, pattern, activations, hardware, kernel")
     if "pattern" in r:
         try:
             r["pattern"] = parse_pattern(r["pattern"]).label

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.activation import ActivationSpec
 from bench.patterns import Pattern
 from bench.spec.hardware import Hardware
 from bench.spec.jobs import ModelSpec, method_label
@@ -43,3 +44,4 @@ class GridSpec:
     layers: LayerFilter | None = None
     stage_timeout_s: float | None = None  # [runner] stage_timeout_s: a stage running longer fails (not retried)
     max_retries: int = 2  # [runner] max_retries: re-runs of a stage whose worker or node was lost
+    activations: list[ActivationSpec | None] = field(default_factory=lambda: [None])  # None: "none"

@@ -3,12 +3,14 @@
     result = run_stage({"kind": "prune", "key": ..., "job": job.to_dict(), "artifacts": "/shared/artifacts",
                         "timeout_s": 600})      # never raises: a failure comes back as {"status": "failed", ...}
 
-- prune: load the dense model, calibrate, prune, verify every layer, save the artifact (bench.model.artifacts)
-  under the stage's key. If a sound artifact with that key is already there (another store, or a store that
+- prune: load the dense model, calibrate, prune, verify every layer, then (with an activation rule) find
+  each pruned layer's input threshold on the pruned model; save the artifact (bench.model.artifacts),
+  thresholds in its manifest, under the stage's key. If a sound artifact with that key is already there (another store, or a store that
   was lost), it is reused and its manifest's figures are returned.
 - evaluate: load the dense model, take its reference for KL and flips (bench.accuracy.reference: stored
   once per model and protocol, computed here on the dense model if absent), apply the artifact in place
-  (checksums verified), perplexity and KL vs dense under the recorded protocol, the dense sanity gate,
+  (checksums verified) and its activation thresholds (forward hooks that also count the sparsity they
+  reach on the test data, per layer), perplexity and KL vs dense under the recorded protocol, the dense sanity gate,
   lm-eval tasks and the answers that flipped against the dense model.
 - latency: load the dense model twice (one copy gets the artifact and the kernel backend, the other is the
   dense reference), time the candidate, the reference and the reference again (A/A, the noise floor) in
@@ -207,7 +209,7 @@ def _prune(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
     pattern = job.pattern
     method = method_registry().get(job.method)(seed=job.seed, **job.method_params)
     calibration = None
-    if method.needs_calibration or pattern.needs_calibration or job.refine:
+    if method.needs_calibration or pattern.needs_calibration or job.refine or job.activations:
         from bench.prune.calibration import calibration_tokens
 
         calibration = calibration_tokens(tokenizer, job.calibration)
@@ -227,14 +229,43 @@ def _prune(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
     ]
     modules = dict(model.named_modules())
     weights = {name: modules[name].weight.detach().to("cpu", copy=True) for name in report.rewritten}
+    extra = {}
+    if job.activations is not None:
+        extra["activations"] = _calibrate_activations(job, model, calibration, metrics, timings)
     t = time.perf_counter()
     result = {"metrics": metrics, "layers": report.layers}
     manifest = artifacts.save(key, weights, report.masks, {
         "model": job.model.identity(), "model_name": job.model.name, "prune": job.prune_identity(),
-        "made_on": job.hardware.label, "result": result})
+        "made_on": job.hardware.label, "result": result, **extra})
     timings["artifact_save_s"] = time.perf_counter() - t
     return {**result, "artifact": {"key": key, "bytes": artifacts.size(key), "reused": False,
                                    "created_at": manifest["created_at"]}}
+
+
+def _calibrate_activations(job, model, calibration, metrics: list, timings: dict[str, float]) -> dict[str, Any]:
+    """The activation rule's thresholds on the pruned model (every target layer), for the manifest; a metric
+    of the sparsity they reach on the calibration data."""
+    from bench.model.walk import target_layers
+    from bench.registry import activation_registry
+
+    spec = job.activations
+    rule = activation_registry().get(spec.name)(**spec.params)
+    layers = {name: module for name, _, module in target_layers(model, job.layers)}
+    t = time.perf_counter()
+    found = rule.calibrate(model, layers, calibration)
+    timings["activation_calibration_s"] = time.perf_counter() - t
+    per_layer = {name: v["calibration_sparsity"] for name, v in found.items()}
+    metrics.append(_metric("activation_calibration_sparsity", sum(per_layer.values()) / len(per_layer), "fraction",
+                           None, "prune", {"target": spec.target, "rule": spec.label, "per_layer": per_layer,
+                                           "note": "mean over layers of the fraction of each layer's calibration "
+                                                   "input entries at or under its threshold"}))
+    return {"spec": spec.to_dict(), "thresholds": {name: v["threshold"] for name, v in found.items()},
+            "calibration_sparsity": per_layer}
+
+
+def thresholds_of(manifest: dict[str, Any] | None) -> dict[str, float]:
+    """The activation thresholds an artifact's manifest holds (none for weight-only artifacts)."""
+    return dict(((manifest or {}).get("activations") or {}).get("thresholds") or {})
 
 
 def _evaluate(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
@@ -245,7 +276,17 @@ def _evaluate(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any
     t = time.perf_counter()
     ref = reference.obtain(stage["artifacts"], job, model, tokenizer, device)  # on the dense model, before the artifact
     timings["dense_reference_s"] = time.perf_counter() - t
-    _apply_artifact(stage, job, model, timings)  # in place: one copy of the model at a time
+    manifest = _apply_artifact(stage, job, model, timings)  # in place: one copy of the model at a time
+    hooks = None
+    if job.activations is not None:
+        from bench.activation import Thresholds
+
+        thresholds = thresholds_of(manifest)
+        if not thresholds:
+            from bench.model.artifacts import ArtifactError
+
+            raise ArtifactError(f"artifact {job.prune_key} holds no activation thresholds for {job.activations.label}")
+        hooks = Thresholds(model, thresholds)
     t = time.perf_counter()
     ppl = perplexity(model, tokenizer, job.perplexity, reference=ref.head_inputs)
     timings["perplexity_s"] = time.perf_counter() - t
@@ -255,6 +296,13 @@ def _evaluate(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any
                        {**ppl["protocol"], "divergence": "mean over scored tokens of KL(dense || pruned) of the "
                         "next-token distributions", "top1_agreement": ppl["top1_agreement"],
                         "dense_reference": ref.record})]
+    if hooks is not None:
+        per_layer = hooks.sparsity()
+        metrics.append(_metric("activation_sparsity", hooks.overall(), "fraction", None, "perplexity",
+                               {**ppl["protocol"], "target": job.activations.target, "rule": job.activations.label,
+                                "per_layer": per_layer, "note": "fraction of the pruned layers' input entries at or "
+                                "under their thresholds over the perplexity pass (entries weighted alike)"}))
+        hooks.reset()  # the tasks below are scored with the thresholds on; their counts are not kept
     warnings = _dense_gate(job, ppl["perplexity"])
     if job.tasks is not None:
         from bench.accuracy.lmeval import flips, run_tasks_with_answers
@@ -273,12 +321,22 @@ def _latency(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]
     from bench.model.walk import target_layers
     from bench.registry import kernel_registry
 
-    job, device, model, tokenizer, _ = _pruned(stage, timings)
+    job, device, model, tokenizer, manifest = _pruned(stage, timings)
     t = time.perf_counter()
     backend = kernel_registry().get(job.kernel)()
     layers = {name: module for name, _, module in target_layers(model)}
     spec = job.latency
-    kernel = backend.prepare(model, layers, job.pattern, batches=tuple(spec.decode_batch), seconds=spec.max_seconds)
+    thresholds = thresholds_of(manifest) if job.activations is not None else {}
+    if job.activations is not None and not thresholds:
+        from bench.model.artifacts import ArtifactError
+
+        raise ArtifactError(f"artifact {job.prune_key} holds no activation thresholds for {job.activations.label}")
+    kernel = backend.prepare(model, layers, job.pattern, batches=tuple(spec.decode_batch), seconds=spec.max_seconds,
+                             thresholds=thresholds)
+    if thresholds:  # zeroed in front of the layers whose kernels do not skip them (timed with the model)
+        from bench.activation import Thresholds
+
+        Thresholds(model, thresholds, count=False)
     # A dense model whose layers the backend left as they were is the reference itself: 1x by definition.
     same = kernel["status"] == "dense" and all(model.get_submodule(n) is m for n, m in layers.items())
     reference, _ = load_model(job.model, device)
@@ -291,13 +349,21 @@ def _latency(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]
         metrics.append(_metric("read_bandwidth_GBps", bandwidth.median / 1e9, "GB/s", True, "latency",
                                {"bytes_per_s": bandwidth.to_dict(), "threads": torch.get_num_threads(),
                                 "probe": "native vector sum over 256 MiB"}))
-        layer_rows = measure_layers(model, reference, kernel, spec, bandwidth.median, seed=job.seed)
+        inputs = None
+        if thresholds:  # the thresholds act on real activations: each layer is timed on its own
+            from bench.speed.latency import capture_inputs
+
+            inputs = capture_inputs(model, list(layers), spec, model.config.vocab_size, seed=job.seed)
+        layer_rows = measure_layers(model, reference, kernel, spec, bandwidth.median, seed=job.seed, inputs=inputs)
         rows += layer_rows
         shares = decode_shares(reference, spec, model.config.vocab_size, seed=job.seed)
         measured = {r["name"]: r for r in rows}
-        ideal = {k: ideal_speedup(s) for k, s in kernel["shapes"].items()}
         for b, share in shares.items():
-            per_shape = {r["details"]["shape"]: r["value"] for r in layer_rows if r["name"].startswith(f"layer_speedup_b{b}:")}
+            batch_rows = [r for r in layer_rows if r["name"].startswith(f"layer_speedup_b{b}:")]
+            per_shape = {r["details"]["shape"]: r["value"] for r in batch_rows}
+            # the bound from bytes: per shape, what its kernel read at this batch (skipped inputs left out)
+            ideal = {k: ideal_speedup(s) for k, s in kernel["shapes"].items()}
+            ideal.update({r["details"]["shape"]: r["details"]["ideal_speedup"] for r in batch_rows})
             why = amdahl(share, per_shape, ideal)
             details = {**why, "measured_speedup": measured[f"decode_speedup_b{b}"]["value"], "decode_share_timing": share,
                        "note": "shares of the dense model's decode time, timed by forward hooks around each pruned layer"}
@@ -305,6 +371,8 @@ def _latency(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]
             rows.append(_metric(f"decode_outside_share_b{b}", why["outside_share"], "fraction", None, "latency", details))
     kernel["calls"] = call_counts(model)
     kernel["timed_as_reference"] = same
+    if thresholds:
+        kernel["activations"]["counts"] = _activation_counts(model)
     for row in rows:
         row["details"] = {**row["details"], "threads": torch.get_num_threads(), "kernel": kernel["backend"],
                           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
@@ -312,6 +380,18 @@ def _latency(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]
     del reference
     timings["latency_s"] = time.perf_counter() - t
     return {"metrics": metrics, "kernel": kernel}
+
+
+def _activation_counts(model) -> dict[str, Any]:
+    """What the input-major kernels of `model` skipped over the whole latency stage, summed."""
+    total = {"calls": 0, "inputs": 0, "inputs_skipped": 0, "entries": 0, "entries_zero": 0}
+    for module in model.modules():
+        if getattr(module, "skips_inputs", False):
+            for k, v in module.packed.activation_counts().items():
+                total[k] += v
+    total["inputs_skipped_fraction"] = total["inputs_skipped"] / total["inputs"] if total["inputs"] else None
+    total["entries_zero_fraction"] = total["entries_zero"] / total["entries"] if total["entries"] else None
+    return total
 
 
 RUNNERS = {"prune": _prune, "evaluate": _evaluate, "latency": _latency}

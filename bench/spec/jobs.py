@@ -1,8 +1,8 @@
 """Jobs and their content keys.
 
-A job is one (model, method, pattern, hardware, kernel, seed) cell of a grid with everything needed to
+A job is one (model, method, pattern, activations, hardware, kernel, seed) cell of a grid with everything needed to
 run it. Its key is a hash of everything that determines its results: the model's content fingerprint,
-the method's name, version and parameters, the pattern, the calibration, perplexity and latency specs,
+the method's name, version and parameters, the pattern, the activation rule (if any), the calibration, perplexity and latency specs,
 the hardware, the kernel backend and its version, the seed, and the version of each stage's code. A
 resubmitted grid skips jobs whose key is already done in the store; changing any of these makes a new key.
 """
@@ -16,6 +16,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from bench.activation import ActivationSpec
 from bench.patterns import Pattern, pattern_from_dict
 from bench.spec.hardware import Hardware
 from bench.spec.protocols import (CalibrationSpec, LatencySpec, LayerFilter, PerplexitySpec, Refinement, TaskSuite,
@@ -98,6 +99,9 @@ class Job:
     tasks: TaskSuite | None = None  # lm-eval: the tasks plus lm-eval's version and the task folders' fingerprints
     layers: LayerFilter | None = None  # the layer filter; None = every linear layer of the blocks
     refine: Refinement | None = None  # a mask refinement after the method, e.g. DSnoT for 50 cycles
+    # an activation-sparsity rule (e.g. teal:0.5): thresholds calibrated on the pruned model in the prune
+    # stage and stored with its artifact; None = dense activations
+    activations: ActivationSpec | None = None
 
     def prune_identity(self) -> dict[str, Any]:
         return {
@@ -105,6 +109,7 @@ class Job:
             "params": self.method_params, "pattern": as_json(self.pattern), "calibration": as_json(self.calibration),
             **({"layers": as_json(self.layers)} if self.layers else {}),
             **({"refine": as_json(self.refine)} if self.refine else {}),
+            **({"activations": as_json(self.activations)} if self.activations else {}),
             "seed": self.seed, "code": STAGE_VERSIONS["prune"],
         }
 
@@ -149,8 +154,14 @@ class Job:
         """The method as shown on the leaderboard: its name, plus `+dsnot` when refined."""
         return method_label(self.method, self.refine)
 
+    @property
+    def activations_label(self) -> str:
+        """The activation rule as the leaderboard shows it: `none`, or e.g. `teal:0.5`."""
+        return self.activations.label if self.activations else "none"
+
     def describe(self) -> str:
-        return (f"{self.model.name} · {self.method_label} · {self.pattern.label} · {self.hardware.label} · "
+        acts = f" · activations {self.activations.label}" if self.activations else ""
+        return (f"{self.model.name} · {self.method_label} · {self.pattern.label}{acts} · {self.hardware.label} · "
                 f"{self.kernel} · seed {self.seed}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -158,7 +169,7 @@ class Job:
         other conversions and with the grid's other jobs (made once per spec object): do not mutate them."""
         d: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
         d["model"] = {f.name: getattr(self.model, f.name) for f in fields(self.model)}
-        for name in ("pattern", "calibration", "perplexity", "latency", "tasks", "layers", "refine"):
+        for name in ("pattern", "calibration", "perplexity", "latency", "tasks", "layers", "refine", "activations"):
             d[name] = as_json(d[name])
         d["hardware"] = self.hardware.label
         d["key"] = self.key
@@ -175,7 +186,7 @@ class Job:
             "hardware": Hardware.parse(d["hardware"]), "calibration": typed(CalibrationSpec, d["calibration"]),
             "perplexity": PerplexitySpec.from_dict(d["perplexity"]), "latency": typed(LatencySpec, d["latency"]),
             "tasks": typed(TaskSuite, d.get("tasks")), "layers": typed(LayerFilter, d.get("layers")),
-            "refine": typed(Refinement, d.get("refine")),
+            "refine": typed(Refinement, d.get("refine")), "activations": typed(ActivationSpec, d.get("activations")),
         })
 
 

@@ -8,6 +8,11 @@ kernel says so: such a pattern is recorded as "mask only", however sparse it is.
 Backends are found through the entry-point group `sparsebench.kernels`. Each states what it covers
 (`patterns`, `dtypes`, `devices`, `max_batch`); a layer outside that stays on PyTorch's dense kernel and
 the reason is recorded, per layer, in the provenance.
+
+With an activation rule, `prepare` also takes each layer's input threshold. A backend whose kernels skip
+the inputs under it (`convert_skipping`: the native input-major formats) applies it itself; on any other
+backend the latency stage zeroes those inputs in front of the layer (a forward hook, whose cost is timed)
+and the layer multiplies them as it would any other: activation sparsity there is "mask only".
 """
 
 from __future__ import annotations
@@ -51,30 +56,53 @@ class KernelBackend:
         """One layer on this backend: (module, format). Raise Unsupported to leave it on nn.Linear."""
         raise Unsupported(f"{self.name} converts no layers")
 
+    def convert_skipping(self, linear: torch.nn.Linear, pattern: Pattern, threshold: float) -> tuple[torch.nn.Module, str]:
+        """One layer whose kernel skips the inputs at or under `threshold` itself (the module says so with
+        `skips_inputs = True`). Raise Unsupported to convert it as usual, the threshold applied in front."""
+        raise Unsupported(f"{self.name} has no kernel that skips zero inputs")
+
     def prepare(self, model: torch.nn.Module, layers: dict[str, torch.nn.Module], pattern: Pattern,
-                batches: tuple[int, ...] = (1,), seconds: float | None = None) -> dict[str, Any]:
+                batches: tuple[int, ...] = (1,), seconds: float | None = None,
+                thresholds: dict[str, float] | None = None) -> dict[str, Any]:
         """Swap the pruned `layers` (name -> module) of `model` for this backend's modules, in place.
         `batches` are the decode batches the latency stage will time, and `seconds` what it may spend
-        tuning to them (a backend may choose its formats by measurement).
+        tuning to them (a backend may choose its formats by measurement). `thresholds` (layer name ->
+        activation threshold) come from an activation rule.
 
         Returns provenance: backend, version, status ("accelerated", "mask only" or "dense"), format (per
         format, how many layers), weight_bytes (what the kernels read) and dense_weight_bytes, fallbacks
-        (reason -> layer count), and per unique layer shape its format and bytes.
+        (reason -> layer count), per unique layer shape its format and bytes, and with thresholds
+        `activations`: how many layers skip their inputs in the kernel and how many have them zeroed in
+        front (and why).
         """
+        thresholds = thresholds or {}
         formats: Counter = Counter()
         fallbacks: Counter = Counter()
+        masked: Counter = Counter()
         shapes: dict[str, dict[str, Any]] = {}
-        read = dense = 0
+        read = dense = skipping = 0
         for name, layer in layers.items():
             linear = as_linear(layer)
             w = linear.weight  # (N, K) = (out_features, in_features)
             layer_dense = w.numel() * w.element_size()
             dense += layer_dense
+            skips = noted = False
             try:
                 if str(w.dtype).removeprefix("torch.") not in self.dtypes:
                     raise Unsupported(f"{self.name} does not take {str(w.dtype).removeprefix('torch.')} weights")
-                module, fmt = self.convert(linear, pattern)
+                module = None
+                if name in thresholds:
+                    try:
+                        module, fmt = self.convert_skipping(linear, pattern, thresholds[name])
+                        skips = True
+                    except Unsupported as why:  # zeroed in front of whatever runs the layer
+                        masked[str(why)] += 1
+                        noted = True
+                if module is None:
+                    module, fmt = self.convert(linear, pattern)
             except Unsupported as why:
+                if name in thresholds and not noted:
+                    masked[str(why)] += 1
                 fallbacks[str(why)] += 1
                 module, fmt, layer_read = layer, "dense (PyTorch fallback)", layer_dense
             else:
@@ -82,25 +110,35 @@ class KernelBackend:
                 if module is not linear and module is not layer:
                     parent, _, child = name.rpartition(".")
                     setattr(model.get_submodule(parent) if parent else model, child, module)
+            skipping += skips
             formats[fmt] += 1
             read += layer_read
             key = f"{w.shape[0]}x{w.shape[1]}"
             entry = shapes.setdefault(key, {"N": w.shape[0], "K": w.shape[1], "layers": 0, "format": fmt,
                                             "weight_bytes": layer_read, "dense_weight_bytes": layer_dense})
             entry["layers"] += 1
+            if name in thresholds:
+                entry["activation_threshold"] = "kernel" if skips else "hook"
         sparse_formats = [f for f in formats if f not in ("dense", "dense (PyTorch fallback)")]
-        if pattern.sparsity == 0 or isinstance(pattern, Dense):
+        if (pattern.sparsity == 0 or isinstance(pattern, Dense)) and not thresholds:
             status = "dense"
         elif sparse_formats:
             status = "accelerated"
         else:
             status = "mask only"
-        return {
+        out = {
             "backend": self.name, "version": self.version, "status": status, "accelerated": status == "accelerated",
             "format": dict(formats), "weight_bytes": read, "dense_weight_bytes": dense,
             "fallbacks": dict(fallbacks), "max_batch": self.max_batch, "shapes": shapes,
             "note": "" if status != "mask only" else "zeros are multiplied by a dense kernel",
         }
+        if thresholds:
+            out["activations"] = {
+                "layers": len(thresholds), "skipped_in_kernel": skipping, "zeroed_in_front": sum(masked.values()),
+                "why_not_skipped": dict(masked),
+                "status": "accelerated" if skipping else "mask only",
+            }
+        return out
 
 
 def as_linear(layer: torch.nn.Module) -> torch.nn.Module:
@@ -152,7 +190,7 @@ class NativeDense(KernelBackend):
     the formats and nothing else (and shows how far PyTorch's own dense kernel is from the bandwidth)."""
 
     name = "native-dense"
-    version = "1"
+    version = "2"  # 2: the batch-1 GEMV reads four rows at a time
     dtypes = ("float32", "bfloat16")
     max_batch = MAX_BATCH
     description = (f"SparseBench's own dense GEMV/SpMM kernel (zeros multiplied); batches above {MAX_BATCH} rows "
@@ -170,18 +208,30 @@ class Native(KernelBackend):
     dtypes = ("float32", "bfloat16")
     max_batch = MAX_BATCH
     patterns = (f"{NM_COVERS} (nm); block (bsr); unstructured and channels (bitmask below 65%, csr16 from 65%); "
-                "per layer shape, another format that holds the mask where it measures faster")
+                "per layer shape, another format that holds the mask where it measures faster; with an activation "
+                "rule, input-major formats that skip the inputs under the threshold (dense_in, bitmask_in)")
     description = (f"SparseBench's native CPU kernels (AVX2/AVX-512/portable); batches above {MAX_BATCH} rows run "
                    "PyTorch dense.")
 
     def accelerates(self, pattern):
         return pattern.sparsity > 0 and not (isinstance(pattern, NM) and not nm_supported(pattern.n, pattern.m))
 
-    def prepare(self, model, layers, pattern, batches=(1,), seconds=None):
+    def convert_skipping(self, linear, pattern, threshold):
+        """Input-major storage: `dense_in` for a weight without zeros, else `bitmask_in` (both its zeros
+        and the inputs under the threshold skipped)."""
+        fmt = "bitmask_in" if bool((linear.weight == 0).any()) else "dense_in"
+        module = SparseLinear.from_linear(linear, fmt)
+        module.packed.threshold = threshold
+        return module, fmt
+
+    def prepare(self, model, layers, pattern, batches=(1,), seconds=None, thresholds=None):
         """Chooses each layer shape's format by measurement (`bench.speed.choice`, within `seconds` in all,
-        2 s per shape and batch when not given), then converts."""
+        2 s per shape and batch when not given), then converts. Layers with an activation threshold take
+        an input-major format instead (`convert_skipping`)."""
         weights = {}
         for name, layer in layers.items():
+            if thresholds and name in thresholds:
+                continue
             w = as_linear(layer).weight
             if str(w.dtype).removeprefix("torch.") in self.dtypes and w.device.type == "cpu":
                 weights[name] = w.detach()
@@ -192,7 +242,7 @@ class Native(KernelBackend):
                             if self.accelerates(pattern) else {})
         except NoFormat:
             self._choice = {}  # no format holds the mask: every layer falls back, and convert says why
-        provenance = super().prepare(model, layers, pattern, batches, seconds)
+        provenance = super().prepare(model, layers, pattern, batches, seconds, thresholds)
         provenance["format_choice"] = {k: {f: v for f, v in c.items() if f != "kw"} for k, c in self._choice.items()}
         return provenance
 

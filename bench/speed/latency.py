@@ -237,13 +237,45 @@ def _l3_mib() -> int:
         return 32
 
 
-def _sweep(modules: list[torch.nn.Module], x: torch.Tensor) -> Callable[[], None]:
-    """Calls every module once, back to back, as a forward calls the layers of one shape."""
+def _sweep(modules: list[torch.nn.Module], x: torch.Tensor | list[torch.Tensor]) -> Callable[[], None]:
+    """Calls every module once, back to back, as a forward calls the layers of one shape: on the same
+    activations, or with a list, each module on its own."""
+    xs = x if isinstance(x, list) else [x] * len(modules)
+
     def run():
         with torch.inference_mode():
-            for module in modules:
-                module(x)
+            for module, xi in zip(modules, xs):
+                module(xi)
     return run
+
+
+def capture_inputs(model: torch.nn.Module, names: list[str], spec: LatencySpec, vocab_size: int,
+                   seed: int = 0) -> dict[int, dict[str, torch.Tensor]]:
+    """Per decode batch, each named layer's input at the last step of a short greedy decode (rows = the
+    batch), as the model really produces it: the activations an activation rule's thresholds act on. The
+    hooks run before any other pre-hook of the layer, so they see the input before a threshold zeroes it."""
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(seed + 2)
+    out: dict[int, dict[str, torch.Tensor]] = {}
+    for b in spec.decode_batch:
+        seen: dict[str, torch.Tensor] = {}
+
+        def hook_for(name):
+            def hook(module, args):
+                x = args[0]
+                if x.numel() // x.shape[-1] == b:  # a decode step, not the prompt
+                    seen[name] = x.detach().reshape(b, x.shape[-1]).clone()
+            return hook
+
+        handles = [model.get_submodule(n).register_forward_pre_hook(hook_for(n), prepend=True) for n in names]
+        try:
+            prompt = torch.randint(0, vocab_size, (b, spec.prompt_length), generator=gen).to(device)
+            _decode(model, prompt, min(4, spec.decode_tokens))()
+        finally:
+            for h in handles:
+                h.remove()
+        out[b] = seen
+    return out
 
 
 def cold(run: Callable[[], None], evict: Callable[[], None]) -> Callable[[], Callable[[], None]]:
@@ -256,7 +288,8 @@ def cold(run: Callable[[], None], evict: Callable[[], None]) -> Callable[[], Cal
 
 def measure_layers(candidate: torch.nn.Module, reference: torch.nn.Module, kernel: dict[str, Any],
                    spec: LatencySpec, bandwidth: float, seed: int = 0,
-                   evict: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+                   evict: Callable[[], None] | None = None,
+                   inputs: dict[int, dict[str, torch.Tensor]] | None = None) -> list[dict[str, Any]]:
     """Per unique layer shape in `kernel["shapes"]`: the candidate's layers against the reference's dense
     layers of the same names and those again (A/A), at each decode batch, in rounds as `run_rounds` runs
     them (every loop gets an equal share of `spec.max_seconds`).
@@ -264,7 +297,12 @@ def measure_layers(candidate: torch.nn.Module, reference: torch.nn.Module, kerne
     One timing is a sweep: every layer of that shape called once, back to back, on the same activations,
     after the cache has been evicted (untimed). So each weight comes from memory, as in a decode, and the
     fixed cost of a call lands as often as it does in a forward. (Timing one call at a time, between the
-    other slots' calls, read 576x576 2:4 at 0.85x where the same layers back to back read 1.48x.)"""
+    other slots' calls, read 576x576 2:4 at 0.85x where the same layers back to back read 1.48x.)
+
+    With `inputs` (per batch, per layer name: `capture_inputs`), each layer runs on its own real input
+    instead of a random one, as an activation rule needs: its thresholds act on what the model produces.
+    Layers whose kernels skip inputs then report the fraction they skipped, and the ideal from bytes
+    counts only the weights of the inputs kept."""
     from bench.model.walk import target_layers, weight_view
 
     ref = {name: m for name, _, m in target_layers(reference)}
@@ -281,6 +319,11 @@ def measure_layers(candidate: torch.nn.Module, reference: torch.nn.Module, kerne
         dtype = ref[names[0]].weight.dtype
         for b in spec.decode_batch:
             x = torch.randn(b, shape["K"], generator=gen).to(dtype)
+            if inputs is not None and all(n in inputs.get(b, {}) for n in names):
+                x = [inputs[b][n].to(dtype) for n in names]
+            packs = [cand[n].packed for n in names if getattr(cand[n], "skips_inputs", False)]
+            for pk in packs:
+                pk.reset_counts()
             slots = {"candidate": cold(_sweep([cand[n] for n in names], x), evict),
                      "reference": cold(_sweep([ref[n] for n in names], x), evict),
                      "reference_again": cold(_sweep([ref[n] for n in names], x), evict)}
@@ -290,7 +333,12 @@ def measure_layers(candidate: torch.nn.Module, reference: torch.nn.Module, kerne
             cand_s, ref_s = Summary.from_values(rounds.times["candidate"]), Summary.from_values(rounds.times["reference"])
             speed, aa = rounds.speedup("reference", "candidate"), rounds.speedup("reference", "reference_again")
             calls = len(names)
-            gbps = shape["weight_bytes"] * calls / cand_s.median
+            read_bytes, skipped = shape["weight_bytes"], None
+            if packs:
+                counts = [pk.activation_counts() for pk in packs]
+                skipped = sum(c["inputs_skipped"] for c in counts) / max(1, sum(c["inputs"] for c in counts))
+                read_bytes = shape["weight_bytes"] * (1 - skipped)  # the weights of the kept inputs
+            gbps = read_bytes * calls / cand_s.median
             details = {"shape": key, "batch": b, "format": shape["format"], "layers_per_sweep": calls,
                        "timing": "one sweep over every layer of the shape, cache evicted before it",
                        "weight_bytes": shape["weight_bytes"], "dense_weight_bytes": shape["dense_weight_bytes"],
@@ -298,7 +346,11 @@ def measure_layers(candidate: torch.nn.Module, reference: torch.nn.Module, kerne
                        "speedup_paired": speed.to_dict(), "verdict": speed.verdict(aa), "aa": aa.to_dict(),
                        **rounds.record(spec.precision), "read_bandwidth_Bps": bandwidth,
                        "bandwidth_fraction": gbps / bandwidth if bandwidth else None,
-                       "ideal_speedup": ideal_speedup(shape)}
+                       "ideal_speedup": ideal_speedup({**shape, "weight_bytes": read_bytes}),
+                       "inputs": "captured from a decode" if isinstance(x, list) else "random normal"}
+            if skipped is not None:
+                details.update(inputs_skipped=skipped, weight_bytes_read=read_bytes,
+                               note_inputs="inputs skipped: under the threshold in every row of the batch")
             rows.append(_row(f"layer_speedup_b{b}:{key}", speed.median, "x", True, details))
             rows.append(_row(f"layer_GBps_b{b}:{key}", gbps / 1e9, "GB/s", True, details))
     return rows

@@ -255,6 +255,11 @@ class SparseLinear(torch.nn.Module):
         self.bias = None if bias is None else torch.nn.Parameter(bias.detach(), requires_grad=False)
         self.calls = {"native": 0, "dense_batch_above_max": 0, "dense_not_cpu": 0}
 
+    @property
+    def skips_inputs(self) -> bool:
+        """Whether the kernel itself skips the inputs under the packed weight's activation threshold."""
+        return self.packed.input_major
+
     @staticmethod
     def from_linear(linear: torch.nn.Linear, format: str, **kw) -> "SparseLinear":
         return SparseLinear(pack(linear.weight, format, **kw), linear.weight, linear.bias)

@@ -219,6 +219,7 @@ class Store:
                 "model_fingerprint": [j.model.fingerprint for j in jobs], "method": [j.method_label for j in jobs],
                 "method_version": [j.method_version for j in jobs], "method_params": [_j(j.method_params) for j in jobs],
                 "pattern": [j.pattern.label for j in jobs], "pattern_spec": [_j(d["pattern"]) for d in specs],
+                "activations": [j.activations_label for j in jobs],
                 "target_sparsity": pd.Series([j.pattern.sparsity for j in jobs], dtype="float64"),
                 "hardware": [j.hardware.label for j in jobs], "kernel": [j.kernel for j in jobs],
                 "kernel_version": [j.kernel_version for j in jobs], "seed": pd.Series([j.seed for j in jobs], dtype="int64"),

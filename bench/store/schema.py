@@ -14,7 +14,7 @@ import duckdb
 
 from bench.errors import BenchError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 class StoreError(BenchError):
@@ -38,8 +38,8 @@ def schema_version(con: duckdb.DuckDBPyConnection, path: str | Path = "the store
 
 # One row per finished job. "vs dense" compares with the dense job of the same model, hardware, kernel and
 # seed measured under the same perplexity protocol (dataset, context, stride, tokens); when several match
-# (the same dense job re-run), the latest one.
-LEADERBOARD_SQL = """
+# (the same dense job re-run), the latest one. (The view as of schema 5; LEADERBOARD_SQL below is today's.)
+_LEADERBOARD_V5 = """
 CREATE OR REPLACE VIEW leaderboard AS
 WITH per_job AS (      -- metrics pivoted per job first: grouping by the key alone keeps 100k jobs fast
     SELECT job_key,
@@ -93,6 +93,18 @@ LEFT JOIN dense d
  AND d.perplexity_protocol IS NOT DISTINCT FROM w.perplexity_protocol
 """
 
+# Schema 6: the activation rule of each job (`activations`, "none" for dense activations) and the sparsity
+# its thresholds reached on the test data; the dense reference is the dense method with dense activations.
+LEADERBOARD_SQL = (_LEADERBOARD_V5
+    .replace("""           max(value) FILTER (WHERE name = 'measured_sparsity') AS measured_sparsity,""",
+             """           max(value) FILTER (WHERE name = 'measured_sparsity') AS measured_sparsity,
+           max(value) FILTER (WHERE name = 'activation_sparsity') AS activation_sparsity,""")
+    .replace("SELECT j.job_key, j.run_id, j.model, j.method, j.pattern, j.target_sparsity, j.hardware, j.kernel,",
+             "SELECT j.job_key, j.run_id, j.model, j.method, j.pattern, j.target_sparsity, j.activations,\n"
+             "           m.activation_sparsity, j.hardware, j.kernel,")
+    .replace("FROM wide WHERE method = 'dense'\n", "FROM wide WHERE method = 'dense' AND activations = 'none'\n"))
+assert LEADERBOARD_SQL.count("activation") == 5, "the schema-6 leaderboard edits did not all apply"
+
 MIGRATIONS: dict[int, list[str]] = {
     1: [
         """CREATE TABLE runs (
@@ -116,11 +128,11 @@ MIGRATIONS: dict[int, list[str]] = {
             job_key VARCHAR, layer VARCHAR, block INTEGER, out_features INTEGER, in_features INTEGER,
             numel BIGINT, zeros BIGINT, target_sparsity DOUBLE, measured_sparsity DOUBLE,
             PRIMARY KEY (job_key, layer))""",
-        LEADERBOARD_SQL,
+        _LEADERBOARD_V5,
     ],
     # 2: a second dense job for the same model, hardware, kernel and seed (another grid's protocol) no
     # longer duplicates the leaderboard's rows; see LEADERBOARD_SQL.
-    2: [LEADERBOARD_SQL],
+    2: [_LEADERBOARD_V5],
     # 3: the stage graph. A job's record is assembled from its stages (prune, evaluate, latency); a stage is
     # stored once under its own content key and shared by every job that needs it, so a resubmitted grid
     # reruns only the stages that are missing.
@@ -137,10 +149,14 @@ MIGRATIONS: dict[int, list[str]] = {
     ],
     # 4: the leaderboard shows the KL divergence from the dense model and the mean fraction of task answers
     # that flipped against it.
-    4: [LEADERBOARD_SQL],
+    4: [_LEADERBOARD_V5],
     # 5: honest speed. Each speedup carries its 95% interval (lo, hi) in place of the p10/p90 spread, its
     # verdict and how many rounds it took; beside it the dense model timed against itself (A/A, the noise
     # floor) and the end-to-end speedup the per-shape ones predict, with the decode's share outside the
     # pruned layers. Rows stored before carry no interval or verdict (NULL).
-    5: [LEADERBOARD_SQL],
+    5: [_LEADERBOARD_V5],
+    # 6: activation sparsity. Jobs stored before have dense activations.
+    6: ["ALTER TABLE jobs ADD COLUMN activations VARCHAR DEFAULT 'none'",
+        "UPDATE jobs SET activations = 'none' WHERE activations IS NULL",
+        LEADERBOARD_SQL],
 }
