@@ -15,6 +15,7 @@ LAYERS = [
     ["errors", "stats", "_native", "provenance"],  # leaves: no other bench module
     ["patterns"],                         # the plugin API: where zeros may go
     ["method"],                           # the plugin API: one layer at a time
+    ["activation"],                       # the plugin API: activation-sparsity rules (uses method.Param)
     ["registry"],                         # entry points; base classes named lazily
     ["store"],                            # DuckDB, written by the driver alone
     ["spec"],                             # jobs, keys, hardware targets

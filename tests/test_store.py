@@ -93,8 +93,9 @@ def test_a_version_1_store_is_migrated(tmp_path):
     with Store(path).write():
         pass
     store = Store(path)
-    assert store.query("SELECT max(version) AS v FROM schema_version")["v"][0] == SCHEMA_VERSION == 5
-    assert MIGRATIONS[2] == MIGRATIONS[4] == MIGRATIONS[5] == [LEADERBOARD_SQL] and store.leaderboard().empty
+    assert store.query("SELECT max(version) AS v FROM schema_version")["v"][0] == SCHEMA_VERSION == 6
+    assert MIGRATIONS[6][-1] == LEADERBOARD_SQL and store.leaderboard().empty
+    assert {"activations", "activation_sparsity"} <= set(store.leaderboard().columns)  # v6
     assert {"kl_vs_dense", "task_flips_mean"} <= set(store.leaderboard().columns)  # v4
     assert {"decode_speedup_b1_lo", "decode_speedup_b1_hi", "decode_speedup_b1_verdict", "decode_aa_b1",
             "decode_predicted_speedup_b1", "prefill_speedup_verdict"} <= set(store.leaderboard().columns)  # v5
@@ -124,7 +125,10 @@ def test_a_version_2_store_keeps_its_results_when_migrated(tmp_path, jobs):
     before = store.leaderboard()
     store.begin_run(run_row(spec), js[1:2], skipped=1)  # the first write migrates
     assert store.statuses([js[0].key]) == {js[0].key: "done"}
-    assert store.leaderboard().equals(before)
+    after = store.leaderboard()
+    assert after[before.columns].equals(before)  # v6 adds columns only: the job's activations, dense
+    assert set(after.columns) - set(before.columns) == {"activations", "activation_sparsity"}
+    assert after["activations"].tolist() == ["none"] and after["activation_sparsity"].isna().all()
     assert store.query("SELECT max(version) AS v FROM schema_version")["v"][0] == SCHEMA_VERSION
 
 

@@ -231,7 +231,12 @@ def _prune(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
     weights = {name: modules[name].weight.detach().to("cpu", copy=True) for name in report.rewritten}
     extra = {}
     if job.activations is not None:
-        extra["activations"] = _calibrate_activations(job, model, calibration, metrics, timings)
+        from bench.prune.activations import calibrate_thresholds
+
+        t = time.perf_counter()
+        extra["activations"], row = calibrate_thresholds(job, model, calibration)
+        metrics.append(row)
+        timings["activation_calibration_s"] = time.perf_counter() - t
     t = time.perf_counter()
     result = {"metrics": metrics, "layers": report.layers}
     manifest = artifacts.save(key, weights, report.masks, {
@@ -240,32 +245,6 @@ def _prune(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
     timings["artifact_save_s"] = time.perf_counter() - t
     return {**result, "artifact": {"key": key, "bytes": artifacts.size(key), "reused": False,
                                    "created_at": manifest["created_at"]}}
-
-
-def _calibrate_activations(job, model, calibration, metrics: list, timings: dict[str, float]) -> dict[str, Any]:
-    """The activation rule's thresholds on the pruned model (every target layer), for the manifest; a metric
-    of the sparsity they reach on the calibration data."""
-    from bench.model.walk import target_layers
-    from bench.registry import activation_registry
-
-    spec = job.activations
-    rule = activation_registry().get(spec.name)(**spec.params)
-    layers = {name: module for name, _, module in target_layers(model, job.layers)}
-    t = time.perf_counter()
-    found = rule.calibrate(model, layers, calibration)
-    timings["activation_calibration_s"] = time.perf_counter() - t
-    per_layer = {name: v["calibration_sparsity"] for name, v in found.items()}
-    metrics.append(_metric("activation_calibration_sparsity", sum(per_layer.values()) / len(per_layer), "fraction",
-                           None, "prune", {"target": spec.target, "rule": spec.label, "per_layer": per_layer,
-                                           "note": "mean over layers of the fraction of each layer's calibration "
-                                                   "input entries at or under its threshold"}))
-    return {"spec": spec.to_dict(), "thresholds": {name: v["threshold"] for name, v in found.items()},
-            "calibration_sparsity": per_layer}
-
-
-def thresholds_of(manifest: dict[str, Any] | None) -> dict[str, float]:
-    """The activation thresholds an artifact's manifest holds (none for weight-only artifacts)."""
-    return dict(((manifest or {}).get("activations") or {}).get("thresholds") or {})
 
 
 def _evaluate(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
@@ -280,13 +259,9 @@ def _evaluate(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any
     hooks = None
     if job.activations is not None:
         from bench.activation import Thresholds
+        from bench.prune.activations import thresholds_of
 
-        thresholds = thresholds_of(manifest)
-        if not thresholds:
-            from bench.model.artifacts import ArtifactError
-
-            raise ArtifactError(f"artifact {job.prune_key} holds no activation thresholds for {job.activations.label}")
-        hooks = Thresholds(model, thresholds)
+        hooks = Thresholds(model, thresholds_of(manifest, job))
     t = time.perf_counter()
     ppl = perplexity(model, tokenizer, job.perplexity, reference=ref.head_inputs)
     timings["perplexity_s"] = time.perf_counter() - t
@@ -314,29 +289,38 @@ def _evaluate(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any
     return {"metrics": metrics, "warnings": warnings}
 
 
+def _on_backend(job, manifest, model, layers) -> tuple[dict[str, Any], dict[str, float]]:
+    """The pruned `model` with its `layers` on the job's kernel backend, and the activation thresholds (if
+    the job has a rule): applied by the kernels that skip inputs, zeroed in front of the other layers (by
+    hooks, timed with the model). Returns the backend's provenance and the thresholds."""
+    from bench.registry import kernel_registry
+
+    thresholds = {}
+    if job.activations is not None:
+        from bench.prune.activations import thresholds_of
+
+        thresholds = thresholds_of(manifest, job)
+    spec = job.latency
+    kernel = kernel_registry().get(job.kernel)().prepare(model, layers, job.pattern, batches=tuple(spec.decode_batch),
+                                                        seconds=spec.max_seconds, thresholds=thresholds)
+    if thresholds:
+        from bench.activation import Thresholds
+
+        Thresholds(model, thresholds, count=False)
+    return kernel, thresholds
+
+
 def _latency(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
     from bench.speed.backends import call_counts
     from bench.speed.latency import amdahl, decode_shares, ideal_speedup, measure
     from bench.model.load import load_model
     from bench.model.walk import target_layers
-    from bench.registry import kernel_registry
 
     job, device, model, tokenizer, manifest = _pruned(stage, timings)
     t = time.perf_counter()
-    backend = kernel_registry().get(job.kernel)()
     layers = {name: module for name, _, module in target_layers(model)}
     spec = job.latency
-    thresholds = thresholds_of(manifest) if job.activations is not None else {}
-    if job.activations is not None and not thresholds:
-        from bench.model.artifacts import ArtifactError
-
-        raise ArtifactError(f"artifact {job.prune_key} holds no activation thresholds for {job.activations.label}")
-    kernel = backend.prepare(model, layers, job.pattern, batches=tuple(spec.decode_batch), seconds=spec.max_seconds,
-                             thresholds=thresholds)
-    if thresholds:  # zeroed in front of the layers whose kernels do not skip them (timed with the model)
-        from bench.activation import Thresholds
-
-        Thresholds(model, thresholds, count=False)
+    kernel, thresholds = _on_backend(job, manifest, model, layers)
     # A dense model whose layers the backend left as they were is the reference itself: 1x by definition.
     same = kernel["status"] == "dense" and all(model.get_submodule(n) is m for n, m in layers.items())
     reference, _ = load_model(job.model, device)
@@ -351,7 +335,7 @@ def _latency(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]
                                 "probe": "native vector sum over 256 MiB"}))
         inputs = None
         if thresholds:  # the thresholds act on real activations: each layer is timed on its own
-            from bench.speed.latency import capture_inputs
+            from bench.speed.activations import capture_inputs
 
             inputs = capture_inputs(model, list(layers), spec, model.config.vocab_size, seed=job.seed)
         layer_rows = measure_layers(model, reference, kernel, spec, bandwidth.median, seed=job.seed, inputs=inputs)
@@ -372,7 +356,9 @@ def _latency(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]
     kernel["calls"] = call_counts(model)
     kernel["timed_as_reference"] = same
     if thresholds:
-        kernel["activations"]["counts"] = _activation_counts(model)
+        from bench.speed.activations import skipped_inputs
+
+        kernel["activations"]["counts"] = skipped_inputs(model)
     for row in rows:
         row["details"] = {**row["details"], "threads": torch.get_num_threads(), "kernel": kernel["backend"],
                           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
@@ -380,18 +366,6 @@ def _latency(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]
     del reference
     timings["latency_s"] = time.perf_counter() - t
     return {"metrics": metrics, "kernel": kernel}
-
-
-def _activation_counts(model) -> dict[str, Any]:
-    """What the input-major kernels of `model` skipped over the whole latency stage, summed."""
-    total = {"calls": 0, "inputs": 0, "inputs_skipped": 0, "entries": 0, "entries_zero": 0}
-    for module in model.modules():
-        if getattr(module, "skips_inputs", False):
-            for k, v in module.packed.activation_counts().items():
-                total[k] += v
-    total["inputs_skipped_fraction"] = total["inputs_skipped"] / total["inputs"] if total["inputs"] else None
-    total["entries_zero_fraction"] = total["entries_zero"] / total["entries"] if total["entries"] else None
-    return total
 
 
 RUNNERS = {"prune": _prune, "evaluate": _evaluate, "latency": _latency}

@@ -86,30 +86,17 @@ class KernelBackend:
             w = linear.weight  # (N, K) = (out_features, in_features)
             layer_dense = w.numel() * w.element_size()
             dense += layer_dense
-            skips = noted = False
-            try:
-                if str(w.dtype).removeprefix("torch.") not in self.dtypes:
-                    raise Unsupported(f"{self.name} does not take {str(w.dtype).removeprefix('torch.')} weights")
-                module = None
-                if name in thresholds:
-                    try:
-                        module, fmt = self.convert_skipping(linear, pattern, thresholds[name])
-                        skips = True
-                    except Unsupported as why:  # zeroed in front of whatever runs the layer
-                        masked[str(why)] += 1
-                        noted = True
-                if module is None:
-                    module, fmt = self.convert(linear, pattern)
-            except Unsupported as why:
-                if name in thresholds and not noted:
-                    masked[str(why)] += 1
-                fallbacks[str(why)] += 1
+            module, fmt, skips, fell_back, not_skipped = self._convert_layer(linear, pattern, thresholds.get(name))
+            if fell_back:
+                fallbacks[fell_back] += 1
                 module, fmt, layer_read = layer, "dense (PyTorch fallback)", layer_dense
             else:
                 layer_read = _read_bytes(module, layer_dense)
                 if module is not linear and module is not layer:
                     parent, _, child = name.rpartition(".")
                     setattr(model.get_submodule(parent) if parent else model, child, module)
+            if not_skipped:
+                masked[not_skipped] += 1
             skipping += skips
             formats[fmt] += 1
             read += layer_read
@@ -119,26 +106,47 @@ class KernelBackend:
             entry["layers"] += 1
             if name in thresholds:
                 entry["activation_threshold"] = "kernel" if skips else "hook"
-        sparse_formats = [f for f in formats if f not in ("dense", "dense (PyTorch fallback)")]
-        if (pattern.sparsity == 0 or isinstance(pattern, Dense)) and not thresholds:
-            status = "dense"
-        elif sparse_formats:
-            status = "accelerated"
-        else:
-            status = "mask only"
-        out = {
-            "backend": self.name, "version": self.version, "status": status, "accelerated": status == "accelerated",
-            "format": dict(formats), "weight_bytes": read, "dense_weight_bytes": dense,
-            "fallbacks": dict(fallbacks), "max_batch": self.max_batch, "shapes": shapes,
-            "note": "" if status != "mask only" else "zeros are multiplied by a dense kernel",
-        }
+        out = {"backend": self.name, "version": self.version, **_status(formats, pattern, bool(thresholds)),
+               "format": dict(formats), "weight_bytes": read, "dense_weight_bytes": dense,
+               "fallbacks": dict(fallbacks), "max_batch": self.max_batch, "shapes": shapes}
         if thresholds:
             out["activations"] = {
                 "layers": len(thresholds), "skipped_in_kernel": skipping, "zeroed_in_front": sum(masked.values()),
-                "why_not_skipped": dict(masked),
-                "status": "accelerated" if skipping else "mask only",
-            }
+                "why_not_skipped": dict(masked), "status": "accelerated" if skipping else "mask only"}
         return out
+
+
+    def _convert_layer(self, linear, pattern: Pattern, threshold: float | None):
+        """(module, format, skips its inputs, why it fell back to PyTorch or "", why its inputs are not
+        skipped in the kernel or "") for one layer; `threshold` is its activation threshold, if any."""
+        not_skipped = ""
+        try:
+            if str(linear.weight.dtype).removeprefix("torch.") not in self.dtypes:
+                raise Unsupported(f"{self.name} does not take {str(linear.weight.dtype).removeprefix('torch.')} weights")
+            if threshold is not None:
+                try:
+                    module, fmt = self.convert_skipping(linear, pattern, threshold)
+                    return module, fmt, True, "", ""
+                except Unsupported as why:  # zeroed in front of whatever runs the layer
+                    not_skipped = str(why)
+            module, fmt = self.convert(linear, pattern)
+            return module, fmt, False, "", not_skipped
+        except Unsupported as why:
+            return None, "", False, str(why), not_skipped or (str(why) if threshold is not None else "")
+
+
+def _status(formats: Counter, pattern: Pattern, activations: bool) -> dict[str, Any]:
+    """A prepared model's status: "dense" (nothing sparse, weights or activations), "accelerated" (some
+    layer runs a format that skips something) or "mask only" (the zeros are multiplied)."""
+    sparse_formats = [f for f in formats if f not in ("dense", "dense (PyTorch fallback)")]
+    if (pattern.sparsity == 0 or isinstance(pattern, Dense)) and not activations:
+        status = "dense"
+    elif sparse_formats:
+        status = "accelerated"
+    else:
+        status = "mask only"
+    return {"status": status, "accelerated": status == "accelerated",
+            "note": "" if status != "mask only" else "zeros are multiplied by a dense kernel"}
 
 
 def as_linear(layer: torch.nn.Module) -> torch.nn.Module:

@@ -19,13 +19,11 @@ noise floor: how far from 1 a ratio that is truly 1 reads on this machine now. I
 same model on the same kernels as the reference) is 1x by definition and is not timed as a third party;
 its row carries the A/A figure.
 
-Per unique layer shape (`measure_layers`), the candidate's layers, the reference's dense nn.Linear
-layers and those again are timed the same way, as sweeps over every layer of the shape from a cold
-cache, on activations of each decode batch, with the bytes of weights
-each call reads turned into GB/s and a fraction of the machine's read bandwidth, measured in the same job
-(`read_bandwidth`). `decode_shares` times the dense model's pruned layers inside a decode (forward hooks)
-so that `amdahl` can predict the end-to-end speedup from the per-shape ones and say how much of the decode
-lies outside the pruned layers.
+Per layer shape (`measure_layers`), candidate, reference and reference again are timed the same way, as
+cold-cache sweeps over every layer of the shape at each decode batch (random activations, or each layer's
+own captured from a decode under an activation rule); bytes read become GB/s and a fraction of the read
+bandwidth measured in the job (`read_bandwidth`). `decode_shares` times the dense model's pruned layers in
+a decode (forward hooks), so that `amdahl` predicts the end-to-end speedup and the share outside them.
 """
 
 from __future__ import annotations
@@ -238,44 +236,14 @@ def _l3_mib() -> int:
 
 
 def _sweep(modules: list[torch.nn.Module], x: torch.Tensor | list[torch.Tensor]) -> Callable[[], None]:
-    """Calls every module once, back to back, as a forward calls the layers of one shape: on the same
-    activations, or with a list, each module on its own."""
+    """Calls every module once, back to back, as a forward calls the layers of one shape (on the same
+    activations, or with a list, each module on its own)."""
     xs = x if isinstance(x, list) else [x] * len(modules)
-
     def run():
         with torch.inference_mode():
             for module, xi in zip(modules, xs):
                 module(xi)
     return run
-
-
-def capture_inputs(model: torch.nn.Module, names: list[str], spec: LatencySpec, vocab_size: int,
-                   seed: int = 0) -> dict[int, dict[str, torch.Tensor]]:
-    """Per decode batch, each named layer's input at the last step of a short greedy decode (rows = the
-    batch), as the model really produces it: the activations an activation rule's thresholds act on. The
-    hooks run before any other pre-hook of the layer, so they see the input before a threshold zeroes it."""
-    device = next(model.parameters()).device
-    gen = torch.Generator().manual_seed(seed + 2)
-    out: dict[int, dict[str, torch.Tensor]] = {}
-    for b in spec.decode_batch:
-        seen: dict[str, torch.Tensor] = {}
-
-        def hook_for(name):
-            def hook(module, args):
-                x = args[0]
-                if x.numel() // x.shape[-1] == b:  # a decode step, not the prompt
-                    seen[name] = x.detach().reshape(b, x.shape[-1]).clone()
-            return hook
-
-        handles = [model.get_submodule(n).register_forward_pre_hook(hook_for(n), prepend=True) for n in names]
-        try:
-            prompt = torch.randint(0, vocab_size, (b, spec.prompt_length), generator=gen).to(device)
-            _decode(model, prompt, min(4, spec.decode_tokens))()
-        finally:
-            for h in handles:
-                h.remove()
-        out[b] = seen
-    return out
 
 
 def cold(run: Callable[[], None], evict: Callable[[], None]) -> Callable[[], Callable[[], None]]:
@@ -295,15 +263,15 @@ def measure_layers(candidate: torch.nn.Module, reference: torch.nn.Module, kerne
     them (every loop gets an equal share of `spec.max_seconds`).
 
     One timing is a sweep: every layer of that shape called once, back to back, on the same activations,
-    after the cache has been evicted (untimed). So each weight comes from memory, as in a decode, and the
-    fixed cost of a call lands as often as it does in a forward. (Timing one call at a time, between the
-    other slots' calls, read 576x576 2:4 at 0.85x where the same layers back to back read 1.48x.)
+    after the cache has been evicted (untimed): each weight comes from memory, as in a decode, and the fixed
+    cost of a call lands as often as in a forward (one call at a time between the other slots' calls read
+    576x576 2:4 at 0.85x where the same layers back to back read 1.48x).
 
-    With `inputs` (per batch, per layer name: `capture_inputs`), each layer runs on its own real input
-    instead of a random one, as an activation rule needs: its thresholds act on what the model produces.
-    Layers whose kernels skip inputs then report the fraction they skipped, and the ideal from bytes
-    counts only the weights of the inputs kept."""
+    With `inputs` (per batch, per layer name: `capture_inputs`), each layer runs on its own real input, as
+    an activation rule needs; layers whose kernels skip inputs report the fraction they skipped, and the
+    ideal from bytes counts only the weights of the inputs kept."""
     from bench.model.walk import target_layers, weight_view
+    from bench.speed.packers import skip_counter
 
     ref = {name: m for name, _, m in target_layers(reference)}
     cand = {name: candidate.get_submodule(name) for name in ref}  # converted by the backend, same names
@@ -318,12 +286,8 @@ def measure_layers(candidate: torch.nn.Module, reference: torch.nn.Module, kerne
             continue
         dtype = ref[names[0]].weight.dtype
         for b in spec.decode_batch:
-            x = torch.randn(b, shape["K"], generator=gen).to(dtype)
-            if inputs is not None and all(n in inputs.get(b, {}) for n in names):
-                x = [inputs[b][n].to(dtype) for n in names]
-            packs = [cand[n].packed for n in names if getattr(cand[n], "skips_inputs", False)]
-            for pk in packs:
-                pk.reset_counts()
+            x = _inputs(inputs, names, b, shape["K"], dtype, gen)
+            skipped = skip_counter([cand[n] for n in names])  # what the timed sweeps skip, below
             slots = {"candidate": cold(_sweep([cand[n] for n in names], x), evict),
                      "reference": cold(_sweep([ref[n] for n in names], x), evict),
                      "reference_again": cold(_sweep([ref[n] for n in names], x), evict)}
@@ -332,12 +296,8 @@ def measure_layers(candidate: torch.nn.Module, reference: torch.nn.Module, kerne
                                 precision=spec.precision, max_seconds=budget)
             cand_s, ref_s = Summary.from_values(rounds.times["candidate"]), Summary.from_values(rounds.times["reference"])
             speed, aa = rounds.speedup("reference", "candidate"), rounds.speedup("reference", "reference_again")
-            calls = len(names)
-            read_bytes, skipped = shape["weight_bytes"], None
-            if packs:
-                counts = [pk.activation_counts() for pk in packs]
-                skipped = sum(c["inputs_skipped"] for c in counts) / max(1, sum(c["inputs"] for c in counts))
-                read_bytes = shape["weight_bytes"] * (1 - skipped)  # the weights of the kept inputs
+            calls, skipped = len(names), skipped()
+            read_bytes = shape["weight_bytes"] * (1 - (skipped or 0.0))  # the weights of the kept inputs
             gbps = read_bytes * calls / cand_s.median
             details = {"shape": key, "batch": b, "format": shape["format"], "layers_per_sweep": calls,
                        "timing": "one sweep over every layer of the shape, cache evicted before it",
@@ -354,6 +314,13 @@ def measure_layers(candidate: torch.nn.Module, reference: torch.nn.Module, kerne
             rows.append(_row(f"layer_speedup_b{b}:{key}", speed.median, "x", True, details))
             rows.append(_row(f"layer_GBps_b{b}:{key}", gbps / 1e9, "GB/s", True, details))
     return rows
+
+
+def _inputs(inputs, names: list[str], b: int, k: int, dtype, gen) -> torch.Tensor | list[torch.Tensor]:
+    """One sweep's activations: each layer's captured input where all have one, else one random batch."""
+    if inputs is not None and all(n in inputs.get(b, {}) for n in names):
+        return [inputs[b][n].to(dtype) for n in names]
+    return torch.randn(b, k, generator=gen).to(dtype)
 
 
 def ideal_speedup(shape: dict[str, Any]) -> float:

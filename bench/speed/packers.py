@@ -294,3 +294,18 @@ class SparseLinear(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, format={self.packed.format}"
+
+
+def skip_counter(modules: list[torch.nn.Module]):
+    """Resets the skip counts of the modules among `modules` whose kernels skip inputs; returns a function
+    that gives the fraction of inputs they have skipped since (None when none of them skips inputs)."""
+    packs = [m.packed for m in modules if getattr(m, "skips_inputs", False)]
+    for pk in packs:
+        pk.reset_counts()
+
+    def fraction() -> float | None:
+        if not packs:
+            return None
+        counts = [pk.activation_counts() for pk in packs]
+        return sum(c["inputs_skipped"] for c in counts) / max(1, sum(c["inputs"] for c in counts))
+    return fraction
