@@ -30,13 +30,13 @@ PAGES = [("views/leaderboard.py", "Leaderboard", ":material/leaderboard:"),
          ("views/compare.py", "Compare", ":material/compare_arrows:"),
          ("views/job.py", "Job", ":material/description:")]
 HIDDEN = {"views/job.py"}  # reached from a table's link (job?job=KEY), not from the navigation
-FILTER_LABELS = {"models": "Model", "methods": "Method", "patterns": "Pattern", "hardware": "Hardware",
-                 "kernels": "Kernel"}
+FILTER_LABELS = {"models": "Model", "methods": "Method", "patterns": "Pattern", "activations": "Activations",
+                 "hardware": "Hardware", "kernels": "Kernel"}
 # The URL's query parameter of each filter (the widget's key): `?method=wanda&method=sparsegpt&pattern=2:4`
 # opens that selection, and every change of a filter rewrites the URL, so a view can be shared and survives
 # a reload. They are bound in the entrypoint, so they stay in the URL from page to page.
-FILTER_PARAMS = {"models": "model", "methods": "method", "patterns": "pattern", "hardware": "hardware",
-                 "kernels": "kernel"}
+FILTER_PARAMS = {"models": "model", "methods": "method", "patterns": "pattern", "activations": "activations",
+                 "hardware": "hardware", "kernels": "kernel"}
 SPARSITY_PARAM = "sparsity"
 
 
@@ -151,7 +151,7 @@ def filters() -> queries.Filters:
 
 
 def sidebar_filters() -> None:
-    """Multiselects for model, method, pattern, hardware and kernel, and a target-sparsity range; an empty
+    """Multiselects for model, method, pattern, activation rule, hardware and kernel, and a target-sparsity range; an empty
     multiselect means all. Kept in session state, so a selection follows the user from page to page."""
     st.sidebar.caption(f"store: `{store_path()}`")
     if st.sidebar.button("Reload", icon=":material/refresh:", help="read the store again (new rows appear)"):

@@ -147,7 +147,7 @@ def _scatter(n_points: int):
     return go.Scattergl if n_points > WEBGL_ABOVE else go.Scatter
 
 
-PROVENANCE = ["method", "pattern", "measured_sparsity", "kernel", "kernel_status", "hardware", "seed", "job_key",
+PROVENANCE = ["method", "pattern", "activations", "measured_sparsity", "activation_sparsity", "kernel", "kernel_status", "hardware", "seed", "job_key",
               "run_id", "git_commit", "finished_at"]
 
 
@@ -197,10 +197,30 @@ def _legend_rows(fig: go.Figure, height: int, top: int) -> int:
 PANELS_PER_ROW = 2
 
 
+# What a configuration makes sparse, when a store holds activation rules: the panels of a trade-off chart, side
+# by side, each with the dense model as its 1x reference.
+KINDS = ("weights", "activations", "weights + activations")
+
+
+def by_sparsity_kind(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The rows and the panel keys of a trade-off chart: (model, hardware), and where any row has an
+    activation rule also its kind (KINDS), with the dense model's rows repeated in every kind's panel."""
+    if "activations" not in frame.columns or frame["activations"].fillna("none").eq("none").all():
+        return frame, ["model", "hardware"]
+    acts = frame["activations"].fillna("none").ne("none")
+    weights = ~frame["method"].eq("dense")
+    kind = pd.Series(np.where(acts & weights, KINDS[2], np.where(acts, KINDS[1], KINDS[0])), index=frame.index)
+    dense = is_dense_baseline(frame)
+    parts = [frame[~dense].assign(sparsity_kind=kind[~dense])]
+    parts += [frame[dense].assign(sparsity_kind=k) for k in KINDS if (kind[~dense] == k).any()]
+    return pd.concat(parts), ["model", "hardware", "sparsity_kind"]
+
+
 def tradeoff_figure(board: pd.DataFrame, accuracy: str = "perplexity", speed: str = "decode_speedup_b1",
                     title: str | None = None, enc: Encoding | None = None, height: int = 340,
                     status_legend: bool = True) -> go.Figure:
-    """Accuracy against measured speedup: one panel per (model, hardware), colour by method and symbol by
+    """Accuracy against measured speedup: one panel per (model, hardware) (and per kind of sparsity, weights,
+    activations or both, where the store holds activation rules), colour by method and symbol by
     pattern (`enc`, the store's), solid where the speed is a measured verdict, hollow where it is no
     measurable difference, grey and hollow for mask-only rows; the 95% interval of each speedup as a bar;
     the A/A noise band of the panel's dense rows around 1x; and the Pareto front of each panel, over dense
@@ -210,10 +230,12 @@ def tradeoff_figure(board: pd.DataFrame, accuracy: str = "perplexity", speed: st
     if frame.empty:
         return empty_figure(f"no finished job has both {labels.label(accuracy)} and {labels.label(speed)}")
     enc = _encoding_of(frame, enc)
-    panels = dict(sorted(frame.groupby(["model", "hardware"], sort=False), key=lambda kv: kv[0]))
+    frame, by = by_sparsity_kind(frame)
+    panels = dict(sorted(frame.groupby(by, sort=False), key=lambda kv: (kv[0][:2], KINDS.index(kv[0][2]))
+                         if len(kv[0]) > 2 else kv[0]))
     ncols = min(len(panels), PANELS_PER_ROW)
     nrows = -(-len(panels) // ncols)
-    fig = make_subplots(rows=nrows, cols=ncols, subplot_titles=[f"{m} · {h}" for m, h in panels],
+    fig = make_subplots(rows=nrows, cols=ncols, subplot_titles=[" · ".join(key) for key in panels],
                         vertical_spacing=min(0.16, 0.5 / nrows) if nrows > 1 else 0.08, horizontal_spacing=0.07)
     cloud = len(frame) > MARKED_UP_TO
     per_method = not cloud and len(panels) * frame["method"].nunique() <= TRACES_UP_TO

@@ -30,6 +30,11 @@ COLUMNS: dict[str, Column] = {
     "method": Column("method", "text"),
     "pattern": Column("pattern", "text"),
     "pattern_kind": Column("pattern kind", "text"),
+    "activations": Column("activations", "text", "the activation-sparsity rule (none: dense activations; teal:F zeroes "
+                          "the fraction F of each pruned layer's input entries on calibration data)"),
+    "activation_sparsity": Column("activation sparsity (%)", "share",
+                                  "input entries of the pruned layers at or under their thresholds, on the test text"),
+    "sparsity_kind": Column("sparse", "text", "what the configuration makes sparse: weights, activations or both"),
     "hardware": Column("hardware", "text"),
     "kernel": Column("kernel", "text"),
     "kernel_status": Column("kernel status", "text",

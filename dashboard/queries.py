@@ -24,7 +24,7 @@ from bench.store import schema_version as store_schema_version
 from bench.store import with_task_columns
 
 # The columns that say what a leaderboard row is; two rows with equal values here are the same experiment.
-IDENTITY = ["model", "method", "pattern", "target_sparsity", "hardware", "kernel", "seed"]
+IDENTITY = ["model", "method", "pattern", "activations", "target_sparsity", "hardware", "kernel", "seed"]
 
 # What the Compare page puts side by side (each with whether higher is better).
 COMPARED = {"perplexity": False, "kl_vs_dense": False, "task_acc_mean": True, "task_flips_mean": False, "measured_sparsity": None, "decode_speedup_b1": True,
@@ -40,12 +40,14 @@ class Filters:
     hardware: tuple[str, ...] = ()
     kernels: tuple[str, ...] = ()
     sparsity: tuple[float, float] | None = None  # inclusive range of target sparsity
+    activations: tuple[str, ...] = ()  # activation rules ("none": dense activations)
 
     def where(self, alias: str = "") -> tuple[str, list[Any]]:
         """A SQL condition over the columns of `jobs` (or the leaderboard view) and its parameters."""
         clauses, params = [], []
         for column, values in (("model", self.models), ("method", self.methods), ("pattern", self.patterns),
-                               ("hardware", self.hardware), ("kernel", self.kernels)):
+                               ("hardware", self.hardware), ("kernel", self.kernels),
+                               ("activations", self.activations)):
             if values:
                 clauses.append(f"{alias}{column} IN (SELECT unnest(?))")
                 params.append(list(values))
@@ -84,13 +86,14 @@ def status_counts(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
 def filter_options(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """Every (field, value) the filters can offer, from finished jobs; `number` orders the patterns."""
     return con.execute("""
-        WITH done AS (SELECT DISTINCT model, method, pattern, target_sparsity, hardware, kernel
+        WITH done AS (SELECT DISTINCT model, method, pattern, target_sparsity, hardware, kernel, activations
                       FROM jobs WHERE status = 'done')
         SELECT DISTINCT 'models' AS field, model AS value, NULL::DOUBLE AS number FROM done
         UNION ALL SELECT DISTINCT 'methods', method, NULL FROM done
         UNION ALL SELECT 'patterns', pattern, max(target_sparsity) FROM done GROUP BY pattern
         UNION ALL SELECT DISTINCT 'hardware', hardware, NULL FROM done
         UNION ALL SELECT DISTINCT 'kernels', kernel, NULL FROM done
+        UNION ALL SELECT DISTINCT 'activations', activations, NULL FROM done
         ORDER BY field, number, value""").df()
 
 

@@ -26,15 +26,26 @@ def test_kernels_json_rows(capsys):
     for r in rows:
         t = r["time_s"]
         assert t["count"] == 2 and t["p10"] <= t["median"] <= t["p90"]
-        assert r["GBps"] == pytest.approx(r["weight_bytes"] / t["median"] / 1e9)
+        assert r["GBps"] == pytest.approx(r["weight_bytes_read"] / t["median"] / 1e9)
         ci = r["speedup_vs_native_dense_interval"]
         assert ci["lo"] <= r["speedup_vs_native_dense"] <= ci["hi"]
         assert r["verdict_vs_native_dense"] in ("faster", "slower", "no measurable difference")
         assert 0 < r["bandwidth_fraction"]
-        if r["pattern"] == "dense":
+        if r["pattern"] == "dense" and r["activations"] is None:
             assert r["ideal_speedup"] == pytest.approx(1.0) or r["kernel"] == "torch-dense"
         if r["native_default"]:
             assert r["ideal_speedup"] > 1  # the format the backend picks reads fewer bytes than dense
+    # activation sparsity: the input-major formats on activations with that fraction of entries zeroed per row;
+    # at batch 1 a zero input is a skipped one, at batch 3 only inputs zero in all three rows are
+    acts = {(r["dtype"], r["batch"], r["pattern"], r["format"], r["activations"]): r for r in rows if r["activations"]}
+    for dtype in ("float32", "bfloat16"):
+        for a in (0.4, 0.5):
+            for pat, fmt in (("dense", "dense_in"), ("50%", "bitmask_in"), ("2:4", "bitmask_in")):
+                one, three = acts[(dtype, 1, pat, fmt, a)], acts[(dtype, 3, pat, fmt, a)]
+                assert abs(one["inputs_skipped"] - a) < 0.1 and three["inputs_skipped"] < one["inputs_skipped"]
+                assert one["weight_bytes_read"] == pytest.approx(one["weight_bytes"] * (1 - one["inputs_skipped"]))
+                assert one["ideal_speedup"] > (1.4 if pat == "dense" else 2.2) and not one["native_default"]
+    assert all(r["inputs_skipped"] is None for r in rows if not r["activations"])
     # exactly one native format per (dtype, batch, pattern) is the one the backend would pick
     chosen = [(r["dtype"], r["batch"], r["pattern"]) for r in rows if r["native_default"]]
     assert len(chosen) == len(set(chosen)) == 2 * 2 * 3
@@ -55,6 +66,7 @@ def test_kernels_table_and_save(tmp_path, capsys):
     (["--batch", "64"], "--batch"), (["--nm", "2:8"], "--nm"), (["--shapes", "4096"], "--shapes"),
     (["--sparsity", "1.5"], "--sparsity"), (["--dtype", "float16"], "--dtype"),
     (["--threads", "-1"], "--threads"), (["--batch", ""], "--batch"), (["--shapes", " , "], "--shapes"),
+    (["--activations", "1.0"], "--activations"),
 ])
 def test_kernels_bad_options(args, field, capsys, tmp_path):
     assert main(["kernels", "--quick", *args, "--save", str(tmp_path)]) == 2

@@ -108,6 +108,8 @@ def _tool_commands(sub) -> None:
     s.add_argument("--batch", default=None, help="comma-separated batch sizes, each at most the native kernels' batch limit, e.g. 1,8,32")
     s.add_argument("--sparsity", default=None, help="comma-separated unstructured sparsities, e.g. 0.5,0.7,0.9")
     s.add_argument("--nm", default=None, help="comma-separated N:M patterns, e.g. 2:4,4:8 ('' for none)")
+    s.add_argument("--activations", default=None,
+                   help="comma-separated activation sparsities run on the input-major formats, e.g. 0.4,0.5 ('' for none)")
     s.add_argument("--dtype", default=None, help="comma-separated: float32,bfloat16")
     s.add_argument("--threads", type=int, default=0, help="threads for every kernel (default: torch's)")
     s.add_argument("--repeats", type=int, default=None)

@@ -10,7 +10,8 @@ from bench.errors import BenchError
 from bench.store import Store
 
 
-LEADERBOARD_COLUMNS = ["model", "method", "pattern", "hardware", "kernel", "seed", "measured_sparsity", "perplexity",
+LEADERBOARD_COLUMNS = ["model", "method", "pattern", "activations", "hardware", "kernel", "seed", "measured_sparsity",
+                       "activation_sparsity", "perplexity",
                        "perplexity_change_vs_dense", "kl_vs_dense", "decode_tok_s_b1", "decode_speedup_b1",
                        "decode_speedup_b1_lo", "decode_speedup_b1_hi", "decode_speedup_b1_verdict", "decode_speedup_b1_rounds",
                        "decode_aa_b1", "decode_aa_b1_lo", "decode_aa_b1_hi", "decode_predicted_speedup_b1",
@@ -63,7 +64,7 @@ def cmd_show(args) -> int:
     metrics = store.query("SELECT name, value, unit, stderr, stage FROM metrics WHERE job_key = ? ORDER BY stage, name", [job["job_key"]])
     layers = store.query("SELECT layer, out_features, in_features, measured_sparsity FROM layers WHERE job_key = ? ORDER BY block, layer", [job["job_key"]])
     for col in ("job_key", "status", "model", "model_location", "model_fingerprint", "method", "method_version",
-                "method_params", "pattern", "hardware", "kernel", "kernel_version", "seed", "run_id", "started_at",
+                "method_params", "pattern", "activations", "hardware", "kernel", "kernel_version", "seed", "run_id", "started_at",
                 "finished_at", "duration_s", "kernel_status", "prune_key", "eval_key", "latency_key", "artifact",
                 "error"):
         if col in job and job[col] is not None and str(job[col]) not in ("nan", "NaT", "None"):

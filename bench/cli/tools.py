@@ -10,7 +10,7 @@ from bench.errors import BenchError
 
 
 def cmd_methods(args) -> int:
-    from bench.registry import method_registry
+    from bench.registry import activation_registry, method_registry
 
     reg = method_registry()
     for name in reg.names():
@@ -23,6 +23,19 @@ def cmd_methods(args) -> int:
         params = {k: p.describe() for k, p in cls.params.items()}
         print(f"{name}  [{dist} {version}]  version {cls.version}  patterns: {', '.join(cls.patterns)}  "
               f"calibration: {'yes' if cls.needs_calibration else 'no'}  params: {json.dumps(params) if params else 'none'}")
+    reg = activation_registry()
+    print("\nactivation rules (grid field `activations`; none = dense activations):")
+    for name in reg.names():
+        dist, version = reg.distribution(name)
+        try:
+            cls = reg.get(name)
+        except BenchError as err:
+            print(f"{name}  [{dist} {version}]  BROKEN: {err}")
+            continue
+        params = {k: p.describe() for k, p in cls.params.items()}
+        short = f"  shorthand: {name}:<{cls.shorthand}>" if cls.shorthand else ""
+        print(f"{name}  [{dist} {version}]  version {cls.version}{short}  calibration: yes  "
+              f"params: {json.dumps(params) if params else 'none'}")
     return 0
 
 
@@ -63,6 +76,7 @@ def cmd_kernels(args) -> int:
         "sparsities": _csv(args.sparsity, "sparsity", float),
         "nm": _csv(args.nm, "nm", lambda t: tuple(int(v) for v in t.split(":"))),
         "dtypes": _csv(args.dtype, "dtype", str), "repeats": args.repeats, "threads": args.threads or None,
+        "activations": _csv(args.activations, "activations", float),
     }
     config = dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None})
     for field, values in (("shapes", config.shapes), ("batch", config.batches), ("dtype", config.dtypes)):
@@ -74,6 +88,8 @@ def cmd_kernels(args) -> int:
         raise BenchError(f"--batch: the native kernels take batches of 1 to {MAX_BATCH} rows; larger batches run dense")
     if any(not 0 < s < 1 for s in config.sparsities):
         raise BenchError("--sparsity: each value must be in (0, 1), e.g. 0.7")
+    if any(not 0 < a < 1 for a in config.activations):
+        raise BenchError("--activations: each value must be in (0, 1), e.g. 0.5")
     if any(len(p) != 2 or not nm_supported(*p) for p in config.nm):
         raise BenchError(f"--nm: {NM_RULE}")
     if any(d not in ("float32", "bfloat16") for d in config.dtypes):

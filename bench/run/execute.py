@@ -390,7 +390,7 @@ def run_job(job_dict: dict[str, Any], artifacts: str) -> dict[str, Any]:
 def _dense_gate(job, measured: float) -> list[str]:
     """A warning when the dense model misses the perplexity the grid says it should reach."""
     expect = job.model.expect_perplexity
-    if job.method != "dense" or expect is None:
+    if not job.is_dense_baseline or expect is None:
         return []
     off = measured / expect - 1
     if abs(off) <= job.model.expect_tolerance:

@@ -155,6 +155,12 @@ class Job:
         return method_label(self.method, self.refine)
 
     @property
+    def is_dense_baseline(self) -> bool:
+        """Whether this is the dense model itself, every relative figure's reference: the dense method with
+        dense activations (the dense method under an activation rule is a sparse configuration)."""
+        return self.method == "dense" and self.activations is None
+
+    @property
     def activations_label(self) -> str:
         """The activation rule as the leaderboard shows it: `none`, or e.g. `teal:0.5`."""
         return self.activations.label if self.activations else "none"

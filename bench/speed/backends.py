@@ -208,6 +208,15 @@ class NativeDense(KernelBackend):
         return SparseLinear.from_linear(linear, "dense"), "dense"
 
 
+# Weights at least this sparse take bitmask_in under an activation rule, the others dense_in. Measured at one
+# thread with 60% of the inputs skipped (benchmarks/README.md): at SmolLM2's shapes (576-1536 outputs)
+# dense_in beat bitmask_in even on 50% sparse weights (1536x576: 3.10x against 2.58x over our dense
+# kernel; 576x1536: 1.97x against 1.37x), while at 4096x4096 bitmask_in won (2.12x against 1.88x at 50%
+# skipped). A per-shape choice by measurement is the better rule; until then, only weights sparse enough
+# that their values' bytes dominate take the bitmask.
+BITMASK_IN_FROM = 0.6
+
+
 class Native(KernelBackend):
     """This project's sparse kernels: N:M (half of each group), bitmask, CSR16 and block-sparse formats."""
 
@@ -225,9 +234,10 @@ class Native(KernelBackend):
         return pattern.sparsity > 0 and not (isinstance(pattern, NM) and not nm_supported(pattern.n, pattern.m))
 
     def convert_skipping(self, linear, pattern, threshold):
-        """Input-major storage: `dense_in` for a weight without zeros, else `bitmask_in` (both its zeros
-        and the inputs under the threshold skipped)."""
-        fmt = "bitmask_in" if bool((linear.weight == 0).any()) else "dense_in"
+        """Input-major storage: `bitmask_in` (its zeros and the inputs under the threshold skipped) for a
+        weight at least BITMASK_IN_FROM sparse, else `dense_in` (its zeros, if any, multiplied)."""
+        zeros = float((linear.weight == 0).float().mean())
+        fmt = "bitmask_in" if zeros >= BITMASK_IN_FROM else "dense_in"
         module = SparseLinear.from_linear(linear, fmt)
         module.packed.threshold = threshold
         return module, fmt

@@ -17,6 +17,14 @@ dense kernel, and the ideal speedup: dense bytes / bytes this format reads.
 Weights are random normal with magnitude masks from `bench.patterns` (unstructured: the smallest |w| of
 the whole matrix; N:M: the smallest in each group), one mask per shape for every dtype. Only the zeros
 matter to the kernels, not where the values came from.
+
+Activation sparsity (`activations`, fractions of the input entries): the activations of those rows have
+that fraction of entries zeroed, at random positions drawn independently per row (as magnitude thresholds
+leave them), and the input-major formats run on them: `dense_in` on the dense weight, `bitmask_in` on the
+50% and 2:4 weights. An input is skipped only when it is zero in every row of the batch, so at batch 8 and
+above few are; each row records the fraction its kernel skipped, and its ideal counts only the weights of
+the inputs kept. Their speedups are against our dense kernel on the dense activations (the same figure as
+on the zeroed ones: a dense kernel multiplies zeros at full cost).
 """
 
 from __future__ import annotations
@@ -54,11 +62,12 @@ class Config:
     repeats: int = 15
     footprint_mib: int = 256  # copies of each weight so that one round touches at least this much
     seed: int = 0
+    activations: tuple[float, ...] = (0.4, 0.5)  # activation sparsity: input entries zeroed, per row
 
     @staticmethod
     def quick() -> "Config":
         return Config(shapes=QUICK_SHAPES, batches=(1, 8), sparsities=(0.5, 0.9), nm=((2, 4),), warmup=1,
-                      repeats=3, footprint_mib=16)
+                      repeats=3, footprint_mib=16, activations=(0.5,))
 
 
 def _copies(nbytes: int, footprint: int) -> int:
@@ -68,23 +77,34 @@ def _copies(nbytes: int, footprint: int) -> int:
 class _Candidate:
     """One kernel on one weight, called on its copies in turn."""
 
-    def __init__(self, name: str, fmt: str, calls: list[Callable[[], Any]], weight_bytes: int):
+    def __init__(self, name: str, fmt: str, calls: list[Callable[[], Any]], weight_bytes: int,
+                 activations: float | None = None, packs: list | None = None):
         self.name, self.format, self.weight_bytes = name, fmt, weight_bytes
+        self.activations, self.packs = activations, packs or []  # input-major: what their counts say
         self._calls, self._i = calls, 0
+
+    def skipped(self) -> float | None:
+        """The fraction of inputs its input-major kernel skipped over the timed calls (None for the others)."""
+        if not self.packs:
+            return None
+        counts = [p.activation_counts() for p in self.packs]
+        return sum(c["inputs_skipped"] for c in counts) / max(1, sum(c["inputs"] for c in counts))
 
     def __call__(self):
         self._i = (self._i + 1) % len(self._calls)
         self._calls[self._i]()
 
 
-def _native_candidate(name, fmt, w, x, footprint, threads, **kw) -> _Candidate:
+def _native_candidate(name, fmt, w, x, footprint, threads, activations: float | None = None, **kw) -> _Candidate:
     from bench.speed.packers import Packed, pack
 
     first = pack(w, fmt, **kw)
     copies = [first] + [Packed(first.format, first.shape, first.dtype, {k: v.clone() for k, v in first.arrays.items()},
                                first.params) for _ in range(_copies(first.weight_bytes, footprint) - 1)]
     out = torch.empty(x.shape[0], w.shape[0])
-    return _Candidate(name, fmt, [lambda p=p: p.mm(x, threads, out) for p in copies], first.weight_bytes)
+    packs = copies if first.input_major else []  # their skip counts start with the benchmark's calls
+    return _Candidate(name, fmt, [lambda p=p: p.mm(x, threads, out) for p in copies], first.weight_bytes,
+                      activations, packs)
 
 
 def _torch_dense_candidate(w, x, footprint) -> _Candidate:
@@ -126,7 +146,8 @@ def run(config: Config, bandwidth: float | None = None, log: Callable[[str], Non
             for b in config.batches:
                 t0 = time.perf_counter()
                 x = torch.randn(b, k, generator=gen)
-                cands = _candidates(weights, patterns, x, footprint, threads)
+                zeroed = {a: x.masked_fill(torch.rand(b, k, generator=gen) < a, 0.0) for a in config.activations}
+                cands = _candidates(weights, patterns, x, footprint, threads, zeroed)
                 names = {f"{p}|{c}": cand for (p, c), cand in cands.items()}
                 times = interleave(names, config.warmup, config.repeats)
 
@@ -142,19 +163,23 @@ def run(config: Config, bandwidth: float | None = None, log: Callable[[str], Non
                     vs_torch = paired("dense|torch-dense", key)
                     vs_csr = paired(f"{pat}|torch-csr", key)
                     sparsity = patterns[pat].sparsity
-                    chosen = cand.name == "native" and cand.format == rule_format(weights[pat], patterns[pat])[0]
-                    gbps = cand.weight_bytes / summ.median / 1e9
+                    chosen = (cand.name == "native" and cand.activations is None
+                              and cand.format == rule_format(weights[pat], patterns[pat])[0])
+                    skipped = cand.skipped()
+                    read = cand.weight_bytes * (1 - (skipped or 0.0))  # the weights of the inputs kept
+                    gbps = read / summ.median / 1e9
                     yield {
                         "N": n, "K": k, "dtype": dtype_name, "batch": b, "pattern": pat, "sparsity": sparsity,
+                        "activations": cand.activations, "inputs_skipped": skipped,
                         "kernel": cand.name, "format": cand.format, "native_default": chosen,
-                        "time_s": summ.to_dict(), "weight_bytes": cand.weight_bytes, "GBps": gbps,
+                        "time_s": summ.to_dict(), "weight_bytes": cand.weight_bytes, "weight_bytes_read": read, "GBps": gbps,
                         "bandwidth_fraction": gbps * 1e9 / bandwidth if bandwidth else None,
                         "speedup_vs_native_dense": vs_ours.median, "speedup_vs_native_dense_paired": vs_ours.to_dict(),
                         "speedup_vs_native_dense_interval": {k: getattr(vs_ours_ci, k) for k in ("lo", "hi", "coverage")},
                         "verdict_vs_native_dense": vs_ours_ci.verdict(),
                         "speedup_vs_torch_dense": vs_torch.median,
                         "speedup_vs_torch_csr": vs_csr.median if vs_csr else None,
-                        "ideal_speedup": dense_bytes / cand.weight_bytes,
+                        "ideal_speedup": dense_bytes / max(read, 1.0),
                         "threads": threads,
                     }
                 if log:
@@ -162,9 +187,10 @@ def run(config: Config, bandwidth: float | None = None, log: Callable[[str], Non
 
 
 def _candidates(weights: dict[str, torch.Tensor], patterns: dict[str, Pattern], x: torch.Tensor, footprint: int,
-                threads: int) -> dict[tuple[str, str], "_Candidate"]:
+                threads: int, zeroed: dict[float, torch.Tensor] | None = None) -> dict[tuple[str, str], "_Candidate"]:
     """{(pattern, kernel): candidate} for one shape, dtype and batch: both dense references, then per
-    pattern the native format(s) and PyTorch CSR where it runs."""
+    pattern the native format(s) and PyTorch CSR where it runs, then per activation sparsity (`zeroed`:
+    the activations with that fraction zeroed) the input-major formats."""
     from bench.speed.choice import rule_format
 
     cands: dict[tuple[str, str], _Candidate] = {
@@ -183,6 +209,11 @@ def _candidates(weights: dict[str, torch.Tensor], patterns: dict[str, Pattern], 
         csr = _torch_csr_candidate(w, x, footprint)
         if csr is not None:
             cands[(pat, "torch-csr")] = csr
+    for a, xa in (zeroed or {}).items():
+        for pat, fmt in (("dense", "dense_in"), ("50%", "bitmask_in"), ("2:4", "bitmask_in")):
+            if pat in weights:
+                cands[(pat, f"native:{fmt} act {a * 100:g}%")] = _native_candidate("native", fmt, weights[pat], xa,
+                                                                                 footprint, threads, activations=a)
     return cands
 
 
@@ -199,12 +230,14 @@ def machine(threads: int, bandwidth: Summary) -> dict[str, Any]:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    head = ("shape", "dtype", "B", "pattern", "kernel", "format", "ms", "[p10-p90]", "GB/s", "%bw",
+    head = ("shape", "dtype", "B", "pattern", "acts", "skipped", "kernel", "format", "ms", "[p10-p90]", "GB/s", "%bw",
             "vs ours", "[95%]", "verdict", "vs torch", "vs csr", "ideal")
     lines = [head]
     for r in rows:
         t = r["time_s"]
+        acts, skipped = r.get("activations"), r.get("inputs_skipped")
         lines.append((f"{r['N']}x{r['K']}", r["dtype"], str(r["batch"]), r["pattern"],
+                      "" if acts is None else f"{acts * 100:g}%", "" if skipped is None else f"{skipped * 100:.0f}%",
                       r["kernel"] + ("*" if r["native_default"] else ""), r["format"], f"{t['median'] * 1e3:.3f}",
                       f"{t['p10'] * 1e3:.3f}-{t['p90'] * 1e3:.3f}", f"{r['GBps']:.1f}",
                       "" if r["bandwidth_fraction"] is None else f"{100 * r['bandwidth_fraction']:.0f}%",

@@ -367,9 +367,15 @@ class Store:
     def leaderboard(self) -> pd.DataFrame:
         """The leaderboard view, plus one column per lm-eval task accuracy (`<task>/acc`)."""
         with self.read() as con:
+            acts = "activations <> 'none', activations, " if "activations" in _columns(con, "leaderboard") else ""
             board = con.execute("SELECT * FROM leaderboard ORDER BY model, hardware, kernel, method = 'dense' DESC, "
-                                "target_sparsity, pattern, perplexity").df()
+                                f"target_sparsity, pattern, {acts}perplexity").df()
             return with_task_columns(con, board)
+
+
+def _columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
+    """The columns of a table or view (a store read before its migration lacks the newer ones)."""
+    return [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()]
 
 
 def with_task_columns(con: duckdb.DuckDBPyConnection, board: pd.DataFrame) -> pd.DataFrame:
