@@ -237,7 +237,7 @@ def test_a_grid_with_activations_runs_end_to_end(tiny_model, tmp_path):
     assert board.loc[("dense", "none"), "perplexity_change_vs_dense"] == 0  # the reference: dense activations
     assert board.loc[("dense", "none"), "kernel_status"] == "dense"
     store = Store(db)
-    kernel = store.query("SELECT kernel FROM jobs WHERE activations = 'teal:0.5' AND method = 'magnitude'")["kernel"][0]
+    kernel = store.query("SELECT kernel_provenance FROM jobs WHERE activations = 'teal:0.5' AND method = 'magnitude'")["kernel_provenance"][0]
     import json
 
     acts = json.loads(kernel)["activations"]
