@@ -25,8 +25,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from bench.errors import did_you_mean
-from bench.method import Param
+from bench.method import Param, check_params
 
 
 @dataclass(frozen=True)
@@ -66,17 +65,7 @@ class ActivationMethod:
     @classmethod
     def validate_params(cls, raw: dict[str, Any]) -> dict[str, Any]:
         """Defaults filled in, every value checked; raises ValueError(param name, message)."""
-        for key in raw:
-            if key not in cls.params:
-                allowed = ", ".join(sorted(cls.params)) or "none"
-                raise ValueError(key, f"unknown parameter of '{cls.name}'{did_you_mean(key, cls.params)}; allowed: {allowed}")
-        out = {}
-        for key, spec in cls.params.items():
-            try:
-                out[key] = spec.check(raw[key]) if key in raw else spec.default
-            except ValueError as err:
-                raise ValueError(key, str(err)) from None
-        return out
+        return check_params(cls.name, cls.params, raw)
 
     @classmethod
     def label(cls, params: dict[str, Any]) -> str:

@@ -62,6 +62,22 @@ class Param:
         return d
 
 
+def check_params(owner: str, params: dict[str, Param], raw: dict[str, Any]) -> dict[str, Any]:
+    """`raw` checked against a plugin's declared parameters, defaults filled in; raises ValueError(param
+    name, message) for an unknown name or a bad value. Shared by weight methods and activation rules."""
+    for key in raw:
+        if key not in params:
+            allowed = ", ".join(sorted(params)) or "none"
+            raise ValueError(key, f"unknown parameter of '{owner}'{did_you_mean(key, params)}; allowed: {allowed}")
+    out = {}
+    for key, spec in params.items():
+        try:
+            out[key] = spec.check(raw[key]) if key in raw else spec.default
+        except ValueError as err:
+            raise ValueError(key, str(err)) from None
+    return out
+
+
 class LayerPruner:
     """The per-layer state of a method: observe calibration inputs, then prune."""
 
@@ -134,17 +150,7 @@ class Method:
     @classmethod
     def validate_params(cls, raw: dict[str, Any]) -> dict[str, Any]:
         """Defaults filled in, every value checked; raises ValueError(param name, message)."""
-        for key in raw:
-            if key not in cls.params:
-                allowed = ", ".join(sorted(cls.params)) or "none"
-                raise ValueError(key, f"unknown parameter of '{cls.name}'{did_you_mean(key, cls.params)}; allowed: {allowed}")
-        out = {}
-        for key, spec in cls.params.items():
-            try:
-                out[key] = spec.check(raw[key]) if key in raw else spec.default
-            except ValueError as err:
-                raise ValueError(key, str(err)) from None
-        return out
+        return check_params(cls.name, cls.params, raw)
 
     def pruner(self, layer_name: str, weight: torch.Tensor) -> LayerPruner:
         """A fresh LayerPruner for one layer. `weight` is (out_features, in_features), read-only."""

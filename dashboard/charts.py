@@ -133,14 +133,18 @@ def pareto_mask(df: pd.DataFrame, x: str, y: str, x_higher: bool = True, y_highe
 
 
 def pareto_rows(board: pd.DataFrame, accuracy: str, speed: str) -> pd.DataFrame:
-    """The rows on the Pareto front of their (model, hardware) panel: accuracy against `speed`, among the
-    rows whose speed is a measured verdict (`measured`)."""
+    """The rows on the Pareto front of their panel of `tradeoff_figure` (model, hardware, and the kind of
+    sparsity where the board holds activation rules: `by_sparsity_kind`, so the dense model can stand on
+    several fronts, once per kind): accuracy against `speed`, among the rows whose speed is a measured
+    verdict (`measured`)."""
     higher = bool(accuracy_axis(accuracy).higher_is_better)
-    mask = pd.Series(False, index=board.index)
-    eligible = board[measured(board, speed)]
-    for _, g in eligible.groupby(["model", "hardware"]):
-        mask |= pareto_mask(g, speed, accuracy, True, higher).reindex(board.index, fill_value=False)
-    return board[mask]
+    frame, by = by_sparsity_kind(board)
+    frame = frame.reset_index(drop=True)
+    mask = pd.Series(False, index=frame.index)
+    eligible = frame[measured(frame, speed)]
+    for _, g in eligible.groupby(by):
+        mask |= pareto_mask(g, speed, accuracy, True, higher).reindex(frame.index, fill_value=False)
+    return frame[mask]
 
 
 def _scatter(n_points: int):
@@ -317,9 +321,16 @@ def _aa_band(panel: pd.DataFrame, speed: str) -> tuple[float, float] | None:
 
 
 
+# The line styles of `sparsity_figure`: by pattern kind, and whether an activation rule runs on top.
+LINE_DASH = {("other", False): "solid", ("nm", False): "dot", ("other", True): "dash", ("nm", True): "dashdot"}
+LINE_KINDS = ((("other", False), "unstructured"), (("nm", False), "N:M"),
+              (("other", True), "unstructured + activation rule"), (("nm", True), "N:M + activation rule"))
+
+
 def sparsity_figure(board: pd.DataFrame, accuracy: str = "perplexity", enc: Encoding | None = None) -> go.Figure:
-    """Accuracy against measured sparsity, one line per (method, pattern kind), one panel per model: solid
-    lines join a method's unstructured sparsities, dotted ones its N:M patterns. Accuracy does not depend on
+    """Accuracy against measured (weight) sparsity, one line per (method, pattern kind, activation rule), one
+    panel per model: solid lines join a method's unstructured sparsities, dotted ones its N:M patterns, and
+    the same with an activation rule on top are dashed and dash-dotted. Accuracy does not depend on
     the kernel, so rows that differ only in hardware or kernel are counted once; seeds are averaged (the
     hover gives how many)."""
     acc = accuracy_axis(accuracy)
@@ -327,25 +338,28 @@ def sparsity_figure(board: pd.DataFrame, accuracy: str = "perplexity", enc: Enco
         return empty_figure(f"no finished job has {labels.label(accuracy)}")
     enc = _encoding_of(board, enc)
     kind = board["pattern_kind"] if "pattern_kind" in board.columns else board["pattern"]
-    frame = board.assign(pattern_kind=kind).dropna(subset=[accuracy])
-    frame = frame.drop_duplicates(subset=["model", "method", "pattern", "seed"])
-    frame = (frame.groupby(["model", "method", "pattern", "pattern_kind"], as_index=False)
+    acts = board["activations"].fillna("none") if "activations" in board.columns else "none"
+    frame = board.assign(pattern_kind=kind, activations=acts).dropna(subset=[accuracy])
+    pruned_model = ["model", "method", "pattern", "activations", "seed"]  # what accuracy depends on
+    frame = frame.drop_duplicates(subset=pruned_model)
+    frame = (frame.groupby(["model", "method", "pattern", "pattern_kind", "activations"], as_index=False)
              .agg(measured_sparsity=("measured_sparsity", "mean"), value=(accuracy, "mean"), seeds=("seed", "nunique")))
     models = sorted(frame["model"].unique())
     fig = make_subplots(rows=1, cols=len(models), subplot_titles=models, horizontal_spacing=0.06)
     kinds = set()
     for c, model in enumerate(models, start=1):
-        for (method, pkind), g in frame[frame["model"] == model].groupby(["method", "pattern_kind"], sort=True):
+        for (method, pkind, rule), g in frame[frame["model"] == model].groupby(
+                ["method", "pattern_kind", "activations"], sort=True):
             g = g.sort_values("measured_sparsity").rename(columns={"value": accuracy})
-            custom, hover = _hover(g.assign(seeds_averaged=g["seeds"]), ["method", "pattern", "measured_sparsity",
-                                                                          accuracy, "seeds_averaged"])
-            nm = pkind == "nm"
-            kinds.add("nm" if nm else "other")
+            custom, hover = _hover(g.assign(seeds_averaged=g["seeds"]), ["method", "pattern", "activations",
+                                                                          "measured_sparsity", accuracy, "seeds_averaged"])
+            nm, with_rule = pkind == "nm", rule != "none"
+            kinds.add(("nm" if nm else "other", with_rule))
             fig.add_trace(go.Scatter(
                 x=g["measured_sparsity"], y=g[accuracy], mode="lines+markers" if len(g) > 1 else "markers",
-                name=f"{method} ({'N:M' if nm else pkind})", legendgroup=f"method {method}", showlegend=False,
-                customdata=custom, hovertemplate=hover,
-                line=dict(color=enc.method_colour(method), dash="dot" if nm else "solid"),
+                name=f"{method} ({'N:M' if nm else pkind}{', ' + rule if with_rule else ''})",
+                legendgroup=f"method {method}", showlegend=False, customdata=custom, hovertemplate=hover,
+                line=dict(color=enc.method_colour(method), dash=LINE_DASH[("nm" if nm else "other", with_rule)]),
                 marker=dict(color=enc.method_colour(method), symbol=[enc.pattern_symbol(p) for p in g["pattern"]],
                             size=9)), row=1, col=c)
         fig.update_xaxes(title_text=labels.label("measured_sparsity").replace(" (%)", ""), tickformat=".0%", row=1, col=c)
@@ -355,8 +369,7 @@ def sparsity_figure(board: pd.DataFrame, accuracy: str = "perplexity", enc: Enco
         else:
             fig.update_yaxes(title_text=labels.label(accuracy), row=1, col=c)
     _legend_entries(fig, enc, frame["method"].unique(), frame["pattern"].unique(), with_status=False)
-    present = [(name, dash) for kind, name, dash in (("other", "unstructured", "solid"), ("nm", "N:M", "dot"))
-               if kind in kinds]
+    present = [(name, LINE_DASH[kind]) for kind, name in LINE_KINDS if kind in kinds]
     for name, dash in present:
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=name, legendgroup=f"kinds {name}",
                                  legend=LEGENDS["key"], line=dict(color="#777777", dash=dash)))

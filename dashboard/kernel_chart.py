@@ -39,7 +39,9 @@ def kernel_figure(shapes: pd.DataFrame) -> go.Figure:
                            float(frame["speedup"].min())) / 1.3)
     span = [np.log10(lo_edge), np.log10(top * 1.05)]
     fields = ["shape", "format", "target_sparsity", "speedup", "speedup_lo", "speedup_hi", "verdict", "ideal_speedup",
-              "bandwidth_fraction", "GBps", "rounds", "threads", "method", "pattern", "model", "kernel", "hardware", "job_key"]
+              "bandwidth_fraction", "GBps", "rounds", "threads", "method", "pattern", "activations", "inputs_skipped",
+              "model", "kernel", "hardware", "job_key"]
+    fields = [f for f in fields if f in frame.columns]  # (activations: stores from before the rules lack them)
     for c, batch in enumerate(batches, start=1):
         panel = frame[frame["batch"] == batch]
         for fmt in formats:

@@ -25,7 +25,8 @@ class Column:
 SIG = 3  # significant digits shown everywhere (the store and the CSV keep every digit)
 
 COLUMNS: dict[str, Column] = {
-    "rank": Column("rank", "int", "1 = best on the ranked metric, within one model and one sparsity level"),
+    "rank": Column("rank", "int", "1 = best on the ranked metric, within one model, one sparsity level and one "
+                                  "activation rule"),
     "model": Column("model", "text"),
     "method": Column("method", "text"),
     "pattern": Column("pattern", "text"),
@@ -34,6 +35,9 @@ COLUMNS: dict[str, Column] = {
                           "the fraction F of each pruned layer's input entries on calibration data)"),
     "activation_sparsity": Column("activation sparsity (%)", "share",
                                   "input entries of the pruned layers at or under their thresholds, on the test text"),
+    "inputs_skipped": Column("inputs skipped (%)", "share",
+                             "inputs of the layer the kernel skipped (zero in every row of the batch) on the inputs "
+                             "captured from a decode"),
     "sparsity_kind": Column("sparse", "text", "what the configuration makes sparse: weights, activations or both"),
     "hardware": Column("hardware", "text"),
     "kernel": Column("kernel", "text"),

@@ -115,12 +115,13 @@ def leaderboard(con: duckdb.DuckDBPyConnection, filters: Filters = Filters()) ->
 def kernel_shapes(con: duckdb.DuckDBPyConnection, filters: Filters = Filters()) -> pd.DataFrame:
     """One row per (job, layer shape, batch) from the latency stage's per-shape measurement: the paired
     speedup of the backend's layer over the dense layer, its 95% interval and verdict, the format, bytes read and the ideal
-    speedup (dense bytes / bytes read: the bound for a memory-bound kernel)."""
+    speedup (dense bytes / bytes read: the bound for a memory-bound kernel); under an activation rule also the
+    fraction of inputs the kernel skipped on the captured inputs (NULL otherwise)."""
     where, params = filters.where("j.")
     return con.execute(f"""
         WITH rows AS (
-            SELECT j.job_key, j.run_id, j.model, j.method, j.pattern, j.target_sparsity, j.hardware, j.kernel, j.seed,
-                   j.kernel_status, m.value AS speedup, m.details AS d
+            SELECT j.job_key, j.run_id, j.model, j.method, j.pattern, j.activations, j.target_sparsity, j.hardware,
+                   j.kernel, j.seed, j.kernel_status, m.value AS speedup, m.details AS d
             FROM metrics m JOIN jobs j USING (job_key)
             WHERE j.status = 'done' AND starts_with(m.name, 'layer_speedup_b') AND {where})
         SELECT * EXCLUDE (d),
@@ -139,9 +140,10 @@ def kernel_shapes(con: duckdb.DuckDBPyConnection, filters: Filters = Filters()) 
                    / CAST(json_extract(d, '$.candidate_s.median') AS DOUBLE) / 1e9 AS GBps,
                CAST(json_extract(d, '$.read_bandwidth_Bps') AS DOUBLE) / 1e9 AS read_bandwidth_GBps,
                CAST(json_extract(d, '$.layers_per_sweep') AS INTEGER) AS layers_per_sweep,
-               CAST(json_extract(d, '$.threads') AS INTEGER) AS threads
+               CAST(json_extract(d, '$.threads') AS INTEGER) AS threads,
+               CAST(json_extract(d, '$.inputs_skipped') AS DOUBLE) AS inputs_skipped
         FROM rows
-        ORDER BY hardware, kernel, batch, shape, format, method, pattern""", params).df()
+        ORDER BY hardware, kernel, batch, shape, format, method, pattern, activations""", params).df()
 
 
 def runs(con: duckdb.DuckDBPyConnection, filters: Filters = Filters()) -> pd.DataFrame:

@@ -27,13 +27,15 @@ VERDICT_COLOURS = ["green", "red", "gray", "blue"]
 STATUSES = ["accelerated", "mask only", "dense"]
 STATUS_COLOURS = ["green", "orange", "blue"]
 
-def ranked(board: pd.DataFrame, column: str, higher_is_better: bool, within=("model", "target_sparsity")) -> pd.DataFrame:
-    """`board` sorted best first on `column` within each (model, sparsity level): ranks compare methods at
-    one sparsity, not 90% against 50%. Ties share the best rank; rows without a value come last, unranked."""
+def ranked(board: pd.DataFrame, column: str, higher_is_better: bool,
+           within=("model", "target_sparsity", "activations")) -> pd.DataFrame:
+    """`board` sorted best first on `column` within each (model, sparsity level, activation rule): ranks
+    compare methods at one sparsity, not 90% against 50%, nor weights alone against weights with half
+    their inputs zeroed. Ties share the best rank; rows without a value come last, unranked."""
     out = board.copy()
     keys = [k for k in within if k in out.columns]
     out["rank"] = out.groupby(keys, dropna=False)[column].rank(method="min", ascending=not higher_is_better).astype("Int64")
-    order = [k for k in ("model", "target_sparsity") if k in out.columns]
+    order = [k for k in ("model", "target_sparsity", "activations") if k in out.columns]
     return out.sort_values([*order, "rank", "method", "pattern", *(["kernel"] if "kernel" in out else [])],
                            na_position="last", kind="stable").reset_index(drop=True)
 

@@ -66,10 +66,25 @@ name = "dashboard"
 methods = ["dense", "magnitude", "wanda"]
 patterns = ["50%", "2:4"]
 kernels = ["torch-dense", "native"]
+activations = ["none", "teal:0.5"]
 
 [[models]]
 name = "tiny"
 path = "{model}"
+
+# activation sparsity only on the dense model and on magnitude 50%, on the kernel that skips inputs:
+# activation-only and combined rows beside the weight-only ones
+[[exclude]]
+activations = "teal:0.5"
+method = "wanda"
+
+[[exclude]]
+activations = "teal:0.5"
+pattern = "2:4"
+
+[[exclude]]
+activations = "teal:0.5"
+kernel = "torch-dense"
 
 [calibration]
 dataset = "builtin:synthetic"
@@ -96,8 +111,8 @@ path = "{model}"
 @pytest.fixture(scope="session")
 def dashboard_store(tiny_model, tmp_path_factory) -> Path:
     """A real store for the dashboard tests, written by `bench submit` on a local Ray instance: one grid of
-    3 methods x 2 patterns x 2 kernels on the tiny Llama with lm-eval tasks and per-shape latency (10 jobs),
-    then a second run whose model file is corrupt (one failed job)."""
+    3 methods x 2 patterns x 2 kernels on the tiny Llama with lm-eval tasks and per-shape latency, and
+    teal:0.5 activation sparsity on the dense model and magnitude 50% on native (12 jobs), then a second run whose model file is corrupt (one failed job)."""
     import shutil
     import subprocess
     import sys

@@ -15,7 +15,7 @@ from bench.method import Param
 from bench.model.walk import target_layers
 from bench.registry import activation_registry
 from bench.store import Store
-from conftest import FAST_LATENCY, FAST_PPL, bench, write_grid
+from conftest import bench
 
 HEAD = 'models = ["builtin:tiny-llama"]\nmethods = ["magnitude"]\npatterns = ["50%"]\n'
 
@@ -217,16 +217,15 @@ def test_a_dense_weight_takes_dense_in_and_torch_dense_is_mask_only():
 
 
 @pytest.mark.slow
-def test_a_grid_with_activations_runs_end_to_end(tiny_model, tmp_path):
-    """Weight-only, activation-only and combined rows from one grid: each with its activation rule, the
-    sparsity reached on the test data, and the dense model (dense activations) as every row's reference."""
-    body = (f'name = "acts"\nmethods = ["magnitude"]\npatterns = ["50%"]\nkernels = ["native"]\n'
-            f'activations = ["none", "teal:0.5"]\nmodels = [{{ path = "{tiny_model}", name = "tiny" }}]\n'
-            '[calibration]\ndataset = "builtin:synthetic"\nsamples = 4\nseq_len = 64\n' + FAST_PPL + FAST_LATENCY)
-    grid, db = write_grid(tmp_path, body), tmp_path / "acts.duckdb"
-    proc = bench("submit", grid, "--db", db, "--artifacts", tmp_path / "art", "--no-progress", timeout=900)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    board = Store(db).leaderboard().set_index(["method", "activations"])
+def test_a_grid_with_activations_runs_end_to_end(dashboard_store):
+    """Weight-only, activation-only and combined rows from one grid (the dashboard tests' store: `bench
+    submit` of tests/conftest.py's DASHBOARD_GRID, with teal:0.5 on dense and magnitude 50%, native): each
+    with its activation rule, the sparsity reached on the test data, and the dense model (dense
+    activations) as every row's reference."""
+    db = dashboard_store
+    board = Store(db).leaderboard()
+    board = board[(board["kernel"] == "native") & board["method"].isin(["dense", "magnitude"])
+                  & board["pattern"].isin(["dense", "50%"])].set_index(["method", "activations"])
     assert sorted(board.index) == [("dense", "none"), ("dense", "teal:0.5"), ("magnitude", "none"),
                                    ("magnitude", "teal:0.5")]
     assert board["activation_sparsity"].isna().tolist() == [a == "none" for _, a in board.index]
@@ -236,6 +235,9 @@ def test_a_grid_with_activations_runs_end_to_end(tiny_model, tmp_path):
         assert row["perplexity_change_vs_dense"] > 0 and row["kl_vs_dense"] > 0
     assert board.loc[("dense", "none"), "perplexity_change_vs_dense"] == 0  # the reference: dense activations
     assert board.loc[("dense", "none"), "kernel_status"] == "dense"
+    # the combined row is worse than either alone
+    combined = board.loc[("magnitude", "teal:0.5"), "perplexity"]
+    assert combined > max(board.loc[("magnitude", "none"), "perplexity"], board.loc[("dense", "teal:0.5"), "perplexity"])
     store = Store(db)
     kernel = store.query("SELECT kernel_provenance FROM jobs WHERE activations = 'teal:0.5' AND method = 'magnitude'")["kernel_provenance"][0]
     import json

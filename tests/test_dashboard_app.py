@@ -50,12 +50,14 @@ def test_leaderboard_page(dashboard_store, monkeypatch):
     at = app_on(dashboard_store, monkeypatch)
     assert not at.exception
     assert [t.value for t in at.title] == ["Leaderboard"]
-    assert "10 results · 1 failed job(s)" in at.caption[0].value
+    assert "12 results · 1 failed job(s)" in at.caption[0].value
     table = at.dataframe[0].value
-    # one row per pruned model (dense + 2 methods x 2 patterns), each kernel a group of columns
-    assert len(table) == 5 and {"native · speed", "native · verdict", "torch-dense · speed", "torch-dense · status"} <= set(table.columns)
-    assert table.loc[table["method"] == "dense", "native · verdict"].iloc[0] == ["dense"]
-    assert table.loc[table["method"] == "dense", "native · 95% interval"].iloc[0].startswith("A/A ")
+    # one row per pruned model (dense + 2 methods x 2 patterns, and teal:0.5 on dense and magnitude 50%), each
+    # kernel a group of columns
+    assert len(table) == 7 and {"native · speed", "native · verdict", "torch-dense · speed", "torch-dense · status"} <= set(table.columns)
+    reference = (table["method"] == "dense") & (table["activations"] == "none")
+    assert table.loc[reference, "native · verdict"].iloc[0] == ["dense"]
+    assert table.loc[reference, "native · 95% interval"].iloc[0].startswith("A/A ")
     assert (table["rank"] == 1).sum() >= 2  # one best per sparsity level: dense at 0, one at 50%
     assert at.get("download_button")
     names = {t["name"] for fig in plotly_figures(at) for t in fig["data"]}
@@ -63,7 +65,7 @@ def test_leaderboard_page(dashboard_store, monkeypatch):
 
     at.selectbox(key="rank_by").set_value("task_acc_mean").run()
     table = at.dataframe[0].value
-    for _, level in table.groupby("target_sparsity"):
+    for _, level in table.groupby(["target_sparsity", "activations"]):
         level = level.dropna(subset=["rank"]).sort_values("rank")
         assert level["task_acc_mean"].is_monotonic_decreasing  # percent, ranked best first within the level
 
@@ -106,6 +108,28 @@ def test_a_method_has_one_colour_with_and_without_a_filter(dashboard_store, monk
     assert set(only) == {"wanda"} and only["wanda"] == every["wanda"]
 
 
+def test_activation_sparsity_is_a_filter_and_its_own_panels(dashboard_store, monkeypatch):
+    """The activation rule is a sidebar filter (kept in the URL) and a column; the trade-off chart puts
+    weight-only, activation-only and combined rows in panels side by side, the dense model in each."""
+    monkeypatch.setenv("SPARSEBENCH_DB", str(dashboard_store))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["activations"] = "teal:0.5"
+    at.run()
+    assert not at.exception
+    assert at.multiselect(key="activations").value == ["teal:0.5"]
+    table = at.dataframe[0].value
+    assert sorted(table["method"]) == ["dense", "magnitude"] and set(table["activations"]) == {"teal:0.5"}
+    assert table["activation_sparsity"].between(40, 60).all()  # reached on the test text, in percent
+    at.multiselect(key="activations").set_value(["none"]).run()
+    table = at.dataframe[0].value  # weight sparsity alone: the activations column is not shown
+    assert len(table) == 5 and "activations" not in table.columns
+    at.multiselect(key="activations").set_value([]).run()
+    at = page(at, "views/tradeoffs.py")
+    pareto = plotly_figures(at)[0]
+    titles = [a["text"] for a in pareto["layout"]["annotations"] if a["text"].startswith("tiny · ")]
+    assert [t.rsplit(" · ", 1)[1] for t in titles] == ["weights", "activations", "weights + activations"]
+
+
 def test_a_job_page_from_a_leaderboard_link(dashboard_store, monkeypatch):
     at = app_on(dashboard_store, monkeypatch)
     link = at.dataframe[0].value.loc[lambda t: t["method"] == "wanda", "native · job"].iloc[0]
@@ -128,7 +152,7 @@ def test_tradeoffs_page(dashboard_store, monkeypatch):
     assert {"dense", "magnitude", "wanda"} <= {t["name"] for t in pareto["data"]}
     assert pareto["layout"]["yaxis"]["type"] == "log"
     drawn = [t for t in curves["data"] if values(t["x"])[0] is not None]
-    assert sum(len(values(t["x"])) for t in drawn) == 5  # dense + 2 methods x 2 patterns, once per pruned model
+    assert sum(len(values(t["x"])) for t in drawn) == 7  # once per pruned model (an activation rule makes another)
     at.selectbox(key="speed").set_value("prefill_speedup").run()
     assert "prefill" in plotly_figures(at)[0]["layout"]["xaxis"]["title"]["text"]
     assert len(at.dataframe[0].value) >= 1  # the configurations on the fronts
@@ -139,7 +163,9 @@ def test_kernels_page(dashboard_store, monkeypatch):
     assert at.selectbox(key="backend").value == "native"
     table = at.dataframe[0].value
     # each shape in the format its measurement chose (nm and bitmask by rule; csr16 where it measured faster)
-    assert set(table["format"]) <= {"nm", "bitmask", "csr16"} and len(table) > 0 and (table["speedup"] > 0).all()
+    assert set(table["format"]) <= {"nm", "bitmask", "csr16", "dense_in"} and len(table) > 0 and (table["speedup"] > 0).all()
+    skipping = table[table["format"] == "dense_in"]  # the teal:0.5 jobs, timed on the inputs of a decode
+    assert set(skipping["activations"]) == {"teal:0.5"} and skipping["inputs_skipped"].between(1, 99).all()  # %
     fig = plotly_figures(at)[0]
     assert any(t["name"] == "measured = ideal" for t in fig["data"])
     assert fig["layout"]["yaxis"]["type"] == "log"
@@ -156,7 +182,7 @@ def test_runs_page(dashboard_store, monkeypatch):
     run.set_value(at.dataframe[0].value["run_id"][1]).run()
     grid = (dashboard_store.parent / "grid.toml").read_text()
     assert grid.strip() in [c.value.strip() for c in at.code]
-    assert len(at.dataframe[-1].value) == 10
+    assert len(at.dataframe[-1].value) == 12
     at.multiselect(key="runs_status_filter").set_value(["failed"]).run()
     assert at.dataframe[-1].value.empty
     at.multiselect(key="runs_status_filter").set_value([]).run()
@@ -219,7 +245,7 @@ def test_browsing_while_bench_submit_writes(dashboard_store, tiny_model, tmp_pat
     grid = write_grid(tmp_path, f'methods = ["magnitude"]\npatterns = ["70%", "4:8"]\n'
                                 f'models = [{{ name = "tiny", path = "{tiny_model}" }}]\n' + FAST_PPL + FAST_LATENCY)
     at = app_on(db, monkeypatch)
-    assert len(at.dataframe[0].value) == 5
+    assert len(at.dataframe[0].value) == 7
     proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "submit", str(grid), "--db", str(db), "--no-progress"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     reruns = 0
@@ -233,5 +259,5 @@ def test_browsing_while_bench_submit_writes(dashboard_store, tiny_model, tmp_pat
     page(at, "views/leaderboard.py")
     table = at.dataframe[0].value
     # 3 new pruned models: the two patterns and the grid's own dense job (no lm-eval tasks: another evaluation)
-    assert len(table) == 8 and {"70%", "4:8"} <= set(table["pattern"]), (out, table[["method", "pattern"]])
+    assert len(table) == 10 and {"70%", "4:8"} <= set(table["pattern"]), (out, table[["method", "pattern"]])
     assert reruns >= len(PAGES)

@@ -27,13 +27,14 @@ def board(con):
 
 def test_leaderboard_has_every_finished_job_with_tasks_and_provenance(con, board):
     done = con.execute("SELECT count(*) FROM jobs WHERE status = 'done'").fetchone()[0]
-    assert len(board) == done == 10  # dense x 2 kernels + 2 methods x 2 patterns x 2 kernels
+    # dense x 2 kernels + 2 methods x 2 patterns x 2 kernels, and teal:0.5 on dense and magnitude 50% (native)
+    assert len(board) == done == 12
     assert {"synthetic_add/acc", "synthetic_recall/acc"} <= set(board.columns)
     assert board["task_acc_mean"].sub(board[["synthetic_add/acc", "synthetic_recall/acc"]].mean(axis=1)).abs().max() < 1e-12
     assert set(board["pattern_kind"]) == {"dense", "unstructured", "nm"}
     assert board["git_commit"].notna().all() and (board["grid_name"] == "dashboard").all()
-    dense = board[board["method"] == "dense"]
-    assert (dense["perplexity_change_vs_dense"] == 0).all()
+    dense = board[(board["method"] == "dense") & (board["activations"] == "none")]  # the reference
+    assert len(dense) == 2 and (dense["perplexity_change_vs_dense"] == 0).all()
     # the speedup columns are the latency stage's figures, unrounded
     metric = con.execute("SELECT value FROM metrics WHERE job_key = ? AND name = 'decode_speedup_b1'",
                          [board["job_key"][0]]).fetchone()[0]
@@ -56,9 +57,11 @@ def test_leaderboard_has_every_finished_job_with_tasks_and_provenance(con, board
 def test_filters_are_bound_parameters(con, board):
     picked = queries.leaderboard(con, Filters(methods=("wanda",), kernels=("native",)))
     assert set(picked["method"]) == {"wanda"} and set(picked["kernel"]) == {"native"} and len(picked) == 2
-    assert len(queries.leaderboard(con, Filters(patterns=("2:4", "dense")))) == 6
-    assert len(queries.leaderboard(con, Filters(sparsity=(0.5, 0.5)))) == 8
-    assert len(queries.leaderboard(con, Filters(sparsity=(0.0, 0.0)))) == 2
+    assert len(queries.leaderboard(con, Filters(patterns=("2:4", "dense")))) == 7
+    assert len(queries.leaderboard(con, Filters(sparsity=(0.5, 0.5)))) == 9
+    assert len(queries.leaderboard(con, Filters(sparsity=(0.0, 0.0)))) == 3  # dense, and dense + teal:0.5
+    acts = queries.leaderboard(con, Filters(activations=("teal:0.5",)))
+    assert sorted(acts["method"]) == ["dense", "magnitude"] and set(acts["kernel"]) == {"native"}
     # a value is data, never SQL
     assert queries.leaderboard(con, Filters(methods=("x' OR '1'='1",))).empty
     assert len(queries.leaderboard(con)) == len(board)
@@ -70,9 +73,10 @@ def test_filter_options_and_counts(con):
     assert by["methods"] == ["dense", "magnitude", "wanda"]
     assert by["patterns"] == ["2:4", "50%", "dense"]
     assert by["kernels"] == ["native", "torch-dense"]
+    assert by["activations"] == ["none", "teal:0.5"]
     assert opts.loc[opts["field"] == "patterns"].sort_values("number")["value"].iloc[0] == "dense"
     counts = dict(zip(*queries.status_counts(con).T.values))
-    assert counts == {"done": 10, "failed": 1, "runs": 2, "runs running": 0}
+    assert counts == {"done": 12, "failed": 1, "runs": 2, "runs running": 0}
 
 
 def test_kernel_shapes_rows_match_the_stored_metrics(con):
@@ -81,8 +85,12 @@ def test_kernel_shapes_rows_match_the_stored_metrics(con):
     assert len(shapes) == n > 0
     assert set(shapes["kernel"]) == {"torch-dense", "native"} and set(shapes["batch"]) == {1}
     native = shapes[(shapes["kernel"] == "native") & (shapes["method"] != "dense")]
-    assert set(native["format"]) <= {"nm", "bitmask", "csr16"} and not native.empty
+    assert set(native["format"]) <= {"nm", "bitmask", "csr16", "dense_in"} and not native.empty
     assert (native["ideal_speedup"] > 1).all()
+    # under an activation rule, each shape is timed on the inputs captured from a decode, in an input-major format
+    acts = shapes[shapes["activations"] == "teal:0.5"]
+    assert set(acts["method"]) == {"dense", "magnitude"} and set(acts["format"]) == {"dense_in"}
+    assert (acts["ideal_speedup"] > 1).all()
     assert (shapes.loc[shapes["kernel"] == "torch-dense", "ideal_speedup"] == 1).all()
     row = shapes.iloc[0]
     n_out, k_in = map(int, row["shape"].split("x"))
@@ -96,13 +104,13 @@ def test_kernel_shapes_rows_match_the_stored_metrics(con):
 def test_runs_jobs_and_run_detail(con, dashboard_store):
     runs = queries.runs(con)
     assert list(runs["grid_name"]) == ["dashboard-broken", "dashboard"]  # newest first
-    assert runs.set_index("grid_name").loc["dashboard", ["done", "failed", "pending"]].tolist() == [10, 0, 0]
+    assert runs.set_index("grid_name").loc["dashboard", ["done", "failed", "pending"]].tolist() == [12, 0, 0]
     assert runs.set_index("grid_name").loc["dashboard-broken", ["done", "failed"]].tolist() == [0, 1]
     failed = queries.jobs(con, statuses=("failed",))
     assert len(failed) == 1 and "cannot load model 'broken'" in failed["error"][0]
     assert "Traceback" in failed["traceback"][0]
     run_id = runs["run_id"][1]
-    assert len(queries.jobs(con, run_id=run_id)) == 10
+    assert len(queries.jobs(con, run_id=run_id)) == 12
     detail = queries.run_detail(con, run_id)
     assert detail["grid_text"] == (dashboard_store.parent / "grid.toml").read_text()
     assert detail["packages"]["torch"] and detail["hardware"]
@@ -127,7 +135,7 @@ def test_runs_and_jobs_honour_the_filters(con):
     every = queries.runs(con)
     wanda = queries.runs(con, Filters(methods=("wanda",)))
     assert len(every) == 2 and len(wanda) == 1  # the broken run has no wanda job
-    assert wanda["done"].iloc[0] == 4  # wanda x 2 patterns x 2 kernels, not the run's 10
+    assert wanda["done"].iloc[0] == 4  # wanda x 2 patterns x 2 kernels, not the run's 12
     assert set(queries.jobs(con, filters=Filters(methods=("wanda",)))["method"]) == {"wanda"}
 
 
@@ -206,7 +214,8 @@ def test_large_boards_mark_the_fronts_and_draw_the_rest_as_a_cloud(board):
     cloud = [t for t in fig.data if t.name == "off the fronts (no hover)"]
     marked = [t for t in fig.data if t.name == "configurations"]
     front = charts.pareto_rows(big, "perplexity", "decode_speedup_b1")
-    assert sum(len(t.x) for t in cloud) + sum(len(t.x) for t in marked) == len(big)
+    drawn = len(charts.by_sparsity_kind(big)[0])  # the dense rows once in each kind's panel
+    assert sum(len(t.x) for t in cloud) + sum(len(t.x) for t in marked) == drawn
     assert sum(len(t.x) for t in marked) == len(front)
     assert {"dense", "magnitude", "wanda"} <= {t.name for t in fig.data}  # legend entries per method
 
@@ -218,9 +227,17 @@ def test_tradeoff_figure_draws_every_method_and_the_front(board):
     assert {("legend", "dense"), ("legend", "magnitude"), ("legend", "wanda"), ("legend3", "Pareto front"),
             ("legend2", "50%"), ("legend2", "2:4")} <= legend
     points = [t for t in fig.data if t.mode == "markers" and t.x is not None and t.x[0] is not None]
-    assert sum(len(t.x) for t in points) == len(board)
+    frame, by = charts.by_sparsity_kind(board)
+    kinds = {"weights", "activations", "weights + activations"}
+    assert by[-1] == "sparsity_kind" and set(frame["sparsity_kind"]) == kinds
+    assert sum(len(t.x) for t in points) == len(frame) == len(board) + 2 * 2  # the 2 dense rows in 3 panels
+    titles = {a.text.rsplit(" · ", 1)[-1] for a in fig.layout.annotations}
+    assert kinds <= titles
     front = [t for t in fig.data if t.name == "Pareto front"]
-    assert len(front) == 1 and len(front[0].x) == charts.pareto_rows(board, "perplexity", "decode_speedup_b1").shape[0]
+    on_fronts = charts.pareto_rows(board, "perplexity", "decode_speedup_b1")
+    assert len(front) == 3 and sum(len(t.x) for t in front) == len(on_fronts)  # one front per panel
+    assert set(on_fronts["sparsity_kind"]) <= kinds
+    assert (on_fronts[on_fronts["sparsity_kind"] == "activations"]["activations"].isin(["none", "teal:0.5"])).all()
     assert fig.layout.yaxis.type == "log"
     wanda = next(t for t in points if t.name == "wanda")
     assert "commit" in wanda.hovertemplate and wanda.error_x.array is not None
@@ -231,11 +248,15 @@ def test_tradeoff_figure_draws_every_method_and_the_front(board):
 def test_sparsity_kernel_status_and_compare_figures(con, board):
     fig = charts.sparsity_figure(board, "task_acc_mean")
     drawn = [t for t in fig.data if t.x[0] is not None]
-    # accuracy is counted once per pruned model, not once per kernel
-    assert sum(len(t.x) for t in drawn) == len(board.drop_duplicates(["model", "method", "pattern", "seed"]))
+    # accuracy is counted once per pruned model (an activation rule makes another), not once per kernel
+    pruned = board.drop_duplicates(["model", "method", "pattern", "activations", "seed"])
+    assert sum(len(t.x) for t in drawn) == len(pruned) == 7
+    rule = next(t for t in drawn if t.name == "magnitude (unstructured, teal:0.5)")
+    want = board.loc[(board["method"] == "magnitude") & (board["activations"] == "teal:0.5"), "task_acc_mean"].iloc[0]
+    assert list(rule.y) == [want] and rule.line.dash == "dash"
     # each method's legend entry is a plain colour; the line style is its own legend group
     kinds = {t.name: t.line.dash for t in fig.data if str(t.legendgroup).startswith("kinds ")}
-    assert kinds == {"unstructured": "solid", "N:M": "dot"}
+    assert kinds == {"unstructured": "solid", "N:M": "dot", "unstructured + activation rule": "dash"}
     shapes = queries.kernel_shapes(con)
     kf = charts.kernel_figure(shapes)
     measured = [t for t in kf.data if t.name != "measured = ideal" and t.x[0] is not None]

@@ -9,33 +9,29 @@ import sys
 from bench.errors import BenchError
 
 
+def _list_plugins(reg, describe) -> None:
+    """One line per registered plugin: its name, distribution, then what `describe(cls)` says of it; a
+    plugin that fails to load is listed as BROKEN with its error rather than hidden."""
+    for name in reg.names():
+        dist, version = reg.distribution(name)
+        try:
+            cls = reg.get(name)
+        except BenchError as err:
+            print(f"{name}  [{dist} {version}]  BROKEN: {err}")
+            continue
+        params = {k: p.describe() for k, p in cls.params.items()}
+        print(f"{name}  [{dist} {version}]  version {cls.version}  {describe(cls)}  "
+              f"params: {json.dumps(params) if params else 'none'}")
+
+
 def cmd_methods(args) -> int:
     from bench.registry import activation_registry, method_registry
 
-    reg = method_registry()
-    for name in reg.names():
-        dist, version = reg.distribution(name)
-        try:
-            cls = reg.get(name)
-        except BenchError as err:
-            print(f"{name}  [{dist} {version}]  BROKEN: {err}")
-            continue
-        params = {k: p.describe() for k, p in cls.params.items()}
-        print(f"{name}  [{dist} {version}]  version {cls.version}  patterns: {', '.join(cls.patterns)}  "
-              f"calibration: {'yes' if cls.needs_calibration else 'no'}  params: {json.dumps(params) if params else 'none'}")
-    reg = activation_registry()
+    _list_plugins(method_registry(), lambda cls: f"patterns: {', '.join(cls.patterns)}  "
+                                                 f"calibration: {'yes' if cls.needs_calibration else 'no'}")
     print("\nactivation rules (grid field `activations`; none = dense activations):")
-    for name in reg.names():
-        dist, version = reg.distribution(name)
-        try:
-            cls = reg.get(name)
-        except BenchError as err:
-            print(f"{name}  [{dist} {version}]  BROKEN: {err}")
-            continue
-        params = {k: p.describe() for k, p in cls.params.items()}
-        short = f"  shorthand: {name}:<{cls.shorthand}>" if cls.shorthand else ""
-        print(f"{name}  [{dist} {version}]  version {cls.version}{short}  calibration: yes  "
-              f"params: {json.dumps(params) if params else 'none'}")
+    _list_plugins(activation_registry(), lambda cls: (f"shorthand: {cls.name}:<{cls.shorthand}>  " if cls.shorthand
+                                                      else "") + "calibration: yes")
     return 0
 
 

@@ -37,6 +37,9 @@ st.caption("Each point is one job's layer shape, timed against the dense layer i
 bandwidth = view["read_bandwidth_GBps"].dropna()
 if not bandwidth.empty:
     st.caption(f"Read bandwidth probed by the jobs: {bandwidth.min():.3g}-{bandwidth.max():.3g} GB/s.")
-app.table(view[["shape", "batch", "format", "method", "pattern", "target_sparsity", "speedup", "speedup_lo",
-                "speedup_hi", "verdict", "ideal_speedup", "GBps", "bandwidth_fraction", "rounds", "threads",
-                "kernel_status", "job_key"]], key="kernels_table")
+columns = ["shape", "batch", "format", "method", "pattern", "target_sparsity", "activations", "inputs_skipped",
+           "speedup", "speedup_lo", "speedup_hi", "verdict", "ideal_speedup", "GBps", "bandwidth_fraction", "rounds",
+           "threads", "kernel_status", "job_key"]
+if view["inputs_skipped"].isna().all():  # no activation rule in the selection
+    columns = [c for c in columns if c not in ("activations", "inputs_skipped")]
+app.table(view[columns], key="kernels_table")

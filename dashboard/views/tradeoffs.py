@@ -38,11 +38,13 @@ st.caption("One panel per model and hardware: every kernel measured there compet
 
 st.subheader("Accuracy against sparsity")
 st.plotly_chart(app.figure("sparsity_figure", "leaderboard", selection, accuracy, enc=enc), key="tradeoff_sparsity")
-st.caption("Solid lines join unstructured sparsities of a method; N:M patterns are dotted. Accuracy does not "
-           "depend on the kernel, so each pruned model counts once.")
+st.caption("Solid lines join unstructured sparsities of a method; N:M patterns are dotted; the same with an "
+           "activation rule on top are dashed and dash-dotted. Accuracy does not depend on the kernel, so each "
+           "pruned model counts once.")
 
 front = charts.pareto_rows(board, accuracy, speed)
 with st.expander(f"The {len(front)} configurations on the Pareto fronts"):
-    columns = ["model", "hardware", "method", "pattern", "kernel", "kernel_status", accuracy, speed,
+    columns = ["model", "hardware", "sparsity_kind", "method", "pattern", "activations", "kernel", "kernel_status",
+               accuracy, speed,
                charts.SPEED[speed].verdict, "measured_sparsity", "job_key"]
     app.table(front[[c for c in columns if c in front.columns]], key="tradeoff_front")
