@@ -25,8 +25,8 @@ class Column:
 SIG = 3  # significant digits shown everywhere (the store and the CSV keep every digit)
 
 COLUMNS: dict[str, Column] = {
-    "rank": Column("rank", "int", "1 = best on the ranked metric, within one model, one sparsity level and one "
-                                  "activation rule"),
+    "rank": Column("rank", "int", "1 = best on the ranked metric, within one model, perplexity protocol, "
+                                  "sparsity level and activation rule"),
     "model": Column("model", "text"),
     "method": Column("method", "text"),
     "pattern": Column("pattern", "text"),
@@ -38,6 +38,8 @@ COLUMNS: dict[str, Column] = {
     "inputs_skipped": Column("inputs skipped (%)", "share",
                              "inputs of the layer the kernel skipped (zero in every row of the batch) on the inputs "
                              "captured from a decode"),
+    "protocol": Column("perplexity protocol", "text", "the text, context, stride and tokens the perplexity was "
+                       "measured on: rows under different protocols are ranked apart"),
     "sparsity_kind": Column("sparse", "text", "what the configuration makes sparse: weights, activations or both"),
     "hardware": Column("hardware", "text"),
     "kernel": Column("kernel", "text"),

@@ -19,7 +19,7 @@ from dashboard import labels
 from dashboard.charts import SPEED, Axis, is_dense_baseline
 from dashboard.encoding import pattern_order
 
-ROW = ["model", "method", "pattern", "activations", "target_sparsity", "hardware", "seed"]
+ROW = ["model", "method", "pattern", "activations", "target_sparsity", "hardware", "seed", "protocol"]
 ACCURACY = ["measured_sparsity", "activation_sparsity", "perplexity", "perplexity_change_vs_dense", "kl_vs_dense", "task_acc_mean",
             "task_acc_change_vs_dense", "task_flips_mean"]
 VERDICTS = ["faster", "slower", "no measurable difference", "dense"]
@@ -28,14 +28,15 @@ STATUSES = ["accelerated", "mask only", "dense"]
 STATUS_COLOURS = ["green", "orange", "blue"]
 
 def ranked(board: pd.DataFrame, column: str, higher_is_better: bool,
-           within=("model", "target_sparsity", "activations")) -> pd.DataFrame:
-    """`board` sorted best first on `column` within each (model, sparsity level, activation rule): ranks
-    compare methods at one sparsity, not 90% against 50%, nor weights alone against weights with half
-    their inputs zeroed. Ties share the best rank; rows without a value come last, unranked."""
+           within=("model", "protocol", "target_sparsity", "activations")) -> pd.DataFrame:
+    """`board` sorted best first on `column` within each (model, perplexity protocol, sparsity level,
+    activation rule): ranks compare methods at one sparsity, not 90% against 50%, nor weights alone against
+    weights with half their inputs zeroed, nor perplexities over different texts or contexts. Ties share
+    the best rank; rows without a value come last, unranked."""
     out = board.copy()
     keys = [k for k in within if k in out.columns]
     out["rank"] = out.groupby(keys, dropna=False)[column].rank(method="min", ascending=not higher_is_better).astype("Int64")
-    order = [k for k in ("model", "target_sparsity", "activations") if k in out.columns]
+    order = [k for k in ("model", "protocol", "target_sparsity", "activations") if k in out.columns]
     return out.sort_values([*order, "rank", "method", "pattern", *(["kernel"] if "kernel" in out else [])],
                            na_position="last", kind="stable").reset_index(drop=True)
 

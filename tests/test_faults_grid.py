@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.errors import GridError
-from bench.grid import parse_grid
+from bench.grid import expand, parse_grid
 from bench.patterns import Unstructured, parse_pattern, pattern_from_dict
 from conftest import bench, grid_text, one_line_exit_2, small_grid, write_grid
 
@@ -118,16 +118,37 @@ def test_model_fields_and_method_params_refuse_non_finite_numbers(untrained_mode
 
 @pytest.mark.parametrize("extra,methods,why", [
     ('dense_baseline = false\n[[exclude]]\nmethod = "magnitude"', '["magnitude"]', "[[exclude]]"),
-    ("dense_baseline = false", '["sparsegpt"]', "no method in `methods` supports a pattern"),
     ('kernels = ["torch-semi-structured"]', '["magnitude"]', "runs on a target in `hardware`"),
 ])
 def test_a_grid_of_no_jobs_is_refused_with_the_reason(tmp_path, untrained_model, extra, methods, why):
     """Defect 11: a grid that expands to nothing exited 0 saying "0 jobs"."""
-    patterns = '[{kind = "channels", target = 0.5}]' if "sparsegpt" in methods else '["50%"]'
-    grid = write_grid(tmp_path, grid_text(untrained_model, extra, methods=methods, patterns=patterns))
+    grid = write_grid(tmp_path, grid_text(untrained_model, extra, methods=methods, patterns='["50%"]'))
     for flags in ((), ("--dry-run",)):
         line = one_line_exit_2(bench("submit", grid, "--db", tmp_path / "b.duckdb", *flags))
         assert "the grid expands to no jobs" in line and why in line, line
+    assert not (tmp_path / "b.duckdb").exists()
+
+
+@pytest.mark.parametrize("methods,patterns,why", [
+    ('["magnitude"]', None, 'the grid has no `patterns` (the default, ["dense"], prunes nothing)'),
+    ('["magnitude", "sparsegpt"]', '["50%", {kind = "channels", target = 0.5}]', None),
+    ('["sparsegpt"]', '[{kind = "channels", target = 0.5}]',
+     "it prunes to unstructured, nm patterns, and `patterns` holds channels only"),
+])
+def test_a_method_with_no_pattern_to_run_is_refused_in_one_line(tmp_path, untrained_model, methods, patterns, why):
+    """A pruning method none of whose patterns the grid lists ran only the dense job, without a word. Now the
+    grid is refused, naming the method; a method that runs some of the patterns still runs (the others are
+    reported as not run)."""
+    text = f'models = [{{ path = "{untrained_model}" }}]\nmethods = {methods}\n' + (
+        f"patterns = {patterns}\n" if patterns else "")
+    if why is None:
+        assert len(expand(parse_grid(text))) == 4  # dense, magnitude 50% and channels, sparsegpt 50%
+        return
+    with pytest.raises(GridError) as info:
+        parse_grid(text)
+    assert info.value.field == f"methods[{methods.count(',')}]" and why in str(info.value)
+    line = one_line_exit_2(bench("submit", write_grid(tmp_path, text), "--db", tmp_path / "b.duckdb", "--dry-run"))
+    assert "has no pattern to run" in line and "remove the method" in line and why in line
     assert not (tmp_path / "b.duckdb").exists()
 
 
@@ -145,7 +166,11 @@ def test_a_refined_method_with_no_pattern_it_refines_is_the_reason_not_an_exclud
 
     text = grid_text(untrained_model, "dense_baseline = false", methods='[{name = "magnitude", refine = "dsnot"}]',
                      patterns='[{kind = "block", target = 0.5}]')
-    assert incompatible(parse_grid(text)) == ["magnitude+dsnot x 50%/block4x4"]
+    with pytest.raises(GridError) as info:
+        parse_grid(text)
+    assert info.value.field == "methods[0]" and "'magnitude+dsnot' has no pattern to run" in str(info.value)
+    assert "when refined" in str(info.value) and "holds block only" in str(info.value)
     line = one_line_exit_2(bench("submit", write_grid(tmp_path, text), "--db", tmp_path / "b.duckdb", "--dry-run"))
-    assert "no method in `methods` supports a pattern" in line and "magnitude+dsnot x 50%/block4x4" in line
-    assert "[[exclude]]" not in line
+    assert "has no pattern to run" in line and "[[exclude]]" not in line
+    both = text.replace('patterns = [{kind = "block", target = 0.5}]', 'patterns = [{kind = "block", target = 0.5}, "50%"]')
+    assert incompatible(parse_grid(both)) == ["magnitude+dsnot x 50%/block4x4"]  # reported, not run

@@ -73,11 +73,31 @@ def test_dense_reference_follows_the_perplexity_protocol(tmp_path, untrained_mod
         store.begin_run(run_row(spec, run_id), [dense, mag], skipped=0)
         for job, ppl in ((dense, 4.0 * context / 64), (mag, 5.0 * context / 64)):
             result = done(ppl, 0.0 if job is dense else 0.5, 100.0)
-            result["metrics"][0]["details"] = {"context_length": context}
+            result["metrics"][0]["details"] = {"dataset": "builtin:synthetic", "split": "test", "context_length": context,
+                                               "stride": context, "tokens_total": 1024, "max_tokens": 1024}
             store.record_result(job.key, result)
     board = store.leaderboard()
     assert len(board) == 4 and board["job_key"].is_unique
     assert board.loc[board.method == "magnitude", "perplexity_change_vs_dense"].tolist() == [0.25, 0.25]
+    assert sorted(board["protocol"].unique()) == [
+        "builtin:synthetic test · context 128 stride 128 · 1024 tokens (at most 1024)",
+        "builtin:synthetic test · context 64 stride 64 · 1024 tokens (at most 1024)"]
+
+    # the terminal table: one per protocol, each under its protocol; compact unless --wide
+    from conftest import bench
+
+    shown = bench("leaderboard", "--db", tmp_path / "b.duckdb")
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    heads = [i for i, line in enumerate(lines) if line.startswith("perplexity protocol: ")]
+    assert [lines[i].split(" · ")[1] for i in heads] == ["context 128 stride 128", "context 64 stride 64"]
+    assert lines[heads[0] + 1].split() == ["model", "method", "pattern", "kernel", "ppl", "ppl", "vs", "dense",
+                                           "decode", "b1", "x", "dense", "[95%]", "verdict", "kernel", "status"]
+    assert "+25.0%" in shown.stdout and "kl_vs_dense" not in shown.stdout and max(map(len, lines)) < 140
+    wide = bench("leaderboard", "--db", tmp_path / "b.duckdb", "--wide")
+    assert wide.returncode == 0 and "decode_tok_s_b1" in wide.stdout and "--wide" not in wide.stdout
+    csv = bench("leaderboard", "--db", tmp_path / "b.duckdb", "--format", "csv")
+    assert csv.stdout.splitlines()[0].split(",")[7] == "protocol"
 
 
 def test_a_version_1_store_is_migrated(tmp_path):
@@ -93,8 +113,9 @@ def test_a_version_1_store_is_migrated(tmp_path):
     with Store(path).write():
         pass
     store = Store(path)
-    assert store.query("SELECT max(version) AS v FROM schema_version")["v"][0] == SCHEMA_VERSION == 6
-    assert MIGRATIONS[6][-1] == LEADERBOARD_SQL and store.leaderboard().empty
+    assert store.query("SELECT max(version) AS v FROM schema_version")["v"][0] == SCHEMA_VERSION == 7
+    assert MIGRATIONS[7][-1] == LEADERBOARD_SQL and store.leaderboard().empty
+    assert "protocol" in store.leaderboard().columns  # v7
     assert {"activations", "activation_sparsity"} <= set(store.leaderboard().columns)  # v6
     assert {"kl_vs_dense", "task_flips_mean"} <= set(store.leaderboard().columns)  # v4
     assert {"decode_speedup_b1_lo", "decode_speedup_b1_hi", "decode_speedup_b1_verdict", "decode_aa_b1",
@@ -126,8 +147,9 @@ def test_a_version_2_store_keeps_its_results_when_migrated(tmp_path, jobs):
     store.begin_run(run_row(spec), js[1:2], skipped=1)  # the first write migrates
     assert store.statuses([js[0].key]) == {js[0].key: "done"}
     after = store.leaderboard()
-    assert after[before.columns].equals(before)  # v6 adds columns only: the job's activations, dense
-    assert set(after.columns) - set(before.columns) == {"activations", "activation_sparsity"}
+    assert after[before.columns].equals(before)  # v6 and v7 add columns only: the job's activations, dense
+    assert set(after.columns) - set(before.columns) == {"activations", "activation_sparsity", "protocol"}
+    assert after["protocol"].isna().all()  # a perplexity stored without its protocol
     assert after["activations"].tolist() == ["none"] and after["activation_sparsity"].isna().all()
     assert store.query("SELECT max(version) AS v FROM schema_version")["v"][0] == SCHEMA_VERSION
 

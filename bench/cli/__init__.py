@@ -3,7 +3,7 @@
     bench submit GRID.toml [--dry-run] [--force] [--db PATH] [--address HOST:PORT]
     bench ls [--status S] [--run RUN_ID]         jobs in the store
     bench show JOB                               one job (key or unique key prefix): provenance, metrics, error
-    bench leaderboard [--format table|csv|json]  the ranked table
+    bench leaderboard [--wide] [--format table|csv|json]  the table, one per perplexity protocol
     bench export --format parquet|csv DIR        every table and the leaderboard, one file each
     bench methods                                registered pruning methods
     bench check-method NAME                      the conformance suite for one method
@@ -85,6 +85,8 @@ def _result_commands(sub) -> None:
     s = sub.add_parser("leaderboard", help="print the leaderboard")
     db(s)
     s.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    s.add_argument("--wide", action="store_true",
+                   help="the table with every column (default: identity, accuracy, decode speed with its verdict)")
 
     s = sub.add_parser("export", help="export the store to Parquet or CSV files")
     db(s)

@@ -10,7 +10,7 @@ from bench.errors import BenchError
 from bench.store import Store
 
 
-LEADERBOARD_COLUMNS = ["model", "method", "pattern", "activations", "hardware", "kernel", "seed", "measured_sparsity",
+LEADERBOARD_COLUMNS = ["model", "method", "pattern", "activations", "hardware", "kernel", "seed", "protocol", "measured_sparsity",
                        "activation_sparsity", "perplexity",
                        "perplexity_change_vs_dense", "kl_vs_dense", "decode_tok_s_b1", "decode_speedup_b1",
                        "decode_speedup_b1_lo", "decode_speedup_b1_hi", "decode_speedup_b1_verdict", "decode_speedup_b1_rounds",
@@ -89,6 +89,30 @@ def cmd_show(args) -> int:
     return 0
 
 
+# The terminal table's default: what a row is, its accuracy, and its speed with its interval and verdict.
+# `--wide` prints every column of LEADERBOARD_COLUMNS (csv and json always do).
+COMPACT = {"model": "model", "method": "method", "pattern": "pattern", "activations": "acts", "hardware": "hw",
+           "kernel": "kernel", "seed": "seed", "perplexity": "ppl", "perplexity_change_vs_dense": "ppl vs dense",
+           "kl_vs_dense": "KL", "task_acc_mean": "tasks", "decode_speedup_b1": "decode b1 x dense [95%] verdict",
+           "kernel_status": "kernel status"}
+
+
+def _compact(df):
+    """The compact table: COMPACT's columns under their short names, a column left out where every row holds
+    one value that says nothing (one hardware target, one seed, dense activations) or none (a metric no row
+    measured), the change in perplexity as a signed percentage."""
+    out = df[[c for c in COMPACT if c in df.columns]].copy()
+    for col in ("activations", "hardware", "seed"):
+        if col in out and out[col].nunique(dropna=False) <= 1 and (col != "activations" or (out[col] == "none").all()):
+            out = out.drop(columns=col)
+    empty = [c for c in ("perplexity", "perplexity_change_vs_dense", "kl_vs_dense", "task_acc_mean")
+             if c in out and out[c].isna().all()]  # not measured by any row here
+    out = out.drop(columns=empty)
+    if "perplexity_change_vs_dense" in out:
+        out["perplexity_change_vs_dense"] = [f"{v:+.1%}" if v == v else "" for v in out["perplexity_change_vs_dense"]]
+    return out.rename(columns=COMPACT)
+
+
 def cmd_leaderboard(args) -> int:
     df = Store(args.db).leaderboard()
     cols = [c for c in LEADERBOARD_COLUMNS if c in df.columns]
@@ -103,7 +127,8 @@ def cmd_leaderboard(args) -> int:
         print("the leaderboard is empty: no job has finished yet")
     else:
         # Display only: the store and the csv/json formats keep every digit. A speedup is shown with the
-        # 95% interval of its paired per-round ratios and its verdict against the A/A noise floor.
+        # 95% interval of its paired per-round ratios and its verdict against the A/A noise floor. Rows
+        # measured under different perplexity protocols are never in one table: one table per protocol.
         df = df.drop(columns=["job_key"]).copy()
         for col in ("decode_speedup_b1", "prefill_speedup"):
             if col in df:
@@ -112,7 +137,16 @@ def cmd_leaderboard(args) -> int:
         if "decode_aa_b1" in df:
             df["decode_aa_b1"] = [f"{v:.3g} [{lo:.3g}-{hi:.3g}]" if v == v else "" for v, lo, hi in
                                   zip(df["decode_aa_b1"], df.pop("decode_aa_b1_lo"), df.pop("decode_aa_b1_hi"))]
-        print(df.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+        protocols = df.pop("protocol") if "protocol" in df else None
+        groups = [(None, df)] if protocols is None else [
+            (p, df[protocols.fillna("") == p]) for p in sorted(protocols.fillna("").unique())]
+        for i, (protocol, part) in enumerate(groups):
+            if protocol is not None and (len(groups) > 1 or protocol):
+                print(("\n" if i else "") + f"perplexity protocol: {protocol or 'none (no perplexity measured)'}")
+            shown = part if args.wide else _compact(part)
+            print(shown.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+        if not args.wide:
+            print("(bench leaderboard --wide: every column, tasks and prefill included)")
     return 0
 
 

@@ -52,7 +52,7 @@ def expand(spec: GridSpec, dropped: Counter | None = None) -> list[Job]:
     every model gets that dense job even if the grid does not list the method, because relative figures
     (change vs dense, speedup vs dense) come from it. A method paired with a pattern it does not support
     is skipped, and the pairing is reported by `incompatible`. `dropped`, if given, counts what left cells
-    out: "pattern" (a method with no pattern to run), "kernel" (a backend that does not run on a hardware
+    out: "pattern" (a method with no pattern to run; `parse_grid` refuses such a grid), "kernel" (a backend that does not run on a hardware
     target), "exclude" (an [[exclude]] rule).
     """
     dropped = Counter() if dropped is None else dropped
@@ -104,10 +104,6 @@ def why_no_jobs(spec: GridSpec) -> str:
     dropped: Counter = Counter()
     expand(spec, dropped)
     reasons = []
-    if dropped["pattern"]:
-        reasons.append(f"no method in `methods` supports a pattern in `patterns` ({', '.join(incompatible(spec))})"
-                       + ("" if spec.dense_baseline else " and dense_baseline is false")
-                       + "; add a pattern the methods support")
     if dropped["exclude"]:
         reasons.append("every other job matches an [[exclude]] rule; loosen the rules" if reasons else
                        "every job matches an [[exclude]] rule; loosen the rules")

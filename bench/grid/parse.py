@@ -59,12 +59,39 @@ def parse_grid(text: str, source: str = "grid.toml") -> GridSpec:
     timeout, max_retries = _runner(_Table(source, "runner", top.take("runner", dict, {})))
     top.finish()
     _check_positions(source, models, calibration if calibrates else None, perplexity, latency)
+    _check_every_method_runs(source, methods, patterns, "patterns" in data)
     return GridSpec(
         source=source, text=text, name=name, models=models, methods=methods, patterns=patterns,
         hardware=hardware, kernels=kernels, seeds=seeds, calibration=calibration, perplexity=perplexity,
         latency=latency, tasks=tasks, excludes=excludes, dense_baseline=dense_baseline, layers=layers,
         stage_timeout_s=timeout, max_retries=max_retries, activations=activations,
     )
+
+
+def _check_every_method_runs(source: str, methods, patterns, given: bool) -> None:
+    """A pruning method with no pattern of the grid to run is refused, naming it: otherwise it would leave
+    the grid without a word (only the dense job would run for it)."""
+    from bench.grid.expand import _patterns_for
+    from bench.registry import method_registry
+
+    registry = method_registry()
+    for i, m in enumerate(methods):
+        cls = registry.get(m.name)
+        if cls.patterns == ("dense",) or _patterns_for(m, cls, patterns):
+            continue
+        if not given:
+            why = 'the grid has no `patterns` (the default, ["dense"], prunes nothing)'
+        else:
+            kinds = sorted({p.kind for p in patterns})
+            supported = list(cls.patterns)
+            if m.refine:
+                from bench.prune.refine import SUPPORTED
+
+                supported = [k for k in supported if k in SUPPORTED]
+            why = (f"it prunes to {', '.join(supported)} patterns{' when refined' if m.refine else ''}, and `patterns` "
+                   f"holds {', '.join(kinds)} only")
+        raise GridError(source, f"methods[{i}]", f"'{m.label}' has no pattern to run: {why}; add one it supports to "
+                        '`patterns` (e.g. patterns = ["50%", "2:4"]), or remove the method')
 
 
 def _seeds(source: str, seeds: list) -> list[int]:

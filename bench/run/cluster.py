@@ -149,6 +149,21 @@ def unschedulable(hardware: list[Hardware]) -> dict[Hardware, str]:
     return out
 
 
+def timing_cpus(hardware: list[Hardware]) -> dict[Hardware, float]:
+    """Per target, the CPUs of the largest alive node that can run it. A latency stage reserves them all,
+    so that no other stage (a prune, an evaluation, another timing) runs beside it on its node and shares
+    its cores, caches and memory bandwidth while it times; its own threads stay what the target says."""
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    out = {}
+    for target in hardware:
+        fitting = [r.get("CPU", 0) for r in nodes if target.fits(r)]
+        if fitting:
+            out[target] = max(max(fitting), float(target.threads))
+    return out
+
+
 # What a stage's behaviour depends on in the driver's environment. A local instance's workers inherit the
 # driver's environment; a joined cluster's workers inherit their raylet's, so these are passed with the job.
 FORWARDED_ENV = ("SPARSEBENCH_ISA", "SPARSEBENCH_SPIN_US", "SPARSEBENCH_MODEL_CACHE")

@@ -30,7 +30,7 @@ from typing import Any
 
 from bench.errors import Interrupted
 from bench.model.artifacts import Artifacts
-from bench.run.cluster import init_ray, unschedulable
+from bench.run.cluster import init_ray, timing_cpus, unschedulable
 from bench.run.plan import Stage, assemble, dependents, plan
 from bench.spec.hardware import Hardware
 from bench.spec.jobs import Job
@@ -54,14 +54,31 @@ class RunSummary:
         return not self.failed and not self.counts.get("cancelled")
 
 
+def stage_label(kind: str, job) -> str:
+    """What a stage is, in the words of its job: a prune stage serves every kernel and hardware target of its
+    pruned model, an evaluate stage every kernel; a latency stage is one job."""
+    acts = f" · activations {job.activations.label}" if job.activations else ""
+    what = f"{job.model.name} · {job.method_label} · {job.pattern.label}{acts}"
+    if kind == "latency":
+        return f"{what} · {job.hardware.label} · {job.kernel} · seed {job.seed}"
+    return f"{what} · seed {job.seed}"
+
+
 class Progress:
-    """One live status line on a terminal; one line per finished job otherwise (logs, CI)."""
+    """What a run says while it works: a line when a stage starts and when it ends (its kind, what it runs
+    for, its seconds and peak memory), and one per finished job. On a terminal these lines scroll above a live
+    bar of finished jobs (tqdm) with the stages running and the time left; in a log they are all there is."""
 
     def __init__(self, total: int, stream=sys.stderr, enabled: bool = True):
         self.total, self.stream, self.enabled = total, stream, enabled
         self.tty = enabled and stream.isatty()
         self.start = time.monotonic()
         self.done = self.failed = self.running = 0
+        self.bar = None
+        if self.tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="job", file=stream, dynamic_ncols=True, smoothing=0)
 
     def _clock(self, s: float) -> str:
         s = int(s)
@@ -71,11 +88,37 @@ class Progress:
         finished = self.done + self.failed
         elapsed = time.monotonic() - self.start
         eta = self._clock(elapsed / finished * (self.total - finished)) if finished else "?"
-        width = 24
-        filled = int(width * finished / self.total) if self.total else width
-        bar = "#" * filled + "." * (width - filled)
-        return (f"[{bar}] {finished}/{self.total} · {self.done} done · {self.failed} failed · "
+        return (f"{finished}/{self.total} · {self.done} done · {self.failed} failed · "
                 f"{self.running} stages running · {self._clock(elapsed)} elapsed · ETA {eta}")
+
+    def _write(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(text, file=self.stream)
+        else:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+    def note(self, text: str) -> None:
+        """A line for the user whether or not progress is shown (above the bar on a terminal)."""
+        if self.bar is not None:
+            self.bar.write(text, file=self.stream)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def stage_started(self, kind: str, job) -> None:
+        self._write(f"  {self._clock(time.monotonic() - self.start)} start {kind} · {stage_label(kind, job)}")
+
+    def stage_finished(self, kind: str, job, result: dict[str, Any]) -> None:
+        clock = self._clock(time.monotonic() - self.start)
+        if result["status"] != "done":
+            self._write(f"  {clock} {result['status']} {kind} · {stage_label(kind, job)}: {result.get('error')}")
+            return
+        peak = result.get("peak_rss_bytes")
+        memory = "" if not peak else (f", peak {peak / 2**30:.2f} GiB" +
+                                      ("" if result.get("peak_rss_scope") == "stage" else " over the worker's life"))
+        self._write(f"  {clock} done {kind} · {stage_label(kind, job)} ({result.get('duration_s', 0):.1f} s{memory})")
 
     def update(self, running: int, finished: tuple[Job, dict[str, Any]] | None = None) -> None:
         self.running = running
@@ -87,19 +130,19 @@ class Progress:
                 self.failed += 1
         if not self.enabled:
             return
-        if self.tty:
-            self.stream.write("\r\033[K" + self.line())
-            self.stream.flush()
-        elif finished is not None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{self.done} done · {self.failed} failed · {self.running} stages running",
+                                     refresh=False)
+            self.bar.update(1 if finished is not None else 0)
+        if finished is not None:
             job, result = finished
             tail = f" ({result.get('duration_s', 0):.1f} s)" if result["status"] == "done" else f": {result.get('error')}"
-            self.stream.write(f"[{self.done + self.failed}/{self.total}] {result['status']} {job.describe()}{tail}\n")
-            self.stream.flush()
+            self._write(f"[{self.done + self.failed}/{self.total}] {result['status']} {job.describe()}{tail}")
 
     def close(self) -> None:
-        if self.enabled and self.tty:
-            self.stream.write("\r\033[K" + self.line() + "\n")
-            self.stream.flush()
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _lost(err: Exception) -> dict[str, Any]:
@@ -191,7 +234,8 @@ def _run_locked(spec, jobs, store, artifacts, cluster, force, max_in_flight, pro
     started_ray = init_ray(address, oom_retries=spec.max_retries, source=source)
     try:
         signals.check()
-        blocked = unschedulable(sorted({j.hardware for j in todo}, key=str))
+        targets = sorted({j.hardware for j in todo}, key=str)
+        blocked = unschedulable(targets)
         stored = {} if force else store.stage_results(sorted({k for j in todo for k in j.stage_keys().values()}))
         stages, summary.notes = plan(todo, stored, artifacts, set(blocked), force)
         signals.check()
@@ -204,6 +248,7 @@ def _run_locked(spec, jobs, store, artifacts, cluster, force, max_in_flight, pro
         }
         store.begin_run(run, todo, summary.skipped)
         sched = _Scheduler(spec, todo, stages, blocked, store, artifacts, summary, progress)
+        sched.timing_cpus = timing_cpus(targets)
         store.queue_stages(summary.run_id, [{"key": s.key, "kind": s.kind, "prune_key": s.needs or s.key,
                                              "hardware": s.hardware.label} for s in sched.to_run])
         if max_in_flight is None:
@@ -232,6 +277,7 @@ class _Scheduler:
         self.to_run = [s for s in stages.values() if s.state == "todo"]
         self.needed_by = dependents(stages)
         self.unschedulable = [s for s in self.to_run if s.hardware in blocked]
+        self.timing_cpus: dict[Hardware, float] = {}  # CPUs a latency stage reserves, per target
 
     def run(self, max_in_flight: int, signals: "_Signals") -> None:
         import ray
@@ -257,11 +303,14 @@ class _Scheduler:
                 if stage.state != "todo":
                     continue
                 opts = stage.hardware.ray_options()
+                if stage.kind == "latency":  # alone on its node while it times (cluster.timing_cpus)
+                    opts["num_cpus"] = self.timing_cpus.get(stage.hardware, opts["num_cpus"])
                 ref = remote.options(max_retries=self.spec.max_retries, retry_exceptions=False,
                                      name=f"bench:{stage.kind}", **opts).remote(
                     stage.payload(self.artifacts, self.spec.stage_timeout_s))
                 stage.state = "running"
                 pending[ref] = stage
+                self.bar.stage_started(stage.kind, stage.job)
             self.bar.update(len(pending))
             done_refs, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
             if done_refs:  # and whatever else is finished by now: one store transaction for all of them
@@ -274,6 +323,7 @@ class _Scheduler:
                 except ray.exceptions.RayError as err:  # the worker or node died, retries spent; or OOM
                     result = _lost(err)
                 finished.append((stage, result))
+                self.bar.stage_finished(stage.kind, stage.job, result)
             if finished:
                 with self.store.write() as con:
                     for stage, result in finished:
@@ -289,7 +339,7 @@ class _Scheduler:
 
     def _note(self, note: str) -> None:
         self.summary.notes.append(note)
-        print(f"{chr(10) if self.bar.tty else ''}bench: {note}", file=sys.stderr, flush=True)
+        self.bar.note(f"bench: {note}")
 
     def _deps_done(self, stage: Stage) -> bool:
         return stage.needs is None or self.stages[stage.needs].state == "done"
@@ -339,7 +389,7 @@ class _Scheduler:
         for warning in result.get("warnings") or []:
             if warning not in self.summary.warnings:
                 self.summary.warnings.append(warning)
-                print(f"\nWARNING: {warning}", file=sys.stderr, flush=True)
+                self.bar.note(f"WARNING: {warning}")
         self.counts[result["status"]] += 1
         if result["status"] != "done":
             self.summary.failed.append((job, result.get("error", "")))

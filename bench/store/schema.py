@@ -14,7 +14,7 @@ import duckdb
 
 from bench.errors import BenchError
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 class StoreError(BenchError):
@@ -104,6 +104,24 @@ LEADERBOARD_SQL = (_LEADERBOARD_V5
              "           m.activation_sparsity, j.hardware, j.kernel,")
     .replace("FROM wide WHERE method = 'dense'\n", "FROM wide WHERE method = 'dense' AND activations = 'none'\n"))
 assert LEADERBOARD_SQL.count("activation") == 5, "the schema-6 leaderboard edits did not all apply"
+_LEADERBOARD_V6 = LEADERBOARD_SQL
+
+# Schema 7: the perplexity protocol of each row as a short label (`protocol`: dataset and split, context and
+# stride, tokens scored of the split's total), so that rows measured under different protocols are told apart
+# and never ranked together. NULL where the job measured no perplexity (or stored no protocol with it).
+PROTOCOL_SQL = """CASE WHEN json_extract_string(w.perplexity_protocol, '$.dataset') IS NULL THEN NULL ELSE concat(
+           json_extract_string(w.perplexity_protocol, '$.dataset'), ' ',
+           json_extract_string(w.perplexity_protocol, '$.split'),
+           ' · context ', json_extract_string(w.perplexity_protocol, '$.context_length'),
+           ' stride ', json_extract_string(w.perplexity_protocol, '$.stride'),
+           ' · ', json_extract_string(w.perplexity_protocol, '$.tokens_total'), ' tokens',
+           CASE WHEN json_extract_string(w.perplexity_protocol, '$.max_tokens') IS NOT NULL
+                THEN concat(' (at most ', json_extract_string(w.perplexity_protocol, '$.max_tokens'), ')')
+                ELSE '' END) END AS protocol"""
+LEADERBOARD_SQL = _LEADERBOARD_V6.replace(
+    "SELECT w.* EXCLUDE (perplexity_protocol), w.perplexity / d.perplexity - 1 AS perplexity_change_vs_dense,",
+    "SELECT w.* EXCLUDE (perplexity_protocol), " + PROTOCOL_SQL + ",\n       w.perplexity / d.perplexity - 1 AS perplexity_change_vs_dense,")
+assert "AS protocol" in LEADERBOARD_SQL, "the schema-7 leaderboard edit did not apply"
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -158,5 +176,7 @@ MIGRATIONS: dict[int, list[str]] = {
     # 6: activation sparsity. Jobs stored before have dense activations.
     6: ["ALTER TABLE jobs ADD COLUMN activations VARCHAR DEFAULT 'none'",
         "UPDATE jobs SET activations = 'none' WHERE activations IS NULL",
-        LEADERBOARD_SQL],
+        _LEADERBOARD_V6],
+    # 7: the perplexity protocol as a column of the leaderboard (`protocol`), which groups rows by it.
+    7: [LEADERBOARD_SQL],
 }

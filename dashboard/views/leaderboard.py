@@ -67,7 +67,9 @@ for c in [*tables.ACCURACY, *tasks, "target_sparsity"]:
     if c in shown.columns:  # percent columns hold percent (the header says so); the CSV keeps the store's units
         shown[c] = shown[c].map(lambda v, c=c: labels.display(c, v))
 rules = "activations" in shown.columns and shown["activations"].fillna("none").ne("none").any()
-order = ["rank", "model", "method", "pattern", *(["activations"] if rules else []), "target_sparsity", "hardware",
+protocols = "protocol" in shown.columns and shown["protocol"].nunique() > 1  # then ranked apart: say which
+order = ["rank", "model", *(["protocol"] if protocols else []), "method", "pattern", *(["activations"] if rules else []),
+         "target_sparsity", "hardware",
          *[c for c in [*tables.ACCURACY, *tasks] if c in shown.columns],
          *[f"{k} · {what}" for k in kernels for what in ("speed", "95% interval", "verdict", "status", "job")], "seed"]
 st.dataframe(shown[order], hide_index=True, height=420, key="leaderboard_table", column_config=config,
@@ -75,9 +77,8 @@ st.dataframe(shown[order], hide_index=True, height=420, key="leaderboard_table",
 st.download_button("Download CSV", lambda: board.to_csv(index=False), file_name="leaderboard.csv",
                    mime="text/csv", icon=":material/download:", help="every column of every row at full precision")
 st.caption("The table shows 3 significant digits; the CSV and the store keep every digit. Ranks compare methods "
-           "within one model, one sparsity level and one activation rule. A dense row's speed is 1x by definition; "
-           "its interval column "
-           "gives the dense model timed against itself (A/A).")
+           "within one model, perplexity protocol, sparsity level and activation rule. A dense row's speed is 1x "
+           "by definition; its interval column gives the dense model timed against itself (A/A).")
 
 with st.expander("Method x pattern, as papers print it"):
     paper_metrics = [m for m in ("perplexity", "kl_vs_dense", "task_acc_mean") if m in board.columns
