@@ -45,7 +45,13 @@ COLUMNS: dict[str, Column] = {
     "kernel": Column("kernel", "text"),
     "kernel_status": Column("kernel status", "text",
                             "accelerated: a sparse kernel ran the pruned layers; mask only: the zeros were run as dense "
-                            "weights and buy no speed; dense: the unpruned model"),
+                            "weights and buy no speed; dense: the unpruned model; for the speed shown, what ran its "
+                            "phase: dense fallback (every call fell back to PyTorch dense, e.g. a prefill longer "
+                            "than the kernels' batch limit) or partly accelerated"),
+    "decode_kernel_status_b1": Column("decode kernels (b1)", "text", "what ran the decode at batch 1: accelerated, "
+                                      "partly accelerated, dense fallback, mask only or dense"),
+    "prefill_kernel_status": Column("prefill kernels", "text", "what ran the prefill: accelerated, partly "
+                                    "accelerated, dense fallback, mask only or dense"),
     "seed": Column("seed", "int"),
     "target_sparsity": Column("target sparsity (%)", "share"),
     "measured_sparsity": Column("measured sparsity (%)", "share", "zeros in the pruned layers, counted on the artifact"),

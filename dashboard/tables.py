@@ -24,8 +24,10 @@ ACCURACY = ["measured_sparsity", "activation_sparsity", "perplexity", "perplexit
             "task_acc_change_vs_dense", "task_flips_mean"]
 VERDICTS = ["faster", "slower", "no measurable difference", "dense"]
 VERDICT_COLOURS = ["green", "red", "gray", "blue"]
-STATUSES = ["accelerated", "mask only", "dense"]
-STATUS_COLOURS = ["green", "orange", "blue"]
+STATUSES = ["accelerated", "partly accelerated", "dense fallback", "mask only", "dense"]
+STATUS_COLOURS = ["green", "orange", "red", "orange", "blue"]
+# The status of the phase a speed column measures (the kernels that really ran it), where the store has it.
+PHASE_STATUS = {"decode_speedup_b1": "decode_kernel_status_b1", "prefill_speedup": "prefill_kernel_status"}
 
 def ranked(board: pd.DataFrame, column: str, higher_is_better: bool,
            within=("model", "protocol", "target_sparsity", "activations")) -> pd.DataFrame:
@@ -80,6 +82,8 @@ def by_pruned_model(board: pd.DataFrame, speed: str = "decode_speedup_b1") -> tu
         cols[f"{kernel} · verdict"] = [["dense"] if d else ([v] if isinstance(v, str) else [])
                                        for d, v in zip(dense, verdicts)]
         status = part["kernel_status"] if "kernel_status" in part.columns else pd.Series(None, index=part.index)
+        if PHASE_STATUS.get(speed) in part.columns:
+            status = part[PHASE_STATUS[speed]].fillna(status)
         cols[f"{kernel} · status"] = [[s] if isinstance(s, str) else [] for s in status]
         cols[f"{kernel} · job"] = [f"job?job={k}" for k in part["job_key"]] if "job_key" in part.columns else None
         cols = cols[~cols.index.duplicated(keep="last")]

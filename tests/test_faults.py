@@ -222,7 +222,7 @@ def test_paths_that_cannot_be_written_are_refused_in_one_line(tmp_path, untraine
     assert "jobs.csv is a folder" in line and os.listdir(tmp_path / "out") == ["jobs.csv"]
     ok = bench("export", "--format", "csv", tmp_path / "fine", "--db", tmp_path / "b.duckdb")
     assert ok.returncode == 0 and sorted(os.listdir(tmp_path / "fine")) == sorted(
-        f"{t}.csv" for t in ("runs", "jobs", "metrics", "layers", "leaderboard"))
+        f"{t}.csv" for t in ("runs", "jobs", "stages", "metrics", "layers", "leaderboard"))
 
 
 def test_show_takes_a_key_prefix_literally(tmp_path, untrained_model):

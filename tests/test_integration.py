@@ -116,6 +116,10 @@ def test_read_commands(grid_and_db, tmp_path):
     key = df.job_key[0]
     shown = bench("show", key[:8], "--db", db)
     assert shown.returncode == 0 and "git_commit" in shown.stdout and "perplexity" in shown.stdout
+    stages = shown.stdout.split("\nstages ")[1].split("\n\n")[0].splitlines()
+    assert stages[1].split()[:4] == ["kind", "status", "ran", "attempts"] and "peak_GiB" in stages[1]
+    assert {line.split()[0] for line in stages[2:]} == {"prune", "evaluate", "latency"}
+    assert all(" this run " in line or " reused from " in line for line in stages[2:])
     assert bench("show", "zzzz", "--db", db).returncode == 2
 
     out = tmp_path / "export"
@@ -123,6 +127,10 @@ def test_read_commands(grid_and_db, tmp_path):
     assert len(pd.read_parquet(out / "leaderboard.parquet")) == len(df)
     assert bench("export", "--format", "csv", out, "--db", db).returncode == 0
     assert (out / "metrics.csv").stat().st_size > 0
+    exported = pd.read_csv(out / "stages.csv")  # stage timings, reuse (the run that ran it) and peak memory
+    assert {"kind", "run_id", "duration_s", "peak_rss_bytes", "attempts"} <= set(exported.columns)
+    assert {"decode_speedup_b1_lo", "decode_speedup_b1_hi", "decode_speedup_b1_verdict"} <= set(
+        pd.read_csv(out / "leaderboard.csv").columns)
 
 
 def test_unreachable_cluster_is_one_line_and_writes_nothing(grid_and_db, tmp_path):
@@ -217,6 +225,15 @@ def test_hub_task_without_a_hub_fails_with_a_clear_message(tmp_path):
     proc = bench("submit", grid, "--db", tmp_path / "b.duckdb", "--no-progress")
     assert proc.returncode == 1
     assert "lm-eval tasks arc_easy failed (the hub is not reachable from this worker" in proc.stdout
+    # the stage failed on its task, and keeps the perplexity it measured before: beside the failure
+    store = Store(tmp_path / "b.duckdb")
+    job = store.query("SELECT job_key, status, error FROM jobs").iloc[0]
+    assert job["status"] == "failed" and "arc_easy" in job["error"]
+    kept = store.query("SELECT name, value FROM metrics WHERE job_key = ?", [job["job_key"]]).set_index("name")["value"]
+    assert {"perplexity", "kl_vs_dense"} <= set(kept.index) and kept["perplexity"] > 1
+    assert store.leaderboard().empty  # a failed job is not ranked
+    shown = bench("show", job["job_key"], "--db", tmp_path / "b.duckdb")
+    assert "status: failed" in shown.stdout and "perplexity" in shown.stdout.split("\nmetrics")[1]
 
 
 def test_a_third_party_plugin_runs_through_a_grid(tiny_model, tmp_path):

@@ -151,3 +151,33 @@ def test_decode_shares_time_the_pruned_layers_inside_the_decode(tiny_model):
 def test_spec_round_trip():
     spec = LatencySpec(decode_batch=(1, 8))
     assert LatencySpec.from_dict(spec.to_dict()) == spec
+
+
+
+def test_each_phase_says_which_kernels_ran_it(tiny_model):
+    """A prefill longer than the native kernels' batch limit falls back to PyTorch dense in every layer: that
+    phase is "dense fallback", not "accelerated", while the decode runs on the native kernels; a backend
+    whose layers count nothing keeps its own status."""
+    from bench.model.walk import target_layers
+    from bench.patterns import parse_pattern
+    from bench.prune.harness import prune_model
+    from bench.registry import method_registry
+    from bench.speed.backends import Native
+    from bench.speed.latency import phase_calls, phase_status
+    from bench.speed.packers import MAX_BATCH
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    pattern = parse_pattern("2:4")
+    prune_model(model, method_registry().get("magnitude")(seed=0), pattern)
+    layers = {name: m for name, _, m in target_layers(model)}
+    assert Native().prepare(model, layers, pattern, seconds=0)["status"] == "accelerated"
+    for prefill, want in ((MAX_BATCH, "accelerated"), (MAX_BATCH + 8, "dense fallback")):
+        spec = LatencySpec(prefill_length=prefill, prompt_length=4, decode_tokens=2, decode_batch=(1, 2))
+        phases = phase_calls(model, spec, model.config.vocab_size)
+        assert set(phases) == {"prefill", "decode_b1", "decode_b2"}
+        assert phase_status(phases["prefill"], "accelerated") == want
+        assert sum(phases["prefill"].values()) == len(layers)  # one call per layer
+        assert phases["decode_b1"] == {"native": 2 * len(layers)} and phases["decode_b2"] == {"native": 2 * len(layers)}
+    assert phases["prefill"] == {"dense_batch_above_max": len(layers)}
+    assert phase_status({"native": 3, "dense_batch_above_max": 1}, "accelerated") == "partly accelerated"
+    assert phase_status({}, "mask only") == "mask only"

@@ -100,14 +100,17 @@ def test_progress_counts_and_log_lines():
     line = bar.line()
     assert "2/3" in line and "1 done" in line and "1 failed" in line and "0 stages running" in line and "ETA" in line
     assert out.getvalue().splitlines() == [
-        "[1/3] done m · magnitude · 50% · cpu · torch-dense · seed 0 (1.5 s)",
+        "[1/3] done m · magnitude · 50% · cpu · torch-dense · seed 0 (1.5 s in this run)",
         "[2/3] failed m · magnitude · 50% · cpu · torch-dense · seed 0: RuntimeError: boom",
     ]
 
 
-def test_progress_says_when_each_stage_starts_and_ends():
-    """In a log (no terminal), every stage has a start and an end line: its kind, what it runs for (a
-    prune stage its pruned model, whatever kernels share it), seconds and the stage's own peak memory."""
+def test_progress_says_when_each_stage_is_queued_starts_and_ends():
+    """In a log (no terminal), every stage has a line when it is queued and one when it ends: its kind, what
+    it runs for (a prune stage its pruned model, whatever kernels share it), when its worker started it,
+    seconds and the stage's own peak memory."""
+    from datetime import datetime, timezone
+
     from bench.grid import expand, parse_grid
 
     job = next(j for j in expand(parse_grid('models = ["builtin:tiny-gpt2"]\nmethods = ["magnitude"]\n'
@@ -115,24 +118,26 @@ def test_progress_says_when_each_stage_starts_and_ends():
                if j.method == "magnitude")
     out = io.StringIO()
     bar = Progress(1, stream=out)
-    bar.stage_started("prune", job)
+    now = datetime.now(timezone.utc).isoformat()
+    bar.stage_queued("prune", job)
     bar.stage_finished("prune", job, {"status": "done", "duration_s": 12.34, "peak_rss_bytes": 3 * 2**29,
-                                      "peak_rss_scope": "stage"})
-    bar.stage_started("latency", job)
+                                      "peak_rss_scope": "stage", "started_at": now})
+    bar.stage_queued("latency", job)
     bar.stage_finished("latency", job, {"status": "done", "duration_s": 2.0, "peak_rss_bytes": 2**30,
                                         "peak_rss_scope": "process"})
     bar.stage_finished("evaluate", job, {"status": "failed", "error": "TaskError: arc_easy"})
     lines = [line.strip().split(" ", 2)[1:] for line in out.getvalue().splitlines()]  # after the clock
     assert lines == [
-        ["start", "prune · tiny-gpt2 · magnitude · 50% · activations teal:0.5 · seed 0"],
-        ["done", "prune · tiny-gpt2 · magnitude · 50% · activations teal:0.5 · seed 0 (12.3 s, peak 1.50 GiB)"],
-        ["start", "latency · tiny-gpt2 · magnitude · 50% · activations teal:0.5 · cpu · torch-dense · seed 0"],
+        ["queued", "prune · tiny-gpt2 · magnitude · 50% · activations teal:0.5 · seed 0"],
+        ["done", "prune · tiny-gpt2 · magnitude · 50% · activations teal:0.5 · seed 0 (started 0:00, 12.3 s, "
+                 "peak 1.50 GiB)"],
+        ["queued", "latency · tiny-gpt2 · magnitude · 50% · activations teal:0.5 · cpu · torch-dense · seed 0"],
         ["done", "latency · tiny-gpt2 · magnitude · 50% · activations teal:0.5 · cpu · torch-dense · seed 0 "
                  "(2.0 s, peak 1.00 GiB over the worker's life)"],
         ["failed", "evaluate · tiny-gpt2 · magnitude · 50% · activations teal:0.5 · seed 0: TaskError: arc_easy"]]
     assert all(line.startswith("  0:00 ") for line in out.getvalue().splitlines())
     quiet = io.StringIO()
-    Progress(1, stream=quiet, enabled=False).stage_started("prune", job)  # --no-progress
+    Progress(1, stream=quiet, enabled=False).stage_queued("prune", job)  # --no-progress
     assert quiet.getvalue() == ""
 
 

@@ -61,6 +61,11 @@ def test_a_pruned_model_is_made_once_and_shared_then_only_missing_stages_run(tin
     assert more.returncode == 0, more.stdout + more.stderr
     assert "9 jobs · 6 already done · 3 done" in more.stdout and "stages: 3 ran · 6 reused" in more.stdout
     assert len(stages(db)) == 15 and len(Store(db).leaderboard()) == 9
+    # its jobs say what was reused, and their duration is this run's: the latency stage alone
+    new = Store(db).query("SELECT j.duration_s, j.timings, s.duration_s AS latency_s FROM jobs j "
+                          "JOIN stages s ON s.stage_key = j.latency_key WHERE j.kernel = 'native-dense'")
+    assert len(new) == 3 and (new["duration_s"] == new["latency_s"]).all()
+    assert all(json.loads(t)["reused_stages"] == ["evaluate", "prune"] for t in new["timings"])
 
     # A new store on the same artifact root (a second user of a shared folder): pruning is not repeated.
     other = tmp_path / "other.duckdb"

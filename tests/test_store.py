@@ -92,7 +92,7 @@ def test_dense_reference_follows_the_perplexity_protocol(tmp_path, untrained_mod
     heads = [i for i, line in enumerate(lines) if line.startswith("perplexity protocol: ")]
     assert [lines[i].split(" · ")[1] for i in heads] == ["context 128 stride 128", "context 64 stride 64"]
     assert lines[heads[0] + 1].split() == ["model", "method", "pattern", "kernel", "ppl", "ppl", "vs", "dense",
-                                           "decode", "b1", "x", "dense", "[95%]", "verdict", "kernel", "status"]
+                                           "decode", "b1", "x", "dense", "[95%]", "verdict", "decode", "kernels"]
     assert "+25.0%" in shown.stdout and "kl_vs_dense" not in shown.stdout and max(map(len, lines)) < 140
     wide = bench("leaderboard", "--db", tmp_path / "b.duckdb", "--wide")
     assert wide.returncode == 0 and "decode_tok_s_b1" in wide.stdout and "--wide" not in wide.stdout

@@ -17,7 +17,8 @@ LEADERBOARD_COLUMNS = ["model", "method", "pattern", "activations", "hardware", 
                        "decode_aa_b1", "decode_aa_b1_lo", "decode_aa_b1_hi", "decode_predicted_speedup_b1",
                        "decode_outside_share_b1", "prefill_ms", "prefill_speedup", "prefill_speedup_lo", "prefill_speedup_hi",
                        "prefill_speedup_verdict", "prefill_speedup_rounds", "prefill_aa", "task_acc_mean",
-                       "task_acc_change_vs_dense", "task_flips_mean", "kernel_status", "job_key"]
+                       "task_acc_change_vs_dense", "task_flips_mean", "kernel_status", "decode_kernel_status_b1",
+                       "prefill_kernel_status", "job_key"]
 
 
 def speed_cell(value: float, lo: float, hi: float, verdict: str | None) -> str:
@@ -61,7 +62,17 @@ def cmd_show(args) -> int:
         raise BenchError(f"job '{args.job}': {'no job has that key' if jobs.empty else f'{len(jobs)} jobs share that prefix; give more characters'}")
     job = jobs.iloc[0]
     run = store.query("SELECT * FROM runs WHERE run_id = ?", [job["run_id"]])
-    metrics = store.query("SELECT name, value, unit, stderr, stage FROM metrics WHERE job_key = ? ORDER BY stage, name", [job["job_key"]])
+    metrics = store.query(
+        "SELECT name, value, unit, stderr, CAST(json_extract(details, '$.speedup_paired.lo') AS DOUBLE) AS lo_95, "
+        "CAST(json_extract(details, '$.speedup_paired.hi') AS DOUBLE) AS hi_95, "
+        "json_extract_string(details, '$.verdict') AS verdict, stage FROM metrics WHERE job_key = ? "
+        "ORDER BY stage, name", [job["job_key"]])
+    stages = store.query(
+        "SELECT kind, status, CASE WHEN run_id = ? THEN 'this run' ELSE 'reused from ' || run_id END AS ran, attempts, "
+        "round(duration_s, 2) AS seconds, round(peak_rss_bytes / 2^30, 3) AS peak_GiB, "
+        "json_extract_string(result, '$.peak_rss_scope') AS peak_of, started_at, stage_key FROM stages "
+        "WHERE stage_key IN (?, ?, ?) ORDER BY started_at",
+        [job["run_id"], job.get("prune_key"), job.get("eval_key"), job.get("latency_key")])
     layers = store.query("SELECT layer, out_features, in_features, measured_sparsity FROM layers WHERE job_key = ? ORDER BY block, layer", [job["job_key"]])
     for col in ("job_key", "status", "model", "model_location", "model_fingerprint", "method", "method_version",
                 "method_params", "pattern", "activations", "hardware", "kernel", "kernel_version", "seed", "run_id", "started_at",
@@ -78,8 +89,14 @@ def cmd_show(args) -> int:
         print(f"{'worker hardware':>18}: {job['worker']}")
     if job["kernel_provenance"]:
         print(f"{'kernel':>18}: {job['kernel_provenance']}")
+    if not stages.empty:
+        print("\nstages (peak memory of the stage, or of its worker's life where it could not be reset):")
+        print(stages.to_string(index=False))
     if not metrics.empty:
-        print("\nmetrics:")
+        print("\nmetrics (speedups with their 95% interval and verdict):")
+        for col in ("lo_95", "hi_95", "verdict", "stderr"):
+            if metrics[col].isna().all():
+                metrics = metrics.drop(columns=col)
         print(metrics.to_string(index=False))
     if not layers.empty:
         print(f"\nlayers ({len(layers)}):")
@@ -94,13 +111,15 @@ def cmd_show(args) -> int:
 COMPACT = {"model": "model", "method": "method", "pattern": "pattern", "activations": "acts", "hardware": "hw",
            "kernel": "kernel", "seed": "seed", "perplexity": "ppl", "perplexity_change_vs_dense": "ppl vs dense",
            "kl_vs_dense": "KL", "task_acc_mean": "tasks", "decode_speedup_b1": "decode b1 x dense [95%] verdict",
-           "kernel_status": "kernel status"}
+           "decode_kernels": "decode kernels"}
 
 
 def _compact(df):
     """The compact table: COMPACT's columns under their short names, a column left out where every row holds
     one value that says nothing (one hardware target, one seed, dense activations) or none (a metric no row
     measured), the change in perplexity as a signed percentage."""
+    df = df.assign(decode_kernels=df["decode_kernel_status_b1"].fillna(df["kernel_status"])
+                   if "decode_kernel_status_b1" in df else df.get("kernel_status"))
     out = df[[c for c in COMPACT if c in df.columns]].copy()
     for col in ("activations", "hardware", "seed"):
         if col in out and out[col].nunique(dropna=False) <= 1 and (col != "activations" or (out[col] == "none").all()):
@@ -164,7 +183,8 @@ def cmd_export(args) -> int:
     opts = "(FORMAT parquet)" if ext == "parquet" else "(FORMAT csv, HEADER true)"
     import duckdb
 
-    targets = [(table, args.path / f"{table}.{ext}") for table in ("runs", "jobs", "metrics", "layers", "leaderboard")]
+    targets = [(table, args.path / f"{table}.{ext}")
+               for table in ("runs", "jobs", "stages", "metrics", "layers", "leaderboard")]
     for _, target in targets:
         if target.is_dir():
             raise BenchError(f"export: {target} is a folder; move it away or export into another folder")

@@ -26,6 +26,7 @@ returned as a failed result, so Ray does not retry it; only a lost worker is ret
 from __future__ import annotations
 
 import os
+import re
 import resource
 import signal
 import threading
@@ -139,6 +140,8 @@ def run_stage(stage: dict[str, Any]) -> dict[str, Any]:
             message = f"out of memory in the {stage.get('kind')} stage: {message}"
         result.update(status="failed", failure=failure, error=f"{type(err).__name__}: {message}",
                       traceback=traceback.format_exc())
+        if getattr(err, "partial_metrics", None):  # measured before the failure (the perplexity of a stage
+            result["metrics"] = err.partial_metrics  # whose lm-eval tasks failed): stored with the failed job
     result["timings"] = timings
     result["duration_s"] = time.perf_counter() - t0
     result["finished_at"] = datetime.now(timezone.utc).isoformat()
@@ -283,7 +286,11 @@ def _evaluate(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any
         from bench.accuracy.lmeval import flips, run_tasks_with_answers
 
         t = time.perf_counter()
-        rows, answers = run_tasks_with_answers(model, tokenizer, job.tasks.spec, seed=job.seed)
+        try:
+            rows, answers = run_tasks_with_answers(model, tokenizer, job.tasks.spec, seed=job.seed)
+        except Exception as err:  # the stage fails, but what it measured before is kept with the failure
+            err.partial_metrics = metrics
+            raise
         metrics += rows + flips(answers, ref.answers, ref.record)
         timings["lm_eval_s"] = time.perf_counter() - t
     return {"metrics": metrics, "warnings": warnings}
@@ -310,9 +317,13 @@ def _on_backend(job, manifest, model, layers) -> tuple[dict[str, Any], dict[str,
     return kernel, thresholds
 
 
+# The end-to-end rows of the latency stage, by phase: each says which kernels ran it (details.kernel_phase).
+_PHASE_ROW = re.compile(r"(?:aa_)?(?:(prefill)_(?:ms|speedup)|decode_(?:tok_s|speedup)_b(\d+))")
+
+
 def _latency(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
     from bench.speed.backends import call_counts
-    from bench.speed.latency import amdahl, decode_shares, ideal_speedup, measure
+    from bench.speed.latency import amdahl, decode_shares, ideal_speedup, measure, phase_calls, phase_status
     from bench.model.load import load_model
     from bench.model.walk import target_layers
 
@@ -355,6 +366,15 @@ def _latency(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]
             rows.append(_metric(f"decode_outside_share_b{b}", why["outside_share"], "fraction", None, "latency", details))
     kernel["calls"] = call_counts(model)
     kernel["timed_as_reference"] = same
+    # what ran each phase: a prefill longer than the kernels' batch limit runs on PyTorch dense, say so
+    phases = {phase: {"calls": calls, "status": phase_status(calls, kernel["status"])}
+              for phase, calls in phase_calls(model, spec, model.config.vocab_size, seed=job.seed).items()}
+    kernel["phases"] = phases
+    for row in rows:
+        found = _PHASE_ROW.fullmatch(row["name"])
+        phase = found and (found.group(1) or f"decode_b{found.group(2)}")
+        if phase in phases:
+            row["details"] = {**row["details"], "kernel_phase": {"phase": phase, **phases[phase]}}
     if thresholds:
         from bench.speed.activations import skipped_inputs
 

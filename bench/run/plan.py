@@ -77,17 +77,22 @@ def dependents(stages: dict[str, Stage]) -> dict[str, list[Stage]]:
     return out
 
 
-def assemble(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def assemble(parts: dict[str, dict[str, Any]], reused: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
     """A job's record from its stages' results: every stage's metrics, the prune stage's layers, the latency
-    stage's kernel provenance, the evaluation's warnings; failed if any stage failed (the first, by name)."""
+    stage's kernel provenance, the evaluation's warnings; failed if any stage failed (the first, by name).
+    `reused` names the kinds of its stages taken from the store rather than run: the job's `duration_s` is
+    this run's, their time counts as zero, and `timings["reused_stages"]` lists them."""
     failed = [(kind, r) for kind, r in parts.items() if r["status"] != "done"]
+    timings: dict[str, Any] = {f"{kind}.{k}": v for kind, r in parts.items() for k, v in (r.get("timings") or {}).items()}
+    if reused:
+        timings["reused_stages"] = sorted(reused)
     result: dict[str, Any] = {
         "metrics": [m for r in parts.values() for m in r.get("metrics", [])],
         "layers": parts.get("prune", {}).get("layers", []),
         "kernel": parts.get("latency", {}).get("kernel"),
         "warnings": [w for r in parts.values() for w in r.get("warnings") or []],
-        "timings": {f"{kind}.{k}": v for kind, r in parts.items() for k, v in (r.get("timings") or {}).items()},
-        "duration_s": sum(r.get("duration_s") or 0 for r in parts.values()),
+        "timings": timings,
+        "duration_s": sum(r.get("duration_s") or 0 for kind, r in parts.items() if kind not in reused),
         "started_at": min((r["started_at"] for r in parts.values() if r.get("started_at")), default=None),
         "finished_at": max((r["finished_at"] for r in parts.values() if r.get("finished_at")), default=None),
         "peak_rss_bytes": max((r.get("peak_rss_bytes") or 0 for r in parts.values()), default=None),

@@ -65,14 +65,15 @@ def stage_label(kind: str, job) -> str:
 
 
 class Progress:
-    """What a run says while it works: a line when a stage starts and when it ends (its kind, what it runs
-    for, its seconds and peak memory), and one per finished job. On a terminal these lines scroll above a live
+    """What a run says while it works: a line when a stage is handed to Ray (queued: it starts when a worker
+    with its resources is free; a latency stage waits for a whole node) and when it ends (its kind, what it
+    runs for, when it started, its seconds and peak memory), and one per finished job. On a terminal these lines scroll above a live
     bar of finished jobs (tqdm) with the stages running and the time left; in a log they are all there is."""
 
     def __init__(self, total: int, stream=sys.stderr, enabled: bool = True):
         self.total, self.stream, self.enabled = total, stream, enabled
         self.tty = enabled and stream.isatty()
-        self.start = time.monotonic()
+        self.start, self.start_wall = time.monotonic(), time.time()
         self.done = self.failed = self.running = 0
         self.bar = None
         if self.tty:
@@ -107,8 +108,8 @@ class Progress:
         else:
             print(text, file=sys.stderr, flush=True)
 
-    def stage_started(self, kind: str, job) -> None:
-        self._write(f"  {self._clock(time.monotonic() - self.start)} start {kind} · {stage_label(kind, job)}")
+    def stage_queued(self, kind: str, job) -> None:
+        self._write(f"  {self._clock(time.monotonic() - self.start)} queued {kind} · {stage_label(kind, job)}")
 
     def stage_finished(self, kind: str, job, result: dict[str, Any]) -> None:
         clock = self._clock(time.monotonic() - self.start)
@@ -118,7 +119,14 @@ class Progress:
         peak = result.get("peak_rss_bytes")
         memory = "" if not peak else (f", peak {peak / 2**30:.2f} GiB" +
                                       ("" if result.get("peak_rss_scope") == "stage" else " over the worker's life"))
-        self._write(f"  {clock} done {kind} · {stage_label(kind, job)} ({result.get('duration_s', 0):.1f} s{memory})")
+        began = ""
+        if result.get("started_at"):
+            from datetime import datetime
+
+            offset = datetime.fromisoformat(result["started_at"]).timestamp() - self.start_wall
+            began = f"started {self._clock(max(0.0, offset))}, "
+        self._write(f"  {clock} done {kind} · {stage_label(kind, job)} ({began}{result.get('duration_s', 0):.1f} s"
+                    f"{memory})")
 
     def update(self, running: int, finished: tuple[Job, dict[str, Any]] | None = None) -> None:
         self.running = running
@@ -136,7 +144,10 @@ class Progress:
             self.bar.update(1 if finished is not None else 0)
         if finished is not None:
             job, result = finished
-            tail = f" ({result.get('duration_s', 0):.1f} s)" if result["status"] == "done" else f": {result.get('error')}"
+            reused = (result.get("timings") or {}).get("reused_stages")
+            note = f"; {', '.join(reused)} reused from the store" if reused else ""
+            tail = (f" ({result.get('duration_s', 0):.1f} s in this run{note})" if result["status"] == "done"
+                    else f": {result.get('error')}")
             self._write(f"[{self.done + self.failed}/{self.total}] {result['status']} {job.describe()}{tail}")
 
     def close(self) -> None:
@@ -278,6 +289,7 @@ class _Scheduler:
         self.needed_by = dependents(stages)
         self.unschedulable = [s for s in self.to_run if s.hardware in blocked]
         self.timing_cpus: dict[Hardware, float] = {}  # CPUs a latency stage reserves, per target
+        self.reused = {key for key, s in stages.items() if s.state == "done"}  # taken from the store, not run
 
     def run(self, max_in_flight: int, signals: "_Signals") -> None:
         import ray
@@ -310,7 +322,7 @@ class _Scheduler:
                     stage.payload(self.artifacts, self.spec.stage_timeout_s))
                 stage.state = "running"
                 pending[ref] = stage
-                self.bar.stage_started(stage.kind, stage.job)
+                self.bar.stage_queued(stage.kind, stage.job)
             self.bar.update(len(pending))
             done_refs, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
             if done_refs:  # and whatever else is finished by now: one store transaction for all of them
@@ -383,7 +395,8 @@ class _Scheduler:
         parts = {kind: self.stages[key] for kind, key in job.stage_keys().items()}
         if any(s.state in ("todo", "running") for s in parts.values()):
             return
-        result = assemble({kind: s.result for kind, s in parts.items()})
+        result = assemble({kind: s.result for kind, s in parts.items()},
+                          reused={kind for kind, s in parts.items() if s.key in self.reused})
         self.finished_jobs.add(job.key)
         self.store.record_result(job.key, result, con)
         for warning in result.get("warnings") or []:

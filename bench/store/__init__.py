@@ -249,7 +249,7 @@ class Store:
                  _j(result.get("timings")), _j(result.get("worker")), kernel.get("status"), _j(kernel or None),
                  "\n".join(result.get("warnings") or []) or None, _j(result.get("artifact")), key],
             )
-            if result["status"] == "done":
+            if result["status"] == "done" or result.get("metrics"):  # a failed job keeps what was measured
                 _insert_rows(con, "INSERT OR REPLACE INTO metrics VALUES", 8,
                              [[key, m["name"], m["value"], m["unit"], m["higher_is_better"], m.get("stderr"), m["stage"],
                                _j(m.get("details"))] for m in result.get("metrics", [])])

@@ -118,10 +118,20 @@ PROTOCOL_SQL = """CASE WHEN json_extract_string(w.perplexity_protocol, '$.datase
            CASE WHEN json_extract_string(w.perplexity_protocol, '$.max_tokens') IS NOT NULL
                 THEN concat(' (at most ', json_extract_string(w.perplexity_protocol, '$.max_tokens'), ')')
                 ELSE '' END) END AS protocol"""
-LEADERBOARD_SQL = _LEADERBOARD_V6.replace(
-    "SELECT w.* EXCLUDE (perplexity_protocol), w.perplexity / d.perplexity - 1 AS perplexity_change_vs_dense,",
-    "SELECT w.* EXCLUDE (perplexity_protocol), " + PROTOCOL_SQL + ",\n       w.perplexity / d.perplexity - 1 AS perplexity_change_vs_dense,")
-assert "AS protocol" in LEADERBOARD_SQL, "the schema-7 leaderboard edit did not apply"
+# Also per phase, which kernels ran it (`prefill_kernel_status`, `decode_kernel_status_b1`: accelerated,
+# dense fallback, partly accelerated, or the backend's own status), from the latency rows' kernel_phase.
+LEADERBOARD_SQL = (_LEADERBOARD_V6
+    .replace("SELECT w.* EXCLUDE (perplexity_protocol), w.perplexity / d.perplexity - 1 AS perplexity_change_vs_dense,",
+             "SELECT w.* EXCLUDE (perplexity_protocol), " + PROTOCOL_SQL +
+             ",\n       w.perplexity / d.perplexity - 1 AS perplexity_change_vs_dense,")
+    .replace("""           max(value) FILTER (WHERE name = 'prefill_ms') AS prefill_ms,""",
+             """           max(value) FILTER (WHERE name = 'prefill_ms') AS prefill_ms,
+           max(json_extract_string(details, '$.kernel_phase.status')) FILTER (WHERE name = 'prefill_speedup') AS prefill_kernel_status,
+           max(json_extract_string(details, '$.kernel_phase.status')) FILTER (WHERE name = 'decode_speedup_b1') AS decode_kernel_status_b1,""")
+    .replace("           j.warnings, j.finished_at, m.perplexity_protocol",
+             "           m.prefill_kernel_status, m.decode_kernel_status_b1, j.warnings, j.finished_at, m.perplexity_protocol"))
+assert "AS protocol" in LEADERBOARD_SQL and LEADERBOARD_SQL.count("kernel_status_b1") == 2 and \
+    LEADERBOARD_SQL.count("prefill_kernel_status") == 2, "the schema-7 leaderboard edits did not all apply"
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -177,6 +187,7 @@ MIGRATIONS: dict[int, list[str]] = {
     6: ["ALTER TABLE jobs ADD COLUMN activations VARCHAR DEFAULT 'none'",
         "UPDATE jobs SET activations = 'none' WHERE activations IS NULL",
         _LEADERBOARD_V6],
-    # 7: the perplexity protocol as a column of the leaderboard (`protocol`), which groups rows by it.
+    # 7: the perplexity protocol as a column of the leaderboard (`protocol`), which groups rows by it; and
+    # the kernels that ran each phase (prefill_kernel_status, decode_kernel_status_b1).
     7: [LEADERBOARD_SQL],
 }
