@@ -154,7 +154,7 @@ def test_a_latency_stage_ran_alone_on_its_node(con):
     """The grid's targets are `cpu` (1 thread) on a 2-CPU node: two stages could share the node, and did
     before, so a timing ran beside a prune or an evaluation. A latency stage reserves every CPU of its node:
     no other stage of the run overlaps it in time."""
-    st = con.execute("SELECT kind, started_at, finished_at FROM stages s JOIN runs r USING (run_id) "
+    st = con.execute("SELECT s.kind, s.started_at, s.finished_at FROM stages s JOIN runs r USING (run_id) "
                      "WHERE r.grid_name = 'dashboard' AND s.status = 'done'").df()
     timed = st[st["kind"] == "latency"]
     assert len(timed) == 12 and (st["kind"] != "latency").sum() == 14  # 7 pruned models, each pruned and evaluated

@@ -193,6 +193,24 @@ def test_one_row_per_pruned_model_with_a_column_group_per_kernel():
     assert dense["native · verdict"] == ["dense"] and dense["native · 95% interval"] == "A/A 1.02 (0.970-1.07)"
 
 
+def test_a_speed_column_carries_the_status_of_the_phase_it_measured():
+    """A prefill longer than the kernels' batch limit ran on PyTorch dense: under the prefill speed its
+    badge says "dense fallback", under the decode speed "accelerated"; rows without phase statuses keep
+    the backend's."""
+    board = two_kernel_board()
+    native = board["kernel"] == "native"
+    board["prefill_speedup"] = 1.0
+    board["prefill_kernel_status"] = board["kernel_status"].where(~native | (board["method"] == "dense"), "dense fallback")
+    board["decode_kernel_status_b1"] = board["kernel_status"]
+    row = lambda wide: wide[(wide["method"] == "wanda") & (wide["pattern"] == "50%")].iloc[0]  # noqa: E731
+    assert row(tables.by_pruned_model(board, "prefill_speedup")[0])["native · status"] == ["dense fallback"]
+    assert row(tables.by_pruned_model(board, "decode_speedup_b1")[0])["native · status"] == ["accelerated"]
+    assert row(tables.by_pruned_model(board, "prefill_speedup")[0])["torch-dense · status"] == ["mask only"]
+    assert "dense fallback" in tables.STATUSES  # a badge of its own colour
+    plain = two_kernel_board().assign(prefill_speedup=1.0)
+    assert row(tables.by_pruned_model(plain, "prefill_speedup")[0])["native · status"] == ["accelerated"]
+
+
 def test_ranks_compare_methods_within_one_sparsity_level():
     wide, _ = tables.by_pruned_model(two_kernel_board())
     ranked = tables.ranked(wide, "perplexity", higher_is_better=False)

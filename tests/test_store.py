@@ -148,7 +148,8 @@ def test_a_version_2_store_keeps_its_results_when_migrated(tmp_path, jobs):
     assert store.statuses([js[0].key]) == {js[0].key: "done"}
     after = store.leaderboard()
     assert after[before.columns].equals(before)  # v6 and v7 add columns only: the job's activations, dense
-    assert set(after.columns) - set(before.columns) == {"activations", "activation_sparsity", "protocol"}
+    assert set(after.columns) - set(before.columns) == {"activations", "activation_sparsity", "protocol",
+                                                        "prefill_kernel_status", "decode_kernel_status_b1"}
     assert after["protocol"].isna().all()  # a perplexity stored without its protocol
     assert after["activations"].tolist() == ["none"] and after["activation_sparsity"].isna().all()
     assert store.query("SELECT max(version) AS v FROM schema_version")["v"][0] == SCHEMA_VERSION

@@ -256,7 +256,20 @@ def _evaluate(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any
 
     job, device, model, tokenizer = _setup(stage, timings)
     t = time.perf_counter()
-    ref = reference.obtain(stage["artifacts"], job, model, tokenizer, device)  # on the dense model, before the artifact
+    task_error = None
+    try:
+        ref = reference.obtain(stage["artifacts"], job, model, tokenizer, device)  # on the dense model, before the artifact
+    except Exception as err:
+        if job.tasks is None:
+            raise
+        # The dense model's tasks failed (they fail the same way on the pruned one): the perplexity and KL
+        # are still measured, on a reference without tasks (not stored), and kept with the failure.
+        import dataclasses
+
+        task_error = err
+        ref = reference.compute(dataclasses.replace(job, tasks=None), model, tokenizer,
+                                reference.reference_key(job, device), device)
+        ref.record = {**ref.record, "reused": False, "stored": False}
     timings["dense_reference_s"] = time.perf_counter() - t
     manifest = _apply_artifact(stage, job, model, timings)  # in place: one copy of the model at a time
     hooks = None
@@ -282,6 +295,9 @@ def _evaluate(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any
                                 "under their thresholds over the perplexity pass (entries weighted alike)"}))
         hooks.reset()  # the tasks below are scored with the thresholds on; their counts are not kept
     warnings = _dense_gate(job, ppl["perplexity"])
+    if task_error is not None:
+        task_error.partial_metrics = metrics
+        raise task_error
     if job.tasks is not None:
         from bench.accuracy.lmeval import flips, run_tasks_with_answers
 
