@@ -25,6 +25,7 @@ from dashboard.encoding import (MASK_ONLY, METHOD_COLOURS, Encoding, colours, em
 from dashboard.encoding import encoding_of as _encoding_of
 from dashboard.encoding import hover as _hover
 from dashboard.kernel_chart import KERNEL_AXIS_MAX, kernel_figure  # noqa: F401
+from dashboard.run_chart import status_figure  # noqa: F401
 
 WEBGL_ABOVE = 2000  # points per chart above which scatter traces are drawn with WebGL
 # Above this many points a trade-off chart marks (colour, symbol, hover) only the configurations on a Pareto
@@ -222,7 +223,7 @@ def by_sparsity_kind(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
 def tradeoff_figure(board: pd.DataFrame, accuracy: str = "perplexity", speed: str = "decode_speedup_b1",
                     title: str | None = None, enc: Encoding | None = None, height: int = 340,
-                    status_legend: bool = True) -> go.Figure:
+                    status_legend: bool = True, per_row: int = PANELS_PER_ROW) -> go.Figure:
     """Accuracy against measured speedup: one panel per (model, hardware) (and per kind of sparsity, weights,
     activations or both, where the store holds activation rules), colour by method and symbol by
     pattern (`enc`, the store's), solid where the speed is a measured verdict, hollow where it is no
@@ -237,7 +238,7 @@ def tradeoff_figure(board: pd.DataFrame, accuracy: str = "perplexity", speed: st
     frame, by = by_sparsity_kind(frame)
     panels = dict(sorted(frame.groupby(by, sort=False), key=lambda kv: (kv[0][:2], KINDS.index(kv[0][2]))
                          if len(kv[0]) > 2 else kv[0]))
-    ncols = min(len(panels), PANELS_PER_ROW)
+    ncols = min(len(panels), per_row)
     nrows = -(-len(panels) // ncols)
     fig = make_subplots(rows=nrows, cols=ncols, subplot_titles=[" · ".join(key) for key in panels],
                         vertical_spacing=min(0.16, 0.5 / nrows) if nrows > 1 else 0.08, horizontal_spacing=0.07)
@@ -378,27 +379,12 @@ def sparsity_figure(board: pd.DataFrame, accuracy: str = "perplexity", enc: Enco
     return fig
 
 
-def status_figure(runs: pd.DataFrame) -> go.Figure:
-    """Jobs per run by status, as stacked horizontal bars (newest run on top)."""
-    if runs.empty:
-        return empty_figure("no runs yet")
-    fig = go.Figure()
-    label = runs["run_id"] + " · " + runs["grid_name"].fillna("")
-    for status, colour in (("done", "#2ca02c"), ("failed", "#d62728"), ("cancelled", "#ff7f0e"),
-                           ("pending", "#7f7f7f")):
-        if status in runs.columns:
-            fig.add_trace(go.Bar(y=label, x=runs[status], name=status, orientation="h", marker_color=colour))
-    fig.update_layout(barmode="stack", height=max(200, 40 * len(runs) + 80), yaxis=dict(autorange="reversed"),
-                      xaxis_title="jobs", margin=dict(t=30, l=10, r=10, b=10))
-    return fig
-
-
 def compare_figure(long: pd.DataFrame, metric: str, label_a: str, label_b: str) -> go.Figure:
     """One metric of `queries.compare` for side A and side B, grouped per experiment."""
     g = long[long["metric"] == metric]
     if g.empty:
         return empty_figure(f"no experiment has {metric} on both sides")
-    keys = [c for c in ("model", "method", "pattern", "hardware", "kernel", "seed", "run_id") if c in g.columns
+    keys = [c for c in ("model", "method", "pattern", "activations", "hardware", "kernel", "seed", "run_id") if c in g.columns
             and g[c].nunique() > 1] or ["pattern"]
     x = g[keys].astype(str).agg(" · ".join, axis=1)
     fig = go.Figure([go.Bar(x=x, y=g["A"], name=f"A: {label_a}", marker_color="#1f77b4"),

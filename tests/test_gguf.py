@@ -40,7 +40,7 @@ def test_smollm2_loads_from_its_gguf_converted_once_and_writes_english(tmp_path,
     from bench.model.load import load_model
 
     monkeypatch.setenv("SPARSEBENCH_MODEL_CACHE", str(tmp_path / "cache"))
-    spec = parse_grid('models = ["builtin:smollm2-135m"]\nmethods = ["magnitude"]\n').models[0]
+    spec = parse_grid('models = ["builtin:smollm2-135m"]\nmethods = ["dense"]\n').models[0]
     assert (spec.name, spec.source, spec.location) == ("smollm2-135m", "gguf", str(SMOLLM2))
     assert spec.fingerprint == hashlib.sha256(SMOLLM2.read_bytes()).hexdigest()[:16]  # the file's bytes
     assert gguf.context_length(SMOLLM2) == 8192

@@ -163,7 +163,7 @@ def test_each_phase_says_which_kernels_ran_it(tiny_model):
     from bench.prune.harness import prune_model
     from bench.registry import method_registry
     from bench.speed.backends import Native
-    from bench.speed.latency import phase_calls, phase_status
+    from bench.speed.phases import phase_calls, phase_status
     from bench.speed.packers import MAX_BATCH
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()

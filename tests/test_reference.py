@@ -67,7 +67,7 @@ def test_kl_from_head_inputs_equals_kl_from_both_models(dense_and_pruned):
 
 
 def test_the_reference_is_computed_once_and_recomputed_when_damaged(tiny_model, tmp_path):
-    grid = (f'methods = ["magnitude"]\n[[models]]\nname = "tiny"\npath = "{tiny_model}"\n'
+    grid = (f'methods = ["dense"]\n[[models]]\nname = "tiny"\npath = "{tiny_model}"\n'
             '[evaluation.perplexity]\ncontext_length = 64\nstride = 64\nmax_tokens = 256\n'
             '[evaluation.tasks]\nnames = ["synthetic_add"]\nlimit = 12\n')
     from bench.grid.expand import expand

@@ -26,8 +26,6 @@ returned as a failed result, so Ray does not retry it; only a lost worker is ret
 from __future__ import annotations
 
 import os
-import re
-import resource
 import signal
 import threading
 import time
@@ -37,6 +35,7 @@ from typing import Any
 
 import torch
 
+from bench.run.worker import _peak_rss_bytes, _reset_peak_rss, _rss_bytes, _where  # noqa: F401
 from bench.stats import metric as _metric
 
 STAGES = ("prune", "evaluate", "latency")
@@ -48,52 +47,6 @@ FAILURES = ("artifact", "timeout", "out_of_memory", "lost", "cancelled", "unsche
 class StageTimeout(BaseException):
     """Raised in a stage by its deadline. A BaseException, like KeyboardInterrupt, so that the `except
     Exception` of a library (or of bench.model.load.load_model) does not turn it into another error."""
-
-
-def _reset_peak_rss() -> bool:
-    """Start the process's peak resident memory (VmHWM) afresh, so that a reused Ray worker reports the
-    stage's own peak, not its lifetime's (Linux: `5` to /proc/self/clear_refs). False where not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_bytes() -> int:
-    """Peak resident memory since the last `_reset_peak_rss` (VmHWM), else over the process's life."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-def _rss_bytes() -> int | None:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * resource.getpagesize()
-    except OSError:
-        return None
-
-
-def _where() -> dict[str, Any]:
-    """Which process on which Ray node ran the stage."""
-    where: dict[str, Any] = {"pid": os.getpid()}
-    try:
-        import ray
-
-        if ray.is_initialized():
-            ctx = ray.get_runtime_context()
-            where["node_id"] = ctx.get_node_id()
-            where["node_ip"] = ray.util.get_node_ip_address()
-    except Exception as err:  # provenance must never hide the stage's own outcome
-        where["ray_error"] = repr(err)
-    return where
 
 
 class _Deadline:
@@ -333,13 +286,10 @@ def _on_backend(job, manifest, model, layers) -> tuple[dict[str, Any], dict[str,
     return kernel, thresholds
 
 
-# The end-to-end rows of the latency stage, by phase: each says which kernels ran it (details.kernel_phase).
-_PHASE_ROW = re.compile(r"(?:aa_)?(?:(prefill)_(?:ms|speedup)|decode_(?:tok_s|speedup)_b(\d+))")
-
-
 def _latency(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
     from bench.speed.backends import call_counts
-    from bench.speed.latency import amdahl, decode_shares, ideal_speedup, measure, phase_calls, phase_status
+    from bench.speed import phases
+    from bench.speed.latency import amdahl, decode_shares, ideal_speedup, measure
     from bench.model.load import load_model
     from bench.model.walk import target_layers
 
@@ -383,14 +333,8 @@ def _latency(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]
     kernel["calls"] = call_counts(model)
     kernel["timed_as_reference"] = same
     # what ran each phase: a prefill longer than the kernels' batch limit runs on PyTorch dense, say so
-    phases = {phase: {"calls": calls, "status": phase_status(calls, kernel["status"])}
-              for phase, calls in phase_calls(model, spec, model.config.vocab_size, seed=job.seed).items()}
-    kernel["phases"] = phases
-    for row in rows:
-        found = _PHASE_ROW.fullmatch(row["name"])
-        phase = found and (found.group(1) or f"decode_b{found.group(2)}")
-        if phase in phases:
-            row["details"] = {**row["details"], "kernel_phase": {"phase": phase, **phases[phase]}}
+    kernel["phases"] = phases.of_backend(model, spec, model.config.vocab_size, kernel["status"], seed=job.seed)
+    phases.annotate(rows, kernel["phases"])
     if thresholds:
         from bench.speed.activations import skipped_inputs
 

@@ -60,44 +60,6 @@ def _timer(device: torch.device) -> Callable[[Callable[[], None]], float]:
 
 
 @torch.inference_mode()
-def phase_calls(model, spec: LatencySpec, vocab_size: int, seed: int = 0) -> dict[str, dict[str, int]]:
-    """Per phase of the latency stage (`prefill`, and `decode_b{B}` at each decode batch): the pruned layers'
-    calls by the path they took (`native`, or `dense_<reason>` where a layer fell back to PyTorch's dense
-    kernel), from one untimed pass of the phase's shape, counted by the layers' own counters ({} where the
-    backend's layers count nothing). The decode's prompt is not counted: only its decode steps."""
-    from bench.speed.backends import call_counts
-
-    device = next(model.parameters()).device
-    gen = torch.Generator().manual_seed(seed + 2)
-
-    def counted(fn) -> dict[str, int]:
-        before = call_counts(model)
-        fn()
-        after = call_counts(model)
-        return {k: n - before.get(k, 0) for k, n in after.items() if n - before.get(k, 0)}
-
-    out = {}
-    ids = torch.randint(0, vocab_size, (1, spec.prefill_length), generator=gen).to(device)
-    with torch.inference_mode():
-        out["prefill"] = counted(lambda: model(ids, use_cache=False))
-        for b in spec.decode_batch:
-            run = _decode(model, torch.randint(0, vocab_size, (b, spec.prompt_length), generator=gen).to(device),
-                          spec.decode_tokens)
-            out[f"decode_b{b}"] = counted(run)
-    return out
-
-
-def phase_status(calls: dict[str, int], prepared: str) -> str:
-    """What ran a phase: `accelerated` (every counted call on the backend's kernels), `dense fallback` (none:
-    every call fell back to PyTorch's dense kernel), `partly accelerated`; where nothing was counted, the
-    backend's own status (`prepared`: dense, mask only)."""
-    fell = sum(n for k, n in calls.items() if k.startswith("dense_"))
-    ran = sum(calls.values()) - fell
-    if not calls:
-        return prepared
-    return "accelerated" if not fell else "dense fallback" if not ran else "partly accelerated"
-
-
 def _decode(model, prompt: torch.Tensor, steps: int) -> Callable[[], None]:
     """Prefill the prompt (untimed) and return a closure that decodes `steps` greedy tokens."""
     out = model(prompt, use_cache=True)

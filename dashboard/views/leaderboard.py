@@ -28,7 +28,8 @@ speed = right.selectbox("Speed", speeds, format_func=labels.label, key="speed", 
 axis = charts.accuracy_axis(rank_by)
 
 st.plotly_chart(app.figure("tradeoff_figure", "leaderboard", {"filters": app.filters()}, rank_by, speed,
-                           enc=app.encoding(), height=350, status_legend=False), key="leaderboard_pareto")
+                           enc=app.encoding(), height=350, status_legend=False, per_row=3),
+                key="leaderboard_pareto")  # weights, activations and both side by side: the table stays in view
 st.caption("Solid: measured faster or slower than dense; hollow: no measurable difference; grey: mask only (no "
            "kernel ran the zeros). Bars: 95% intervals; grey band: dense timed against itself (A/A). Only dense and "
            "measured-faster points stand on a front (dashed).")
