@@ -332,13 +332,13 @@ def _latency(stage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]
             rows.append(_metric(f"decode_outside_share_b{b}", why["outside_share"], "fraction", None, "latency", details))
     kernel["calls"] = call_counts(model)
     kernel["timed_as_reference"] = same
-    # what ran each phase: a prefill longer than the kernels' batch limit runs on PyTorch dense, say so
-    kernel["phases"] = phases.of_backend(model, spec, model.config.vocab_size, kernel["status"], seed=job.seed)
-    phases.annotate(rows, kernel["phases"])
     if thresholds:
         from bench.speed.activations import skipped_inputs
 
         kernel["activations"]["counts"] = skipped_inputs(model)
+    # what ran each phase (untimed passes, so after the skip counts above): dense fallback is said as such
+    kernel["phases"] = phases.of_backend(model, spec, model.config.vocab_size, kernel["status"], seed=job.seed)
+    phases.annotate(rows, kernel["phases"])
     for row in rows:
         row["details"] = {**row["details"], "threads": torch.get_num_threads(), "kernel": kernel["backend"],
                           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
