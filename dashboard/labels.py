@@ -39,7 +39,8 @@ COLUMNS: dict[str, Column] = {
                              "inputs of the layer the kernel skipped (zero in every row of the batch) on the inputs "
                              "captured from a decode"),
     "protocol": Column("perplexity protocol", "text", "the text, context, stride and tokens the perplexity was "
-                       "measured on: rows under different protocols are ranked apart"),
+                       "measured on, and whether that was the whole split or its first tokens (cut by "
+                       "max_tokens): rows under different protocols are ranked apart"),
     "sparsity_kind": Column("sparse", "text", "what the configuration makes sparse: weights, activations or both"),
     "hardware": Column("hardware", "text"),
     "kernel": Column("kernel", "text"),

@@ -32,6 +32,9 @@ def test_leaderboard_has_every_finished_job_with_tasks_and_provenance(con, board
     assert {"synthetic_add/acc", "synthetic_recall/acc"} <= set(board.columns)
     assert board["task_acc_mean"].sub(board[["synthetic_add/acc", "synthetic_recall/acc"]].mean(axis=1)).abs().max() < 1e-12
     assert set(board["pattern_kind"]) == {"dense", "unstructured", "nm"}
+    # the grid cuts the 26895-token test split at max_tokens = 1024, and every row says so
+    assert set(board["protocol"]) == {"builtin:synthetic test · context 64 stride 64 · first 1024 of 26895 "
+                                      "tokens (cut by max_tokens)"}
     assert board["git_commit"].notna().all() and (board["grid_name"] == "dashboard").all()
     dense = board[(board["method"] == "dense") & (board["activations"] == "none")]  # the reference
     assert len(dense) == 2 and (dense["perplexity_change_vs_dense"] == 0).all()

@@ -67,6 +67,22 @@ def test_local_text_folder(model_and_tok, tmp_path):
         perplexity(model, tok, PerplexitySpec(dataset=str(tmp_path), split="validation"))
 
 
+def test_max_tokens_unset_is_the_whole_split_and_a_cut_says_so(model_and_tok, tmp_path):
+    model, tok = model_and_tok
+    text = "add 1 plus 2 is 3 . add 2 plus 2 is 4 .\n" * 40
+    (tmp_path / "test.txt").write_text(text)
+    length = len(tok(text, add_special_tokens=False)["input_ids"])
+    whole = perplexity(model, tok, PerplexitySpec(dataset=str(tmp_path), context_length=32, stride=32))
+    assert whole["protocol"]["max_tokens"] is None
+    assert whole["protocol"]["tokens_total"] == whole["protocol"]["split_tokens"] == length > 200
+    cut = perplexity(model, tok, PerplexitySpec(dataset=str(tmp_path), context_length=32, stride=32, max_tokens=100))
+    assert (cut["protocol"]["tokens_total"], cut["protocol"]["split_tokens"]) == (100, length)
+    # a max_tokens beyond the split's length evaluates it whole, and the record shows that it did
+    over = perplexity(model, tok, PerplexitySpec(dataset=str(tmp_path), context_length=32, stride=32, max_tokens=10**6))
+    assert over["protocol"]["tokens_total"] == over["protocol"]["split_tokens"] == length
+    assert over["perplexity"] == pytest.approx(whole["perplexity"], rel=1e-9)
+
+
 def test_the_shipped_model_is_far_better_than_uniform():
     from bench.model import zoo
 

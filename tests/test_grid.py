@@ -42,6 +42,8 @@ BAD = [
     (lambda m: grid(m, "seeds = [-1]"), "seeds[0]", "non-negative integer"),
     (lambda m: grid(m, "seeds = []"), "seeds", "must not be empty"),
     (lambda m: grid(m, "[evaluation.perplexity]\ncontext_length = 64\nstride = 128"), "evaluation.perplexity.stride", "larger than context_length"),
+    (lambda m: grid(m, "[evaluation.perplexity]\nmax_tokens = 0"), "evaluation.perplexity.max_tokens",
+     "leave max_tokens unset to evaluate the whole split"),
     (lambda m: grid(m, "[evaluation.perplexity]\ncontext_length = 0"), "evaluation.perplexity.context_length", "must be > 0"),
     (lambda m: grid(m, '[evaluation.perplexity]\ndataset = "builtin:nope"'), "evaluation.perplexity.dataset", "unknown built-in dataset"),
     (lambda m: grid(m, '[evaluation.perplexity]\ndataset = "/no/such/data"'), "evaluation.perplexity.dataset", "does not exist"),
@@ -95,6 +97,7 @@ def test_defaults_and_shorthands(untrained_model):
     assert [h.label for h in spec.hardware] == ["cpu"] and spec.kernels == ["torch-dense"] and spec.seeds == [0]
     assert spec.models[0].name == "untrained" and spec.models[0].source == "path"
     assert spec.latency is not None and spec.perplexity.dataset == "builtin:synthetic"
+    assert spec.perplexity.max_tokens is None  # unset: the whole split is evaluated
 
 
 def test_expand_adds_dense_baseline_once_per_model(untrained_model):

@@ -100,6 +100,31 @@ def test_dense_reference_follows_the_perplexity_protocol(tmp_path, untrained_mod
     assert csv.stdout.splitlines()[0].split(",")[7] == "protocol"
 
 
+def test_the_protocol_label_tells_a_whole_split_from_a_cut_one(tmp_path, untrained_model):
+    """Records since schema 8 store the split's length: a split cut by max_tokens is labelled as cut, a
+    whole one as whole, and the two are ranked apart (older records keep their schema-7 label)."""
+    store = Store(tmp_path / "b.duckdb")
+    shown = {}
+    for run_id, max_tokens, total in (("cut", 1024, 1024), ("whole", None, 26895), ("old", 1024, 1024)):
+        spec = parse_grid(f'models = [{{ path = "{untrained_model}" }}]\nmethods = ["magnitude"]\npatterns = ["50%"]\n'
+                          + ('seeds = [1]\n' if run_id == "old" else "")  # else the same job keys as "cut"
+                          + ("" if max_tokens is None else f'[evaluation.perplexity]\nmax_tokens = {max_tokens}\n'))
+        dense, mag = expand(spec)
+        store.begin_run(run_row(spec, run_id), [dense, mag], skipped=0)
+        for job in (dense, mag):
+            result = done(4.0 if job is dense else 5.0, 0.0 if job is dense else 0.5, 100.0)
+            result["metrics"][0]["details"] = {**spec.perplexity.to_dict(), "tokens_total": total,
+                                               **({} if run_id == "old" else {"split_tokens": 26895})}
+            store.record_result(job.key, result)
+            shown[(run_id, job.method)] = job.key
+    board = store.leaderboard().set_index("job_key")
+    label = {run_id: board.loc[shown[(run_id, "magnitude")], "protocol"] for run_id in ("cut", "whole", "old")}
+    assert label["cut"] == "builtin:synthetic test · context 128 stride 128 · first 1024 of 26895 tokens (cut by max_tokens)"
+    assert label["whole"] == "builtin:synthetic test · context 128 stride 128 · whole split, 26895 tokens"
+    assert label["old"] == "builtin:synthetic test · context 128 stride 128 · 1024 tokens (at most 1024)"
+    assert board.loc[[shown[(r, "magnitude")] for r in label], "perplexity_change_vs_dense"].tolist() == [0.25] * 3
+
+
 def test_a_version_1_store_is_migrated(tmp_path):
     from bench.store import LEADERBOARD_SQL, MIGRATIONS
 
@@ -113,8 +138,9 @@ def test_a_version_1_store_is_migrated(tmp_path):
     with Store(path).write():
         pass
     store = Store(path)
-    assert store.query("SELECT max(version) AS v FROM schema_version")["v"][0] == SCHEMA_VERSION == 7
-    assert MIGRATIONS[7][-1] == LEADERBOARD_SQL and store.leaderboard().empty
+    assert store.query("SELECT max(version) AS v FROM schema_version")["v"][0] == SCHEMA_VERSION == 8
+    assert MIGRATIONS[8][-1] == LEADERBOARD_SQL and store.leaderboard().empty
+    assert "cut by max_tokens" in MIGRATIONS[8][-1] and "cut by max_tokens" not in MIGRATIONS[7][-1]  # v8
     assert "protocol" in store.leaderboard().columns  # v7
     assert {"activations", "activation_sparsity"} <= set(store.leaderboard().columns)  # v6
     assert {"kl_vs_dense", "task_flips_mean"} <= set(store.leaderboard().columns)  # v4

@@ -3,7 +3,9 @@
     spec = PerplexitySpec(dataset="builtin:synthetic", split="test", context_length=128, stride=128)
     result = perplexity(model, tokenizer, spec)     # {"perplexity": ..., "protocol": {...}}
 
-Protocol. The split's text is tokenized once without special tokens and cut to `max_tokens`. Windows of
+Protocol. The split's text is tokenized once without special tokens; with `max_tokens` set, only its first
+`max_tokens` tokens are evaluated (a cut split: the record's `tokens_total` is then less than its
+`split_tokens`, and the leaderboard's protocol label says "first N of M tokens"). Windows of
 `context_length` tokens start every `stride` tokens (with `bos`, each window is a BOS token plus
 `context_length - 1` text tokens, and windows advance by at most that many). Each text token is scored exactly once, in the first window where it has
 at least one token before it, so with stride == context_length (the GPTQ protocol) the first token of each
@@ -56,7 +58,10 @@ def perplexity(model, tokenizer, spec: PerplexitySpec, text: str | None = None, 
 
     if text is None:
         text = load_text(spec.dataset, spec.split)
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"][: spec.max_tokens]
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    split_tokens = len(ids)
+    if spec.max_tokens is not None:
+        ids = ids[: spec.max_tokens]
     n = len(ids)
     if n < 2:
         raise BenchError(f"{spec.dataset} split '{spec.split}' has {n} tokens; perplexity needs at least 2")
@@ -81,7 +86,7 @@ def perplexity(model, tokenizer, spec: PerplexitySpec, text: str | None = None, 
     out = {
         "perplexity": math.exp(mean_nll),
         "mean_nll": mean_nll,
-        "protocol": {**spec.to_dict(), "tokens_total": n, "tokens_scored": acc.scored, "windows": windows,
+        "protocol": {**spec.to_dict(), "tokens_total": n, "split_tokens": split_tokens, "tokens_scored": acc.scored, "windows": windows,
                      **({"dataset_provenance": source} if (source := provenance(spec.dataset)) else {})},
     }
     if capture:

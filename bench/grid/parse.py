@@ -116,6 +116,11 @@ def _calibration(cal: "_Table") -> CalibrationSpec:
     return calibration
 
 
+def _max_tokens(v):
+    """Unset means the whole split; a set value must leave something to evaluate."""
+    return None if v > 0 else f"{v} must be > 0, or leave max_tokens unset to evaluate the whole split"
+
+
 def _evaluation(ev: "_Table") -> tuple[PerplexitySpec, TasksSpec | None]:
     """[evaluation.perplexity] and [evaluation.tasks]."""
     ppl = _Table(ev.source, "evaluation.perplexity", ev.take("perplexity", dict, {}))
@@ -128,7 +133,7 @@ def _evaluation(ev: "_Table") -> tuple[PerplexitySpec, TasksSpec | None]:
         context_length=ppl.take("context_length", int, d.context_length, check=_positive),
         stride=ppl.take("stride", int, d.stride, check=_positive),
         bos=ppl.take("bos", bool, d.bos),
-        max_tokens=ppl.take("max_tokens", int, d.max_tokens, check=_positive),
+        max_tokens=ppl.take("max_tokens", int, d.max_tokens, check=_max_tokens),
     )
     if perplexity.stride > perplexity.context_length:
         ppl.fail("stride", f"{perplexity.stride} is larger than context_length {perplexity.context_length}")

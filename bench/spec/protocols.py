@@ -44,7 +44,7 @@ class PerplexitySpec:
     context_length: int = 128
     stride: int = 128
     bos: bool = False
-    max_tokens: int = 16384
+    max_tokens: int | None = None  # None: the whole split; a number: its first max_tokens tokens
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

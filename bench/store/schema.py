@@ -14,7 +14,7 @@ import duckdb
 
 from bench.errors import BenchError
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 class StoreError(BenchError):
@@ -132,6 +132,31 @@ LEADERBOARD_SQL = (_LEADERBOARD_V6
              "           m.prefill_kernel_status, m.decode_kernel_status_b1, j.warnings, j.finished_at, m.perplexity_protocol"))
 assert "AS protocol" in LEADERBOARD_SQL and LEADERBOARD_SQL.count("kernel_status_b1") == 2 and \
     LEADERBOARD_SQL.count("prefill_kernel_status") == 2, "the schema-7 leaderboard edits did not all apply"
+_LEADERBOARD_V7 = LEADERBOARD_SQL
+
+# Schema 8: the label says whether the whole split was evaluated. Records since then store `split_tokens`
+# (the split's length) beside `tokens_total` (the tokens evaluated): "whole split, N tokens", or
+# "first N of M tokens" for a split cut by max_tokens. Older records keep the schema-7 wording.
+_PROTOCOL_TOKENS_V7 = """' · ', json_extract_string(w.perplexity_protocol, '$.tokens_total'), ' tokens',
+           CASE WHEN json_extract_string(w.perplexity_protocol, '$.max_tokens') IS NOT NULL
+                THEN concat(' (at most ', json_extract_string(w.perplexity_protocol, '$.max_tokens'), ')')
+                ELSE '' END) END AS protocol"""
+_PROTOCOL_TOKENS = """CASE
+           WHEN json_extract_string(w.perplexity_protocol, '$.split_tokens') IS NULL THEN concat(
+                ' · ', json_extract_string(w.perplexity_protocol, '$.tokens_total'), ' tokens',
+                CASE WHEN json_extract_string(w.perplexity_protocol, '$.max_tokens') IS NOT NULL
+                     THEN concat(' (at most ', json_extract_string(w.perplexity_protocol, '$.max_tokens'), ')')
+                     ELSE '' END)
+           WHEN CAST(json_extract(w.perplexity_protocol, '$.tokens_total') AS BIGINT)
+                < CAST(json_extract(w.perplexity_protocol, '$.split_tokens') AS BIGINT) THEN concat(
+                ' · first ', json_extract_string(w.perplexity_protocol, '$.tokens_total'), ' of ',
+                json_extract_string(w.perplexity_protocol, '$.split_tokens'), ' tokens (cut by max_tokens)')
+           ELSE concat(' · whole split, ', json_extract_string(w.perplexity_protocol, '$.tokens_total'), ' tokens')
+           END) END AS protocol"""
+assert PROTOCOL_SQL.endswith(_PROTOCOL_TOKENS_V7) and LEADERBOARD_SQL.count(_PROTOCOL_TOKENS_V7) == 1
+PROTOCOL_SQL = PROTOCOL_SQL.replace(_PROTOCOL_TOKENS_V7, _PROTOCOL_TOKENS)
+LEADERBOARD_SQL = _LEADERBOARD_V7.replace(_PROTOCOL_TOKENS_V7, _PROTOCOL_TOKENS)
+assert "cut by max_tokens" in LEADERBOARD_SQL, "the schema-8 leaderboard edit did not apply"
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -189,5 +214,7 @@ MIGRATIONS: dict[int, list[str]] = {
         _LEADERBOARD_V6],
     # 7: the perplexity protocol as a column of the leaderboard (`protocol`), which groups rows by it; and
     # the kernels that ran each phase (prefill_kernel_status, decode_kernel_status_b1).
-    7: [LEADERBOARD_SQL],
+    7: [_LEADERBOARD_V7],
+    # 8: the protocol label tells a whole split from one cut by max_tokens (records store split_tokens).
+    8: [LEADERBOARD_SQL],
 }
