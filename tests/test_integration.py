@@ -57,6 +57,15 @@ def test_submit_resume_and_force(grid_and_db, tiny_model):
     assert first.returncode == 1, first.stdout + first.stderr
     assert "6 jobs · 0 already done · 3 done · 3 failed" in first.stdout
     assert first.stdout.count("failed: broken ·") == 3
+    # progress in a log (stderr is not a terminal): every stage is queued, then started by a worker, then
+    # ends (the broken model's prune stages fail after they start; what needs them is never queued)
+    said = [line.split(None, 2)[1:] for line in first.stderr.splitlines() if line.startswith("  ") and " · " in line]
+    for kind in ("prune", "evaluate", "latency"):
+        assert [e for e, what in said if what.startswith(f"{kind} · tiny · magnitude · 2:4 ")] == \
+            ["queued", "started", "done"], first.stderr
+    assert [e for e, what in said if what.startswith("prune · broken · magnitude · 2:4 ")] == \
+        ["queued", "started", "failed"], first.stderr
+    assert sum(e == "queued" for e, _ in said) == sum(e == "started" for e, _ in said) > 0
 
     store = Store(db)
     jobs = store.query("SELECT model, method, pattern, status, error, traceback FROM jobs ORDER BY model, pattern")

@@ -106,8 +106,8 @@ def test_progress_counts_and_log_lines():
 
 
 def test_progress_says_when_each_stage_is_queued_starts_and_ends():
-    """In a log (no terminal), every stage has a line when it is queued and one when it ends: its kind, what
-    it runs for (a prune stage its pruned model, whatever kernels share it), when its worker started it,
+    """In a log (no terminal), every stage has a line when it is queued, when a worker starts it and when it
+    ends: its kind, what it runs for (a prune stage its pruned model, whatever kernels share it), when its worker started it,
     seconds and the stage's own peak memory."""
     from datetime import datetime, timezone
 
@@ -120,6 +120,7 @@ def test_progress_says_when_each_stage_is_queued_starts_and_ends():
     bar = Progress(1, stream=out)
     now = datetime.now(timezone.utc).isoformat()
     bar.stage_queued("prune", job)
+    bar.stage_started("prune", job)
     bar.stage_finished("prune", job, {"status": "done", "duration_s": 12.34, "peak_rss_bytes": 3 * 2**29,
                                       "peak_rss_scope": "stage", "started_at": now})
     bar.stage_queued("latency", job)
@@ -129,6 +130,7 @@ def test_progress_says_when_each_stage_is_queued_starts_and_ends():
     lines = [line.strip().split(" ", 2)[1:] for line in out.getvalue().splitlines()]  # after the clock
     assert lines == [
         ["queued", "prune · tiny-gpt2 · magnitude · 50% · activations teal:0.5 · seed 0"],
+        ["started", "prune · tiny-gpt2 · magnitude · 50% · activations teal:0.5 · seed 0 (queued 0.0 s)"],
         ["done", "prune · tiny-gpt2 · magnitude · 50% · activations teal:0.5 · seed 0 (started 0:00, 12.3 s, "
                  "peak 1.50 GiB)"],
         ["queued", "latency · tiny-gpt2 · magnitude · 50% · activations teal:0.5 · cpu · torch-dense · seed 0"],

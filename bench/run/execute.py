@@ -2,6 +2,7 @@
 
     result = run_stage({"kind": "prune", "key": ..., "job": job.to_dict(), "artifacts": "/shared/artifacts",
                         "timeout_s": 600})      # never raises: a failure comes back as {"status": "failed", ...}
+    started, result = stage_events(stage)      # as Ray runs it: a "started" note, then the same result
 
 - prune: load the dense model, calibrate, prune, verify every layer, then (with an activation rule) find
   each pruned layer's input threshold on the pruned model; save the artifact (bench.model.artifacts),
@@ -31,7 +32,7 @@ import threading
 import time
 import traceback
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -70,6 +71,14 @@ class _Deadline:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, self.previous)
         return False
+
+
+def stage_events(stage: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The stage as Ray runs it, a generator task: first a note that a worker has begun it (a stage can wait
+    in Ray's queue for a worker with its resources, so the driver's progress says when it really began),
+    then its result. Both are always yielded, in this order, so a retry replays the same two objects."""
+    yield {"event": "started", "started_at": datetime.now(timezone.utc).isoformat(), "pid": os.getpid()}
+    yield run_stage(stage)
 
 
 def run_stage(stage: dict[str, Any]) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""What `bench submit` says while it works: a line per stage (queued, ended) and per finished job, and a
-live bar on a terminal."""
+"""What `bench submit` says while it works: a line per stage (queued, started, ended) and per finished job,
+and a live bar on a terminal."""
 
 from __future__ import annotations
 
@@ -22,16 +22,18 @@ def stage_label(kind: str, job) -> str:
 
 
 class Progress:
-    """What a run says while it works: a line when a stage is handed to Ray (queued: it starts when a worker
-    with its resources is free; a latency stage waits for a whole node) and when it ends (its kind, what it
-    runs for, when it started, its seconds and peak memory), and one per finished job. On a terminal these lines scroll above a live
-    bar of finished jobs (tqdm) with the stages running and the time left; in a log they are all there is."""
+    """What a run says while it works: a line when a stage is handed to Ray (queued), when a worker begins
+    it (started: it waits until a worker with its resources is free; a latency stage waits for a whole node)
+    and when it ends (its kind, what it runs for, when it started, its seconds and peak memory), and one per
+    finished job. On a terminal these lines scroll above a live bar of finished jobs (tqdm) with the stages
+    running and queued and the time left; in a log they are all there is."""
 
     def __init__(self, total: int, stream=sys.stderr, enabled: bool = True):
         self.total, self.stream, self.enabled = total, stream, enabled
         self.tty = enabled and stream.isatty()
         self.start, self.start_wall = time.monotonic(), time.time()
-        self.done = self.failed = self.running = 0
+        self.done = self.failed = self.running = self.queued = 0
+        self.queued_at: dict[tuple[str, str], float] = {}
         self.bar = None
         if self.tty:
             from tqdm import tqdm
@@ -47,7 +49,7 @@ class Progress:
         elapsed = time.monotonic() - self.start
         eta = self._clock(elapsed / finished * (self.total - finished)) if finished else "?"
         return (f"{finished}/{self.total} · {self.done} done · {self.failed} failed · "
-                f"{self.running} stages running · {self._clock(elapsed)} elapsed · ETA {eta}")
+                f"{self.running} stages running · {self.queued} queued · {self._clock(elapsed)} elapsed · ETA {eta}")
 
     def _write(self, text: str) -> None:
         if not self.enabled:
@@ -66,7 +68,16 @@ class Progress:
             print(text, file=sys.stderr, flush=True)
 
     def stage_queued(self, kind: str, job) -> None:
-        self._write(f"  {self._clock(time.monotonic() - self.start)} queued {kind} · {stage_label(kind, job)}")
+        now = time.monotonic()
+        self.queued_at[(kind, job.key)] = now
+        self._write(f"  {self._clock(now - self.start)} queued {kind} · {stage_label(kind, job)}")
+
+    def stage_started(self, kind: str, job) -> None:
+        """A worker has begun the stage (its note reached the driver): how long it waited in Ray's queue."""
+        now = time.monotonic()
+        since = self.queued_at.get((kind, job.key))
+        waited = "" if since is None else f" (queued {now - since:.1f} s)"
+        self._write(f"  {self._clock(now - self.start)} started {kind} · {stage_label(kind, job)}{waited}")
 
     def stage_finished(self, kind: str, job, result: dict[str, Any]) -> None:
         clock = self._clock(time.monotonic() - self.start)
@@ -85,8 +96,8 @@ class Progress:
         self._write(f"  {clock} done {kind} · {stage_label(kind, job)} ({began}{result.get('duration_s', 0):.1f} s"
                     f"{memory})")
 
-    def update(self, running: int, finished: tuple[Job, dict[str, Any]] | None = None) -> None:
-        self.running = running
+    def update(self, running: int, finished: tuple[Job, dict[str, Any]] | None = None, queued: int = 0) -> None:
+        self.running, self.queued = running, queued
         if finished is not None:
             job, result = finished
             if result["status"] == "done":
@@ -96,8 +107,8 @@ class Progress:
         if not self.enabled:
             return
         if self.bar is not None:
-            self.bar.set_postfix_str(f"{self.done} done · {self.failed} failed · {self.running} stages running",
-                                     refresh=False)
+            self.bar.set_postfix_str(f"{self.done} done · {self.failed} failed · {self.running} stages running · "
+                                     f"{self.queued} queued", refresh=False)
             self.bar.update(1 if finished is not None else 0)
         if finished is not None:
             job, result = finished

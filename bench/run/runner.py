@@ -11,7 +11,8 @@ stages missing from the store run; a job's record is written when its last stage
 `ray.init()` starts a local instance unless `address` (else `RAY_ADDRESS`) names a cluster to join. Each stage
 is one Ray task with the resources of its hardware target (bench.spec.hardware); a target no alive node can ever run fails its
 jobs before anything starts, with the cluster's resources in the message. At most `max_in_flight` tasks
-are outstanding; `ray.wait` hands back whichever finishes first. A lost worker or node is retried by Ray
+are outstanding; `ray.wait` hands back whichever has news first: each stage is a generator task that
+says when a worker begins it, then returns its result. A lost worker or node is retried by Ray
 (`max_retries`), an exception inside a stage is not (it comes back as a failed result), a stage killed by
 Ray's memory monitor is recorded as out of memory. Only this driver writes to the store, and only one
 driver at a time (Store.submit_lock). SIGINT or SIGTERM cancels what is outstanding, records it as
@@ -193,11 +194,12 @@ class _Scheduler:
     def run(self, max_in_flight: int, signals: "_Signals") -> None:
         import ray
 
-        from bench.run.execute import run_stage
+        from bench.run.execute import stage_events
 
         # A stage stopped by its timeout was interrupted at an arbitrary point (an import half done, say), and
         # its process must not run another stage: with a timeout, every stage gets a fresh worker process.
-        remote = ray.remote(max_calls=1)(run_stage) if self.spec.stage_timeout_s else ray.remote(run_stage)
+        # Each stage is a generator task (stage_events): a worker's "started" note, then the stage's result.
+        remote = ray.remote(max_calls=1)(stage_events) if self.spec.stage_timeout_s else ray.remote(stage_events)
         for hw, why in self.blocked.items():
             print(f"bench: {why}: its stages are failed now", file=sys.stderr, flush=True)
         with self.store.write() as con:
@@ -207,7 +209,8 @@ class _Scheduler:
             for job in self.todo:  # jobs whose every stage is already stored
                 self._maybe_finish_job(job, con)
         self.ready = ready = deque(s for s in self.to_run if s.state == "todo" and self._deps_done(s))
-        pending: dict[Any, Stage] = {}
+        pending: dict[Any, Stage] = {}  # a stage's ObjectRefGenerator: ready when its next object is
+        started: set[Any] = set()       # those whose worker has begun them (the rest wait in Ray's queue)
         while (ready or pending) and signals.received is None:
             while ready and len(pending) < max_in_flight:
                 stage = ready.popleft()
@@ -222,17 +225,25 @@ class _Scheduler:
                 stage.state = "running"
                 pending[ref] = stage
                 self.bar.stage_queued(stage.kind, stage.job)
-            self.bar.update(len(pending))
+            self.bar.update(len(started), queued=len(pending) - len(started))
             done_refs, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
             if done_refs:  # and whatever else is finished by now: one store transaction for all of them
                 done_refs, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
             finished = []
-            for ref in done_refs:
-                stage = pending.pop(ref)
+            for gen in done_refs:
+                stage = pending[gen]
                 try:
-                    result = ray.get(ref)
+                    result = ray.get(next(gen))
+                except StopIteration:  # not reached: stage_events always yields its result
+                    result = {"status": "failed", "failure": "lost", "error": "the stage returned no result"}
                 except ray.exceptions.RayError as err:  # the worker or node died, retries spent; or OOM
                     result = _lost(err)
+                if result.get("event") == "started":
+                    started.add(gen)
+                    self.bar.stage_started(stage.kind, stage.job)
+                    continue
+                del pending[gen]
+                started.discard(gen)
                 finished.append((stage, result))
                 self.bar.stage_finished(stage.kind, stage.job, result)
             if finished:
@@ -305,7 +316,7 @@ class _Scheduler:
         self.counts[result["status"]] += 1
         if result["status"] != "done":
             self.summary.failed.append((job, result.get("error", "")))
-        self.bar.update(self.bar.running, (job, result))
+        self.bar.update(self.bar.running, (job, result), queued=self.bar.queued)
 
     def _cancel(self, pending: dict[Any, Stage], signum: int) -> None:
         import ray
