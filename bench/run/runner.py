@@ -231,21 +231,8 @@ class _Scheduler:
                 done_refs, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
             finished = []
             for gen in done_refs:
-                stage = pending[gen]
-                try:
-                    result = ray.get(next(gen))
-                except StopIteration:  # not reached: stage_events always yields its result
-                    result = {"status": "failed", "failure": "lost", "error": "the stage returned no result"}
-                except ray.exceptions.RayError as err:  # the worker or node died, retries spent; or OOM
-                    result = _lost(err)
-                if result.get("event") == "started":
-                    started.add(gen)
-                    self.bar.stage_started(stage.kind, stage.job)
-                    continue
-                del pending[gen]
-                started.discard(gen)
-                finished.append((stage, result))
-                self.bar.stage_finished(stage.kind, stage.job, result)
+                if (result := self._news(gen, pending[gen], started)) is not None:
+                    finished.append((pending.pop(gen), result))
             if finished:
                 with self.store.write() as con:
                     for stage, result in finished:
@@ -258,6 +245,25 @@ class _Scheduler:
         self.bar.close()
         self.summary.counts, self.summary.stages = self.counts, self.stage_counts
         self.store.finish_run(self.summary.run_id, "failed" if self.counts["failed"] else "done", self.counts)
+
+    def _news(self, gen, stage: Stage, started: set) -> dict[str, Any] | None:
+        """The next object of a stage's generator task: None for its worker's "started" note (printed), else
+        the stage's result (printed, and `gen` leaves `started`)."""
+        import ray
+
+        try:
+            result = ray.get(next(gen))
+        except StopIteration:  # not reached: stage_events always yields its result
+            result = {"status": "failed", "failure": "lost", "error": "the stage returned no result"}
+        except ray.exceptions.RayError as err:  # the worker or node died, retries spent; or OOM
+            result = _lost(err)
+        if result.get("event") == "started":
+            started.add(gen)
+            self.bar.stage_started(stage.kind, stage.job)
+            return None
+        started.discard(gen)
+        self.bar.stage_finished(stage.kind, stage.job, result)
+        return result
 
     def _note(self, note: str) -> None:
         self.summary.notes.append(note)
