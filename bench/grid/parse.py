@@ -118,7 +118,8 @@ def _calibration(cal: "_Table") -> CalibrationSpec:
 
 def _max_tokens(v):
     """Unset means the whole split; a set value must leave something to evaluate."""
-    return None if v > 0 else f"{v} must be > 0, or leave max_tokens unset to evaluate the whole split"
+    why = _positive(v)
+    return why and f"{why}, or leave max_tokens unset to evaluate the whole split"
 
 
 def _evaluation(ev: "_Table") -> tuple[PerplexitySpec, TasksSpec | None]:

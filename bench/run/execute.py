@@ -77,7 +77,7 @@ def stage_events(stage: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """The stage as Ray runs it, a generator task: first a note that a worker has begun it (a stage can wait
     in Ray's queue for a worker with its resources, so the driver's progress says when it really began),
     then its result. Both are always yielded, in this order, so a retry replays the same two objects."""
-    yield {"event": "started", "started_at": datetime.now(timezone.utc).isoformat(), "pid": os.getpid()}
+    yield {"event": "started"}
     yield run_stage(stage)
 
 

@@ -75,7 +75,7 @@ class Progress:
     def stage_started(self, kind: str, job) -> None:
         """A worker has begun the stage (its note reached the driver): how long it waited in Ray's queue."""
         now = time.monotonic()
-        since = self.queued_at.get((kind, job.key))
+        since = self.queued_at.pop((kind, job.key), None)
         waited = "" if since is None else f" (queued {now - since:.1f} s)"
         self._write(f"  {self._clock(now - self.start)} started {kind} · {stage_label(kind, job)}{waited}")
 

@@ -141,12 +141,9 @@ _PROTOCOL_TOKENS_V7 = """' · ', json_extract_string(w.perplexity_protocol, '$.t
            CASE WHEN json_extract_string(w.perplexity_protocol, '$.max_tokens') IS NOT NULL
                 THEN concat(' (at most ', json_extract_string(w.perplexity_protocol, '$.max_tokens'), ')')
                 ELSE '' END) END AS protocol"""
-_PROTOCOL_TOKENS = """CASE
+_PROTOCOL_TOKENS = f"""CASE
            WHEN json_extract_string(w.perplexity_protocol, '$.split_tokens') IS NULL THEN concat(
-                ' · ', json_extract_string(w.perplexity_protocol, '$.tokens_total'), ' tokens',
-                CASE WHEN json_extract_string(w.perplexity_protocol, '$.max_tokens') IS NOT NULL
-                     THEN concat(' (at most ', json_extract_string(w.perplexity_protocol, '$.max_tokens'), ')')
-                     ELSE '' END)
+                {_PROTOCOL_TOKENS_V7.removesuffix(" END AS protocol")}
            WHEN CAST(json_extract(w.perplexity_protocol, '$.tokens_total') AS BIGINT)
                 < CAST(json_extract(w.perplexity_protocol, '$.split_tokens') AS BIGINT) THEN concat(
                 ' · first ', json_extract_string(w.perplexity_protocol, '$.tokens_total'), ' of ',
