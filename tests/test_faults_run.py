@@ -81,6 +81,44 @@ def test_sigterm_during_start_up_exits_143_with_a_line(tmp_path, untrained_model
     assert not db.exists() or Store(db).query("SELECT count(*) AS n FROM runs").n[0] == 0
 
 
+SIGTERM_INSIDE_RAY_INIT = """
+import os, signal, sys, time
+import ray, ray._private.worker as ray_worker
+from bench.run.cluster import init_ray
+
+received, seen = [], []
+def flag(signum, frame):
+    received.append(signum)
+signal.signal(signal.SIGTERM, flag)
+real_connect = ray_worker.connect
+def connect_then_sigterm(*args, **kwargs):  # inside ray.init, once the driver's core worker exists
+    out = real_connect(*args, **kwargs)
+    seen.append(signal.getsignal(signal.SIGTERM) is flag)
+    os.kill(os.getpid(), signal.SIGTERM)
+    return out
+ray_worker.connect = connect_then_sigterm
+init_ray(None)
+time.sleep(4)  # Abseil's failure-signal handler aborts 3 s after a signal it passed on
+print("received", received, "ours inside ray.init", seen, "ours after", signal.getsignal(signal.SIGTERM) is flag, flush=True)
+ray.shutdown()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.local_ray
+def test_a_sigterm_inside_ray_init_reaches_the_callers_handler_and_nothing_else():
+    """CI failure: a SIGTERM during ray.init met Ray's own handler, whose SystemExit was printed and dropped
+    inside a callback, and the run went to its end with exit 0; sent later in ray.init it met Abseil's
+    failure-signal handler, which dumped a stack and aborted the process 3 s later (exit -6). Sent at a fixed
+    point of ray.init here, where the timed test above only hits it by chance."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, "-c", SIGTERM_INSIDE_RAY_INIT], capture_output=True, text=True,
+                          timeout=180, env=env)
+    assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr)
+    assert "received [15] ours inside ray.init [True] ours after True" in proc.stdout, proc.stderr
+    assert "SIGTERM received at time" not in proc.stderr and "SystemExit" not in proc.stderr, proc.stderr
+
+
 def test_sigterm_before_the_run_exits_143_with_a_line(tmp_path, untrained_model, monkeypatch, capsys):
     """The same while the grid is read (before the store or Ray): one line, 143, the handler restored."""
     import bench.grid

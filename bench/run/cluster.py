@@ -31,7 +31,7 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-from bench.errors import BenchError, Interrupted
+from bench.errors import BenchError
 from bench.spec.hardware import Hardware
 
 _SESSION = re.compile(r"(/\S*/session_\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_\d+_\d+)/")
@@ -50,6 +50,29 @@ def loopback_only() -> Iterator[None]:
         yield
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = previous
+
+
+@contextmanager
+def sigterm_stays_with_the_caller() -> Iterator[None]:
+    """Around `ray.init` in the main thread: a SIGTERM reaches the handler the caller set, whenever it comes.
+
+    ray.init puts two handlers of its own in its place. As it starts, a Python one (`sys.exit(15)`): its
+    SystemExit is raised wherever the main thread happens to be, and inside a callback that Ray's C++ code
+    runs it is printed and dropped, so start-up went on and a run told to stop ran to its end. Once the
+    driver's core worker exists, Abseil's failure-signal handler: it dumps a stack, passes the signal on and
+    arms a 3 s alarm that aborts the process (exit -6). The first is not installed; the second is not
+    installed in this process (the driver loses Abseil's C++ stack dump on a crash, workers keep theirs).
+    Both are settings Ray reads at the call (`ray._private`); the test of signals during start-up watches
+    them."""
+    from ray._private import ray_constants, utils
+
+    previous = utils.set_sigterm_handler, ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER
+    utils.set_sigterm_handler = lambda handler: None
+    ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
+    try:
+        yield
+    finally:
+        utils.set_sigterm_handler, ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = previous
 
 
 def _read(path: str) -> bytes:
@@ -220,24 +243,14 @@ def init_ray(address: str | None, oom_retries: int = 2, source: str = "--address
         for pid, session, cmd in reap_dead_sessions():
             print(f"bench: stopped {cmd} (pid {pid}), left behind by a killed run's Ray instance "
                   f"({os.path.basename(session)})", file=sys.stderr, flush=True)
-    # ray.init replaces the SIGTERM handler with one of its own (sys.exit(15), no message) and leaves it: the
-    # caller's handler is put back as soon as it returns
     main = threading.current_thread() is threading.main_thread()
-    previous = signal.getsignal(signal.SIGTERM) if main else None
     try:
-        with loopback_only() if local else nullcontext():  # a local instance is reachable from this machine only
+        with loopback_only() if local else nullcontext(), \
+                sigterm_stays_with_the_caller() if main else nullcontext():  # local: reachable from this machine only
             ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
                      logging_level=logging.ERROR, configure_logging=True,
                      # workers import torch after this is set: see bench.cli.OMP_WAIT_POLICY
                      runtime_env={"env_vars": job_env()})
-    except SystemExit as exit:  # SIGTERM during ray.init: its own handler (set as it starts) exits 15
-        if exit.code != signal.SIGTERM:
-            raise
-        try:
-            ray.shutdown()
-        except Exception:  # noqa: BLE001  (half-started: what it started dies with this process anyway)
-            pass
-        raise Interrupted(signal.SIGTERM, started=False) from None
     except Exception as err:
         if not address or not isinstance(err, (ConnectionError, RuntimeError, ray.exceptions.RayError)):
             raise
@@ -246,7 +259,4 @@ def init_ray(address: str | None, oom_retries: int = 2, source: str = "--address
             raise BenchError(f"{source}: the Ray cluster at {address} wants token authentication: set "
                              "RAY_AUTH_MODE=token and make its token readable (RAY_AUTH_TOKEN or ~/.ray/auth_token)") from None
         raise BenchError(f"{source}: could not join the Ray cluster at {address}: {message[:500]}") from None
-    finally:
-        if main and previous is not None:
-            signal.signal(signal.SIGTERM, previous)
     return True
