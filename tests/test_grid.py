@@ -135,6 +135,22 @@ def test_keys_are_stable_and_follow_what_determines_results(untrained_model, tmp
     assert not set(keys) & {j.key for j in expand(parse_grid(longer))}
 
 
+def test_a_lowered_instruction_set_is_another_measurement_on_native_kernels_only(untrained_model, monkeypatch):
+    """SPARSEBENCH_ISA lowers the native kernels' instruction set on the run's workers; the latency key did not
+    say so, and a rerun at avx2 reused the timings made at avx512."""
+    body = grid(untrained_model, 'patterns = ["50%"]\nkernels = ["torch-dense", "native", "native-dense"]')
+    monkeypatch.delenv("SPARSEBENCH_ISA", raising=False)
+    highest = {(j.method, j.kernel): j for j in expand(parse_grid(body))}
+    monkeypatch.setenv("SPARSEBENCH_ISA", "avx2")
+    lowered = {(j.method, j.kernel): j for j in expand(parse_grid(body))}
+    assert highest.keys() == lowered.keys() and {k for _, k in highest} == {"torch-dense", "native", "native-dense"}
+    for cell, job in lowered.items():
+        native = cell[1] != "torch-dense"
+        assert job.isa == ("avx2" if native else None) and highest[cell].isa is None
+        assert (job.latency_key != highest[cell].latency_key) == native and (job.key != highest[cell].key) == native
+        assert (job.prune_key, job.eval_key) == (highest[cell].prune_key, highest[cell].eval_key)
+
+
 def test_key_follows_model_contents(untrained_model, tmp_path):
     import shutil
 

@@ -100,6 +100,16 @@ def test_dense_reference_follows_the_perplexity_protocol(tmp_path, untrained_mod
     assert csv.stdout.splitlines()[0].split(",")[7] == "protocol"
 
 
+def test_a_speed_cell_keeps_three_significant_figures_with_their_trailing_zeros():
+    """The real grid's table showed "1.2 [1.17-1.28]" beside "1.28 [1.2-1.29]": the same precision read as
+    two different ones."""
+    from bench.cli.results import speed_cell
+
+    assert speed_cell(1.2, 1.2, 1.29, "faster") == "1.20 [1.20-1.29] faster"
+    assert speed_cell(0.9343, 0.9, 1.333, "no measurable difference") == "0.934 [0.900-1.33] no diff."
+    assert speed_cell(1.0, 0.9, 1.1, "dense") == "1x (dense)" and speed_cell(float("nan"), 1, 1, "faster") == ""
+
+
 def test_the_protocol_label_tells_a_whole_split_from_a_cut_one(tmp_path, untrained_model):
     """Records since schema 8 store the split's length: a split cut by max_tokens is labelled as cut, a
     whole one as whole, and the two are ranked apart (older records keep their schema-7 label)."""

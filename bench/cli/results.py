@@ -27,8 +27,8 @@ def speed_cell(value: float, lo: float, hi: float, verdict: str | None) -> str:
         return ""
     if verdict == "dense":
         return "1x (dense)"
-    interval = f" [{lo:.3g}-{hi:.3g}]" if lo == lo and hi == hi else ""
-    return f"{value:.3g}{interval} {VERDICT_SHORT.get(verdict, 'no verdict')}"
+    interval = f" [{lo:#.3g}-{hi:#.3g}]" if lo == lo and hi == hi else ""
+    return f"{value:#.3g}{interval} {VERDICT_SHORT.get(verdict, 'no verdict')}"
 
 
 VERDICT_SHORT = {"faster": "faster", "slower": "slower", "no measurable difference": "no diff."}
@@ -145,16 +145,17 @@ def cmd_leaderboard(args) -> int:
     elif df.empty:
         print("the leaderboard is empty: no job has finished yet")
     else:
-        # Display only: the store and the csv/json formats keep every digit. A speedup is shown with the
-        # 95% interval of its paired per-round ratios and its verdict against the A/A noise floor. Rows
-        # measured under different perplexity protocols are never in one table: one table per protocol.
+        # Display only: the store and the csv/json formats keep every digit. A speedup is shown to three
+        # significant figures (trailing zeros kept: 1.20, never 1.2 beside 1.28) with the 95% interval of
+        # its paired per-round ratios and its verdict against the A/A noise floor. Rows measured under
+        # different perplexity protocols are never in one table: one table per protocol.
         df = df.drop(columns=["job_key"]).copy()
         for col in ("decode_speedup_b1", "prefill_speedup"):
             if col in df:
                 df[col] = [speed_cell(v, lo, hi, verdict) for v, lo, hi, verdict in
                            zip(df[col], df.pop(col + "_lo"), df.pop(col + "_hi"), df.pop(col + "_verdict"))]
         if "decode_aa_b1" in df:
-            df["decode_aa_b1"] = [f"{v:.3g} [{lo:.3g}-{hi:.3g}]" if v == v else "" for v, lo, hi in
+            df["decode_aa_b1"] = [f"{v:#.3g} [{lo:#.3g}-{hi:#.3g}]" if v == v else "" for v, lo, hi in
                                   zip(df["decode_aa_b1"], df.pop("decode_aa_b1_lo"), df.pop("decode_aa_b1_hi"))]
         protocols = df.pop("protocol") if "protocol" in df else None
         groups = [(None, df)] if protocols is None else [

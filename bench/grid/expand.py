@@ -6,7 +6,9 @@ stable order.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
+
 from bench.grid.specs import GridSpec, MethodSpec
 from bench.patterns import Dense, Pattern
 from bench.registry import kernel_registry, method_registry
@@ -53,9 +55,11 @@ def expand(spec: GridSpec, dropped: Counter | None = None) -> list[Job]:
     (change vs dense, speedup vs dense) come from it. A method paired with a pattern it does not support
     is skipped, and the pairing is reported by `incompatible`. `dropped`, if given, counts what left cells
     out: "pattern" (a method with no pattern to run; `parse_grid` refuses such a grid), "kernel" (a backend that does not run on a hardware
-    target), "exclude" (an [[exclude]] rule).
+    target), "exclude" (an [[exclude]] rule). SPARSEBENCH_ISA, where set, is part of every job on this
+    project's kernels (`Job.isa`): the run's workers get it, and their kernels run at that level.
     """
     dropped = Counter() if dropped is None else dropped
+    isa = os.environ.get("SPARSEBENCH_ISA") or None
     methods = list(spec.methods)
     if spec.dense_baseline and not any(m.name == "dense" for m in methods):
         methods.insert(0, MethodSpec(name="dense", params={}))
@@ -88,6 +92,7 @@ def expand(spec: GridSpec, dropped: Counter | None = None) -> list[Job]:
                                 if cls.needs_calibration or pattern.needs_calibration or m.refine or acts else None,
                                 perplexity=spec.perplexity, latency=spec.latency, tasks=tasks,
                                 layers=spec.layers if m.name != "dense" else None, activations=acts,
+                                isa=isa if kernels.get(kernel).runs_native else None,
                             )
                             if job.key not in seen:
                                 seen.add(job.key)

@@ -102,6 +102,9 @@ class Job:
     # an activation-sparsity rule (e.g. teal:0.5): thresholds calibrated on the pruned model in the prune
     # stage and stored with its artifact; None = dense activations
     activations: ActivationSpec | None = None
+    # SPARSEBENCH_ISA as the run set it, on a kernel of this project's (KernelBackend.runs_native): a lowered
+    # instruction set is another measurement. None: each node's highest, which the provenance records.
+    isa: str | None = None
 
     def prune_identity(self) -> dict[str, Any]:
         return {
@@ -119,7 +122,8 @@ class Job:
 
     def _speed_identity(self) -> dict[str, Any]:
         return {"latency": [as_json(self.latency), STAGE_VERSIONS["latency"]],
-                "hardware": self.hardware.label, "kernel": [self.kernel, self.kernel_version]}
+                "hardware": self.hardware.label, "kernel": [self.kernel, self.kernel_version],
+                **({"isa": self.isa} if self.isa else {})}
 
     @cached_property  # a job is frozen: computed once (100k-job grids call these many times)
     def key(self) -> str:

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from bench import _native
 from bench.model.walk import weight_view
 from bench.patterns import NM, Block, Dense, Pattern
 from bench.speed.choice import NoFormat, choose_by_measurement, group_key, rule_format
@@ -37,6 +38,9 @@ class KernelBackend:
     patterns: ClassVar[str] = "any (as dense)"  # which patterns it skips the zeros of, in words
     max_batch: ClassVar[int | None] = None     # rows of activations per call; above it PyTorch dense runs
     description: ClassVar[str] = ""
+    # its kernels are this project's (`bench._native`): they run at the instruction set `_native.isa()`
+    # names, the CPU's highest unless SPARSEBENCH_ISA lowers it; the provenance records it
+    runs_native: ClassVar[bool] = False
 
     @classmethod
     def supports_device(cls, device: str) -> bool:
@@ -108,7 +112,8 @@ class KernelBackend:
                 entry["activation_threshold"] = "kernel" if skips else "hook"
         out = {"backend": self.name, "version": self.version, **_status(formats, pattern, bool(thresholds)),
                "format": dict(formats), "weight_bytes": read, "dense_weight_bytes": dense,
-               "fallbacks": dict(fallbacks), "max_batch": self.max_batch, "shapes": shapes}
+               "fallbacks": dict(fallbacks), "max_batch": self.max_batch, "shapes": shapes,
+               **({"isa": _native.isa()} if self.runs_native else {})}
         if thresholds:
             out["activations"] = {
                 "layers": len(thresholds), "skipped_in_kernel": skipping, "zeroed_in_front": sum(masked.values()),
@@ -199,6 +204,7 @@ class NativeDense(KernelBackend):
 
     name = "native-dense"
     version = "2"  # 2: the batch-1 GEMV reads four rows at a time
+    runs_native = True
     dtypes = ("float32", "bfloat16")
     max_batch = MAX_BATCH
     description = (f"SparseBench's own dense GEMV/SpMM kernel (zeros multiplied); batches above {MAX_BATCH} rows "
@@ -222,6 +228,7 @@ class Native(KernelBackend):
 
     name = "native"
     version = "1"
+    runs_native = True
     dtypes = ("float32", "bfloat16")
     max_batch = MAX_BATCH
     patterns = (f"{NM_COVERS} (nm); block (bsr); unstructured and channels (bitmask below 65%, csr16 from 65%); "
