@@ -120,8 +120,9 @@ def test_backend_contract(tiny_model, backend, key):
             assert len(prov["fallbacks"]) >= 1 and all(reason in r for r in prov["fallbacks"]), prov["fallbacks"]
     if backend in NATIVE:
         assert prov["max_batch"] == MAX_BATCH
-    # the instruction set this project's kernels ran at (a lowered one is another measurement)
+    # the instruction set this project's kernels ran at and the pool's spin (either changes a measurement)
     assert prov.get("isa") == (_native.isa() if backend in NATIVE else None)
+    assert prov.get("spin_us") == (_native.spin_us() if backend in NATIVE else None)
     if backend == "native" and prov["status"] == "accelerated":
         assert prov["weight_bytes"] < prov["dense_weight_bytes"]
         assert all(s["format"] == prov["format_choice"][f"{k}:float32"]["format"] for k, s in prov["shapes"].items())

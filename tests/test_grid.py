@@ -135,20 +135,26 @@ def test_keys_are_stable_and_follow_what_determines_results(untrained_model, tmp
     assert not set(keys) & {j.key for j in expand(parse_grid(longer))}
 
 
-def test_a_lowered_instruction_set_is_another_measurement_on_native_kernels_only(untrained_model, monkeypatch):
-    """SPARSEBENCH_ISA lowers the native kernels' instruction set on the run's workers; the latency key did not
-    say so, and a rerun at avx2 reused the timings made at avx512."""
+@pytest.mark.parametrize("name, value", [("SPARSEBENCH_ISA", "avx2"), ("SPARSEBENCH_SPIN_US", "50")])
+def test_a_native_kernel_setting_is_another_measurement_on_native_kernels_only(untrained_model, monkeypatch, name, value):
+    """SPARSEBENCH_ISA lowers the native kernels' instruction set on the run's workers (SPARSEBENCH_SPIN_US
+    changes their pool's spin); the latency key did not say so, and a rerun at avx2 reused the timings made
+    at avx512."""
+    from bench.spec.jobs import Job, NATIVE_ENV
+
     body = grid(untrained_model, 'patterns = ["50%"]\nkernels = ["torch-dense", "native", "native-dense"]')
-    monkeypatch.delenv("SPARSEBENCH_ISA", raising=False)
-    highest = {(j.method, j.kernel): j for j in expand(parse_grid(body))}
-    monkeypatch.setenv("SPARSEBENCH_ISA", "avx2")
-    lowered = {(j.method, j.kernel): j for j in expand(parse_grid(body))}
-    assert highest.keys() == lowered.keys() and {k for _, k in highest} == {"torch-dense", "native", "native-dense"}
-    for cell, job in lowered.items():
+    for other in NATIVE_ENV:
+        monkeypatch.delenv(other, raising=False)
+    default = {(j.method, j.kernel): j for j in expand(parse_grid(body))}
+    monkeypatch.setenv(name, value)
+    changed = {(j.method, j.kernel): j for j in expand(parse_grid(body))}
+    assert default.keys() == changed.keys() and {k for _, k in default} == {"torch-dense", "native", "native-dense"}
+    for cell, job in changed.items():
         native = cell[1] != "torch-dense"
-        assert job.isa == ("avx2" if native else None) and highest[cell].isa is None
-        assert (job.latency_key != highest[cell].latency_key) == native and (job.key != highest[cell].key) == native
-        assert (job.prune_key, job.eval_key) == (highest[cell].prune_key, highest[cell].eval_key)
+        assert job.native_env == (((name, value),) if native else ()) and default[cell].native_env == ()
+        assert (job.latency_key != default[cell].latency_key) == native and (job.key != default[cell].key) == native
+        assert (job.prune_key, job.eval_key) == (default[cell].prune_key, default[cell].eval_key)
+        assert Job.from_dict(job.to_dict()) == job
 
 
 def test_key_follows_model_contents(untrained_model, tmp_path):

@@ -27,8 +27,13 @@ def speed_cell(value: float, lo: float, hi: float, verdict: str | None) -> str:
         return ""
     if verdict == "dense":
         return "1x (dense)"
+    return f"{ratio_text(value, lo, hi)} {VERDICT_SHORT.get(verdict, 'no verdict')}"
+
+
+def ratio_text(value: float, lo: float, hi: float) -> str:
+    """A ratio and its interval to three significant figures, trailing zeros kept: `1.20 [1.20-1.29]`."""
     interval = f" [{lo:#.3g}-{hi:#.3g}]" if lo == lo and hi == hi else ""
-    return f"{value:#.3g}{interval} {VERDICT_SHORT.get(verdict, 'no verdict')}"
+    return f"{value:#.3g}{interval}"
 
 
 VERDICT_SHORT = {"faster": "faster", "slower": "slower", "no measurable difference": "no diff."}
@@ -155,7 +160,7 @@ def cmd_leaderboard(args) -> int:
                 df[col] = [speed_cell(v, lo, hi, verdict) for v, lo, hi, verdict in
                            zip(df[col], df.pop(col + "_lo"), df.pop(col + "_hi"), df.pop(col + "_verdict"))]
         if "decode_aa_b1" in df:
-            df["decode_aa_b1"] = [f"{v:#.3g} [{lo:#.3g}-{hi:#.3g}]" if v == v else "" for v, lo, hi in
+            df["decode_aa_b1"] = [ratio_text(v, lo, hi) if v == v else "" for v, lo, hi in
                                   zip(df["decode_aa_b1"], df.pop("decode_aa_b1_lo"), df.pop("decode_aa_b1_hi"))]
         protocols = df.pop("protocol") if "protocol" in df else None
         groups = [(None, df)] if protocols is None else [

@@ -6,13 +6,12 @@ stable order.
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 
 from bench.grid.specs import GridSpec, MethodSpec
 from bench.patterns import Dense, Pattern
 from bench.registry import kernel_registry, method_registry
-from bench.spec.jobs import Job, folder_fingerprint
+from bench.spec.jobs import Job, folder_fingerprint, native_env_now
 from bench.spec.protocols import TaskSuite, TasksSpec
 
 
@@ -55,11 +54,11 @@ def expand(spec: GridSpec, dropped: Counter | None = None) -> list[Job]:
     (change vs dense, speedup vs dense) come from it. A method paired with a pattern it does not support
     is skipped, and the pairing is reported by `incompatible`. `dropped`, if given, counts what left cells
     out: "pattern" (a method with no pattern to run; `parse_grid` refuses such a grid), "kernel" (a backend that does not run on a hardware
-    target), "exclude" (an [[exclude]] rule). SPARSEBENCH_ISA, where set, is part of every job on this
-    project's kernels (`Job.isa`): the run's workers get it, and their kernels run at that level.
+    target), "exclude" (an [[exclude]] rule). The driver's NATIVE_ENV settings (SPARSEBENCH_ISA, ...) are
+    part of every job on this project's kernels (`Job.native_env`): the run's workers get them.
     """
     dropped = Counter() if dropped is None else dropped
-    isa = os.environ.get("SPARSEBENCH_ISA") or None
+    native_env = native_env_now()
     methods = list(spec.methods)
     if spec.dense_baseline and not any(m.name == "dense" for m in methods):
         methods.insert(0, MethodSpec(name="dense", params={}))
@@ -92,7 +91,7 @@ def expand(spec: GridSpec, dropped: Counter | None = None) -> list[Job]:
                                 if cls.needs_calibration or pattern.needs_calibration or m.refine or acts else None,
                                 perplexity=spec.perplexity, latency=spec.latency, tasks=tasks,
                                 layers=spec.layers if m.name != "dense" else None, activations=acts,
-                                isa=isa if kernels.get(kernel).runs_native else None,
+                                native_env=native_env if kernels.get(kernel).runs_native else (),
                             )
                             if job.key not in seen:
                                 seen.add(job.key)

@@ -33,6 +33,7 @@ from typing import Iterator
 
 from bench.errors import BenchError
 from bench.spec.hardware import Hardware
+from bench.spec.jobs import NATIVE_ENV
 
 _SESSION = re.compile(r"(/\S*/session_\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_\d+_\d+)/")
 
@@ -189,7 +190,7 @@ def timing_cpus(hardware: list[Hardware]) -> dict[Hardware, float]:
 
 # What a stage's behaviour depends on in the driver's environment. A local instance's workers inherit the
 # driver's environment; a joined cluster's workers inherit their raylet's, so these are passed with the job.
-FORWARDED_ENV = ("SPARSEBENCH_ISA", "SPARSEBENCH_SPIN_US", "SPARSEBENCH_MODEL_CACHE")
+FORWARDED_ENV = (*NATIVE_ENV, "SPARSEBENCH_MODEL_CACHE")
 
 
 def resolve_address(flag: str | None) -> tuple[str | None, str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
@@ -25,6 +26,17 @@ from bench.spec.protocols import (CalibrationSpec, LatencySpec, LayerFilter, Per
 # Bump a stage's version when a change to its code changes the numbers it produces: every stored result
 # of that stage then gets a new key and is recomputed instead of being reused.
 STAGE_VERSIONS = {"prune": 1, "perplexity": 2, "lm_eval": 2, "latency": 4, "reference": 1}
+
+# The driver's settings that change what this project's native kernels measure: the instruction set they
+# run at (the CPU's highest unless lowered) and the thread pool's spin between calls. They travel with the
+# run to its workers (bench.run.cluster.FORWARDED_ENV), and those set enter the key of every job on a
+# native kernel (Job.native_env): timings made under other settings never stand in for them.
+NATIVE_ENV = ("SPARSEBENCH_ISA", "SPARSEBENCH_SPIN_US")
+
+
+def native_env_now() -> tuple[tuple[str, str], ...]:
+    """The NATIVE_ENV settings of this process that are set, as (name, value) pairs."""
+    return tuple((name, os.environ[name]) for name in NATIVE_ENV if os.environ.get(name))
 
 
 def content_key(obj: Any, length: int = 16) -> str:
@@ -102,9 +114,9 @@ class Job:
     # an activation-sparsity rule (e.g. teal:0.5): thresholds calibrated on the pruned model in the prune
     # stage and stored with its artifact; None = dense activations
     activations: ActivationSpec | None = None
-    # SPARSEBENCH_ISA as the run set it, on a kernel of this project's (KernelBackend.runs_native): a lowered
-    # instruction set is another measurement. None: each node's highest, which the provenance records.
-    isa: str | None = None
+    # on a kernel of this project's (KernelBackend.runs_native): the run's NATIVE_ENV settings, e.g.
+    # (("SPARSEBENCH_ISA", "avx2"),); empty: the defaults (each node's highest ISA, which the provenance names)
+    native_env: tuple[tuple[str, str], ...] = ()
 
     def prune_identity(self) -> dict[str, Any]:
         return {
@@ -123,7 +135,7 @@ class Job:
     def _speed_identity(self) -> dict[str, Any]:
         return {"latency": [as_json(self.latency), STAGE_VERSIONS["latency"]],
                 "hardware": self.hardware.label, "kernel": [self.kernel, self.kernel_version],
-                **({"isa": self.isa} if self.isa else {})}
+                **({"native_env": [list(pair) for pair in self.native_env]} if self.native_env else {})}
 
     @cached_property  # a job is frozen: computed once (100k-job grids call these many times)
     def key(self) -> str:
@@ -197,6 +209,7 @@ class Job:
             "perplexity": PerplexitySpec.from_dict(d["perplexity"]), "latency": typed(LatencySpec, d["latency"]),
             "tasks": typed(TaskSuite, d.get("tasks")), "layers": typed(LayerFilter, d.get("layers")),
             "refine": typed(Refinement, d.get("refine")), "activations": typed(ActivationSpec, d.get("activations")),
+            "native_env": tuple(tuple(pair) for pair in d.get("native_env", ())),
         })
 
 

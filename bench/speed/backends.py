@@ -38,8 +38,8 @@ class KernelBackend:
     patterns: ClassVar[str] = "any (as dense)"  # which patterns it skips the zeros of, in words
     max_batch: ClassVar[int | None] = None     # rows of activations per call; above it PyTorch dense runs
     description: ClassVar[str] = ""
-    # its kernels are this project's (`bench._native`): they run at the instruction set `_native.isa()`
-    # names, the CPU's highest unless SPARSEBENCH_ISA lowers it; the provenance records it
+    # its kernels are this project's (`bench._native`): the provenance records the instruction set they ran
+    # at and the pool's spin (bench.spec.jobs.NATIVE_ENV sets them)
     runs_native: ClassVar[bool] = False
 
     @classmethod
@@ -113,7 +113,7 @@ class KernelBackend:
         out = {"backend": self.name, "version": self.version, **_status(formats, pattern, bool(thresholds)),
                "format": dict(formats), "weight_bytes": read, "dense_weight_bytes": dense,
                "fallbacks": dict(fallbacks), "max_batch": self.max_batch, "shapes": shapes,
-               **({"isa": _native.isa()} if self.runs_native else {})}
+               **({"isa": _native.isa(), "spin_us": _native.spin_us()} if self.runs_native else {})}
         if thresholds:
             out["activations"] = {
                 "layers": len(thresholds), "skipped_in_kernel": skipping, "zeroed_in_front": sum(masked.values()),
